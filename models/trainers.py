@@ -1,0 +1,264 @@
+"""The four ways to train a network, behind one small interface.
+
+    trainer = build_trainer(config, device, steps_per_epoch)
+    trainer.train_epoch(batches)  -> {"train_loss", "train_acc", "block{i}_train_acc"...}
+    trainer.evaluate(batches)     -> {"loss", "acc", "block{i}_acc"...}
+    trainer.state_dict() / trainer.load_state_dict(state)
+
+- backprop: the whole network, one optimizer, end-to-end gradients.
+- dgl:      Decoupled Greedy Learning (Belilovsky et al. 2019). Block i sees block i-1's output *detached* and
+            learns from its own auxiliary classifier; the last block learns from the network's classifier.
+            One optimizer per block. With one block it is backprop, step for step.
+- dni/cdni: Decoupled Neural Interfaces (Jaderberg et al. 2016). Block i is updated with a *synthetic* gradient
+            predicted at its output; the predictor learns by regression toward the gradient that actually comes
+            back from block i+1 (itself synthetic further up: bootstrapped). cDNI also feeds the label to it.
+
+`batches` yields (x float, y int64) already on the trainer's device. Nothing in an epoch waits on the host:
+metrics accumulate as device tensors and are read once at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.heads import SyntheticGradient, aux_head
+from models.losses import local_loss
+from models.networks import build_network
+from models.optim import make_optimizer, make_scheduler
+
+NAN_CHECK_EVERY = 50  # steps; one host sync this often lets a diverged run stop early without a sync per step
+
+
+class Trainer:
+    per_block_metrics = False
+
+    def __init__(self, cfg: dict, device: torch.device | str, steps_per_epoch: int):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.on_cuda = self.device.type == "cuda"
+        torch.manual_seed(cfg["seed"])
+        self.network = build_network(cfg["model"], cfg["width"], self.num_blocks(cfg), cfg["dropout"])
+        self.parts = nn.ModuleDict({"network": self.network})  # everything with parameters, for state_dict
+        param_groups = self.build()                              # one list of parameters per optimizer
+        memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
+        self.parts.to(self.device, memory_format=memory_format)
+        self.optimizers = [make_optimizer(params, cfg) for params in param_groups]
+        self.schedulers = [make_scheduler(opt, cfg, steps_per_epoch) for opt in self.optimizers]
+        compile_ = torch.compile if cfg["compile"] else (lambda module: module)
+        self.blocks = [compile_(block) for block in self.network.blocks]  # compiled views; state stays in parts
+        self.epoch = 0
+
+    # --- what a method defines -----------------------------------------------------------------------------------
+    def num_blocks(self, cfg) -> int | None:
+        return cfg["num_blocks"]
+
+    def build(self) -> list[list[nn.Parameter]]:
+        raise NotImplementedError
+
+    def train_step(self, x, y) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One batch: update the parameters; return the logits of each reported head and the final loss."""
+        raise NotImplementedError
+
+    def eval_logits(self, x) -> list[torch.Tensor]:
+        """Logits of each reported head, the network's own classifier last."""
+        h = x
+        for block in self.blocks:
+            h = block(h)
+        return [self.network.classifier(h)]
+
+    # --- shared machinery ---------------------------------------------------------------------------------------
+    def amp(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.on_cuda else contextlib.nullcontext()
+
+    def ce(self, logits, y):
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["label_smoothing"])
+
+    def _input(self, x):
+        return x.contiguous(memory_format=torch.channels_last) if self.on_cuda else x
+
+    def current_lr(self) -> float:
+        return self.optimizers[0].param_groups[0]["lr"]
+
+    def train_epoch(self, batches) -> dict:
+        self.parts.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct, seen, step = None, 0, 0
+        for x, y in batches:
+            logits, loss = self.train_step(self._input(x), y)
+            for scheduler in self.schedulers:
+                scheduler.step()
+            hits = torch.stack([(out.argmax(1) == y).sum() for out in logits])
+            correct = hits if correct is None else correct + hits
+            loss_sum += loss.detach().float() * len(y)
+            seen += len(y)
+            step += 1
+            if step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                break
+        self.epoch += 1
+        metrics = {"train_loss": loss_sum.item() / max(seen, 1)}
+        metrics.update(self._accuracies(correct, seen, "train_acc"))
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> dict:
+        self.parts.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct, seen = None, 0
+        for x, y in batches:
+            with self.amp():
+                logits = self.eval_logits(self._input(x))
+            hits = torch.stack([(out.argmax(1) == y).sum() for out in logits])
+            correct = hits if correct is None else correct + hits
+            loss_sum += F.cross_entropy(logits[-1].float(), y, reduction="sum")
+            seen += len(y)
+        metrics = {"loss": loss_sum.item() / max(seen, 1)}
+        metrics.update(self._accuracies(correct, seen, "acc"))
+        return metrics
+
+    def _accuracies(self, correct, seen, name) -> dict:
+        if correct is None:
+            return {name: 0.0}
+        accs = (correct.float() / max(seen, 1)).tolist()
+        metrics = {name: accs[-1]}
+        if self.per_block_metrics:
+            metrics.update({f"block{i + 1}_{name}": acc for i, acc in enumerate(accs)})
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "parts": self.parts.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "schedulers": [sched.state_dict() for sched in self.schedulers],
+            "rng": torch.get_rng_state(),  # dropout masks; the data order is a function of (seed, epoch)
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.on_cuda else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.parts.load_state_dict(state["parts"])
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        for sched, sched_state in zip(self.schedulers, state["schedulers"]):
+            sched.load_state_dict(sched_state)
+        torch.set_rng_state(state["rng"].cpu())
+        if self.on_cuda and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+
+
+class Backprop(Trainer):
+    def num_blocks(self, cfg):
+        return 1  # the grouping is irrelevant to end-to-end training; one block keeps it identical to DGL with K=1
+
+    def build(self):
+        return [list(self.network.parameters())]
+
+    def train_step(self, x, y):
+        with self.amp():
+            logits = self.network.classifier(self.blocks[0](x))
+        loss = self.ce(logits, y)
+        self.optimizers[0].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers[0].step()
+        return [logits.detach()], loss
+
+
+class DGL(Trainer):
+    per_block_metrics = True
+
+    def build(self):
+        cfg = self.cfg
+        self.heads = nn.ModuleList(
+            aux_head(cfg["aux_head"], channels, size, cfg["aux_width"], cfg["aux_depth"], cfg["aux_pool"])
+            for channels, size in self.network.block_shapes[:-1])
+        self.heads.append(self.network.classifier)  # the last block's "aux" is the network's own classifier
+        self.parts["heads"] = self.heads
+        return [list(block.parameters()) + list(head.parameters())
+                for block, head in zip(self.network.blocks, self.heads)]
+
+    def train_step(self, x, y):
+        h, all_logits, last = x, [], len(self.blocks) - 1
+        for i, (block, head, opt) in enumerate(zip(self.blocks, self.heads, self.optimizers)):
+            kind = "pred" if i == last else self.cfg["local_loss"]
+            with self.amp():
+                out = block(h.detach())  # detached: no gradient flows back into earlier blocks
+                # with the pure similarity loss the head is only a probe: it learns on detached features
+                logits = head(out.detach() if kind == "sim" else out)
+            loss = local_loss(kind, out, logits.float(), y, sim_weight=self.cfg["sim_weight"],
+                              label_smoothing=self.cfg["label_smoothing"])
+            if kind == "sim":
+                loss = loss + self.ce(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            all_logits.append(logits.detach())
+            h = out
+        return all_logits, loss
+
+    def eval_logits(self, x):
+        h, all_logits = x, []
+        for block, head in zip(self.blocks, self.heads):
+            h = block(h)
+            all_logits.append(head(h))
+        return all_logits
+
+
+class DNI(Trainer):
+    conditioned = False
+
+    def regression_loss(self, predicted, target):
+        """How a synthetic-gradient module learns: MSE toward the gradient that came back."""
+        return F.mse_loss(predicted, target)
+
+    def build(self):
+        self.synthetic = nn.ModuleList(SyntheticGradient(channels, self.conditioned)
+                                       for channels, _ in self.network.block_shapes[:-1])
+        self.parts["synthetic"] = self.synthetic
+        groups = [list(block.parameters()) + list(sg.parameters())
+                  for block, sg in zip(self.network.blocks, self.synthetic)]
+        groups.append(list(self.network.blocks[-1].parameters()) + list(self.network.classifier.parameters()))
+        return groups
+
+    def train_step(self, x, y):
+        # Synthetic gradients are in units of the per-example loss (the mean-loss gradient times the batch size),
+        # so the regression targets do not shrink with the batch size.
+        batch, last = len(y), len(self.blocks) - 1
+        h, predicted, sg_losses = x, None, []
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        for i, block in enumerate(self.blocks):
+            h_in = h.detach().requires_grad_(i > 0)
+            with self.amp():
+                out = block(h_in)
+                if i == last:
+                    logits = self.network.classifier(out)
+                else:
+                    synthetic = self.synthetic[i](out.detach(), y if self.conditioned else None)
+            if i == last:
+                loss = self.ce(logits, y)
+                loss.backward()
+            else:
+                out.backward(synthetic.detach().to(out.dtype) / batch)
+            if predicted is not None:  # what block i sent back is the target of the module before it
+                sg_losses.append(self.regression_loss(predicted.float(), h_in.grad.float() * batch))
+            predicted = None if i == last else synthetic
+            h = out
+        if sg_losses:
+            torch.stack(sg_losses).sum().backward()
+        for opt in self.optimizers:
+            opt.step()
+        return [logits.detach()], loss
+
+
+class CDNI(DNI):
+    conditioned = True
+
+
+TRAINERS = {"backprop": Backprop, "dgl": DGL, "dni": DNI, "cdni": CDNI}
+
+
+def build_trainer(cfg: dict, device, steps_per_epoch: int) -> Trainer:
+    return TRAINERS[cfg["trainer"]](cfg, device, steps_per_epoch)

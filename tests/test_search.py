@@ -1,0 +1,127 @@
+"""End to end, as a user runs it: `python -m tuner.run` on a tiny space over a generated CIFAR-10 folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fakedata import learnable_arrays, write_cifar_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_SPACE = """
+trainer: backprop
+model: basiccnn
+fixed: {width: 0.0625, epochs: 2, batch_size: 50, train_subset: 400, val_size: 200, eval_batch_size: 200}
+search:
+  lr: {type: loguniform, low: 1.0e-4, high: 1.0e+5}
+scheduler: {type: asha, max_t: 2, grace_period: 1, reduction_factor: 2}
+searcher:
+  type: optuna_tpe
+  seed: 0
+  n_startup_trials: 3
+  # a good rate first, a hopeless one (ASHA should stop it), one that diverges; the fourth is TPE's
+  points_to_evaluate: [{lr: 0.05}, {lr: 1.0e-4}, {lr: 1.0e+5}]
+num_samples: 4
+max_concurrent: 1
+resources: {cpu: 1, gpu: 0}
+metric: val_acc
+mode: max
+"""
+
+
+def run_cli(*args, cwd, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar_folder(root, learnable_arrays(1000, 200, seed=3))
+    return root
+
+
+@pytest.mark.slow
+def test_tiny_search_end_to_end(tmp_path, fake_data):
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_cli("--space", str(space), "--data-dir", str(fake_data), "--storage", str(tmp_path / "runs"),
+                     "--mlflow-uri", uri, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Traceback" not in output
+    assert "Checkpoint successfully created" not in output
+    assert "Best config: lr=" in result.stdout
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dt.role") == "search"]
+    children = [r for r in runs if r.data.tags.get("dt.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["dt.status"] == "finished"
+    assert 0 < parent.data.metrics["best_val_acc"] <= 1 and "best_test_acc" in parent.data.metrics
+    assert "best.lr" in parent.data.params
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+    outcomes = {r.data.tags["dt.trial_id"]: r.data.tags["dt.outcome"] for r in children}
+    by_lr = {float(r.data.params["lr"]): r for r in children}
+    assert by_lr[1e5].data.tags["dt.outcome"] == "diverged" and by_lr[1e5].info.status == "FAILED"
+    assert by_lr[0.05].data.tags["dt.outcome"] == "completed"
+    assert by_lr[1e-4].data.tags["dt.outcome"] == "stopped"
+    for run in children:
+        epochs = 2 if run.data.tags["dt.outcome"] == "completed" else 1
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in history] == list(range(1, epochs + 1))
+        assert run.data.params["trainer"] == "backprop" and run.data.params["width"] == "0.0625"
+    best = max((r for r in children if "val_acc" in r.data.metrics), key=lambda r: r.data.metrics["val_acc"])
+    assert "test_acc" in best.data.metrics
+
+    # what Optuna was told: completed -> COMPLETE, stopped by ASHA -> PRUNED, diverged -> FAIL
+    import optuna
+    from tuner.searcher import HonestOptunaSearch
+
+    folder = Path(parent.data.tags["dt.storage"])
+    searcher = HonestOptunaSearch()
+    searcher.restore_from_dir(str(folder))
+    want = {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED,
+            "diverged": optuna.trial.TrialState.FAIL}
+    states = {trial_id: trial.state for trial_id, trial in searcher._ot_trials.items()}
+    assert {trial_id: want[outcome] for trial_id, outcome in outcomes.items()} == {
+        trial_id: searcher.study.trials[trial.number].state for trial_id, trial in searcher._ot_trials.items()}
+    pruned = [t for t in searcher.study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned and all(t.intermediate_values for t in pruned)
+    assert states  # the searcher state was saved with the experiment
+
+
+def test_dry_run_starts_nothing(tmp_path):
+    result = run_cli("--space", "dgl_quick", "--dry-run", "--storage", str(tmp_path / "runs"),
+                     "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "nothing was started" in result.stdout and "aux_width" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text, key", [
+    ("trainer: dgl\nmodel: vgg16\nsearch: {lr: {type: loguniform, low: 0.1, high: 0.01}}\n", "search.lr"),
+    ("trainer: dgl\nmodel: vgg16\nfixed: {widht: 0.5}\n", "widht"),
+    ("trainer: sgd\nmodel: vgg16\n", "trainer"),
+    ("trainer: dgl\nmodel: vgg16\nsearch: {aux_width: {type: choice, values: []}}\n", "aux_width"),
+])
+def test_bad_space_is_one_line_exit_2_and_creates_nothing(tmp_path, text, key):
+    space = tmp_path / "bad.yaml"
+    space.write_text(text)
+    result = run_cli("--space", str(space), "--storage", str(tmp_path / "runs"),
+                     "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.yaml" in lines[0] and key in lines[0], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]

@@ -1,0 +1,183 @@
+"""Run a search: `python -m tuner.run --space dgl_quick`.
+
+The story: read and check the space -> print the plan -> check storage and MLflow -> load CIFAR-10 once ->
+start Ray -> open the MLflow parent run -> fit (or restore) under ASHA + Optuna -> evaluate the best trial on
+the test set -> summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tuner.cluster import ClusterError, init_ray, quiet_environment
+from tuner.config import ConfigError
+from tuner.data import DataError
+from tuner.searches import SearchRecord, new_name, unfinished
+from tuner.spaces import Space, list_spaces, load_space
+from tuner.tracking import absolute_tracking_uri
+
+
+class SetupError(RuntimeError):
+    """Storage, tracking or resume problem found before any trial runs; one line for the user."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tuner.run", description="Hyperparameter search on Ray Tune.")
+    p.add_argument("--space", required=True, help=f"a space name ({', '.join(list_spaces())}) or a YAML path")
+    p.add_argument("--num-samples", type=int, help="trials to run (overrides the space)")
+    p.add_argument("--max-epochs", type=int, help="cap on each trial's epochs and on ASHA's max_t")
+    p.add_argument("--data-dir", help="a folder holding cifar-10-batches-py (default: ./data, downloaded)")
+    p.add_argument("--train-subset", type=int, help="train on a stratified subset of this many images")
+    p.add_argument("--storage", default="./runs", help="where Ray keeps trials and checkpoints (default ./runs)")
+    p.add_argument("--name", help="MLflow experiment name (default: the space's name)")
+    p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
+    p.add_argument("--address", help="an existing Ray cluster, e.g. 10.0.0.1:6379 or auto")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="fractions allowed: 0.25 packs four trials on a GPU")
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; start nothing")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
+                   help="continue the latest unfinished search of this space, or the one at PATH")
+    p.add_argument("--fresh", action="store_true", help="start a new search even if an unfinished one exists")
+    return p.parse_args(argv)
+
+
+def resolve_space(args) -> Space:
+    space = load_space(args.space)
+    return space.with_overrides(num_samples=args.num_samples, max_epochs=args.max_epochs,
+                                train_subset=args.train_subset, seed=args.seed, cpus=args.cpus_per_trial,
+                                gpus=args.gpus_per_trial, max_concurrent=args.max_concurrent)
+
+
+def locate_resume(args, space_name: str) -> tuple[Path, SearchRecord]:
+    """The unfinished search that --resume means: the latest of this space, or the folder given."""
+    if args.resume == "latest":
+        storage = Path(args.storage).expanduser().resolve()
+        candidates = unfinished(storage, space_name)
+        if not candidates:
+            raise SetupError(f"--resume: no unfinished search of '{space_name}' under {storage}")
+        folder = candidates[-1]
+    else:
+        folder = Path(args.resume).expanduser().resolve()
+    try:
+        record = SearchRecord.load(folder)
+    except (OSError, ValueError, TypeError):
+        raise SetupError(f"--resume {folder}: not a search folder (no readable search.json)") from None
+    if record.status == "finished":
+        raise SetupError(f"--resume {folder}: that search already finished")
+    return folder, record
+
+
+def new_search(args, space: Space) -> tuple[Path, SearchRecord]:
+    """A folder and record for a new search. Touches nothing on disk."""
+    storage = Path(args.storage).expanduser().resolve()
+    pending = unfinished(storage, space.name)
+    if pending and not args.fresh:
+        raise SetupError(f"an unfinished search of '{space.name}' is at {pending[-1]}; continue it with "
+                         f"`python -m tuner.run --space {args.space} --resume` or start another with --fresh")
+    name = new_name(space.name)
+    overrides = {k: v for k, v in vars(args).items() if k in OVERRIDE_FLAGS and v is not None}
+    record = SearchRecord(name=name, space=space.name, space_path=str(space.path), overrides=overrides,
+                          mlflow_uri=absolute_tracking_uri(args.mlflow_uri), experiment=args.name or space.name)
+    return storage / name, record
+
+
+OVERRIDE_FLAGS = ("num_samples", "max_epochs", "train_subset", "seed", "cpus_per_trial", "gpus_per_trial",
+                  "max_concurrent", "data_dir")
+
+
+def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, address: str | None) -> str:
+    cfg = space.base_config()
+    sched = space.scheduler
+    asha = (f"ASHA (max_t {sched['max_t']}, grace {sched['grace_period']}, reduction {sched['reduction_factor']})"
+            if sched["type"] == "asha" else "no early stopping")
+    subset = cfg["train_subset"] or "all"
+    return "\n".join([
+        f"{'Resuming' if resume else 'Search'} {record.name}: {space.trainer} on {space.model} "
+        f"(width {cfg['width']}), {space.num_samples} trials x up to {cfg['epochs']} epochs, {asha}",
+        f"  searching {', '.join(space.params) or 'nothing'} with {space.searcher['type']} "
+        f"(seed {space.searcher.get('seed')}); objective: {space.mode} {space.metric} on {cfg['val_size']} "
+        f"held-out training images; train subset: {subset}",
+        f"  per trial: {space.resources['cpu']:g} CPU, {space.resources['gpu']:g} GPU; "
+        f"at most {space.max_concurrent or 'unlimited'} at once; Ray: {address or 'local'}",
+        f"  trials and checkpoints: {folder}",
+        f"  MLflow: {record.mlflow_uri}, experiment '{record.experiment}'",
+        f"  watch it: mlflow ui --backend-store-uri {record.mlflow_uri} --workers 1   (then http://127.0.0.1:5000)",
+    ])
+
+
+def preflight(folder: Path, mlflow_uri: str) -> None:
+    """Fail before any trial runs if results could not be stored."""
+    storage = folder.parent
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise SetupError(f"--storage {storage}: not writable ({error.strerror or error})") from None
+    free_mb = shutil.disk_usage(storage).free / 2**20
+    if free_mb < 200:
+        raise SetupError(f"--storage {storage}: only {free_mb:.0f} MB free; checkpoints need more (200 MB minimum)")
+    check_tracking_uri(mlflow_uri)
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """One cheap query, with MLflow's HTTP retries turned down so an unreachable server fails in seconds."""
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as error:  # MLflow raises many types; the user needs one line
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise SetupError(f"--mlflow-uri {uri}: cannot use this tracking store ({first})") from None
+
+
+def main(argv=None) -> int:
+    quiet_environment()
+    args = parse_args(argv)
+    try:
+        if args.resume:
+            folder, record = locate_resume(args, load_space(args.space).name)
+            # a resumed search keeps what it started with; flags given now are not silently mixed in
+            for key, value in record.overrides.items():
+                setattr(args, key, value)
+            args.mlflow_uri, args.name = record.mlflow_uri, record.experiment
+            space = resolve_space(args)
+        else:
+            space = resolve_space(args)
+            folder, record = new_search(args, space)
+        print(plan_text(space, folder, record, bool(args.resume), args.address), flush=True)
+        if args.dry_run:
+            print("\n" + space.describe())
+            print("\n--dry-run: nothing was started.")
+            return 0
+        preflight(folder, record.mlflow_uri)
+        from tuner.search import run_search  # heavy imports (Ray, torch) only once the plan stands
+        return run_search(space, folder, record, bool(args.resume), args)
+    except (ConfigError, DataError, SetupError, ClusterError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""ASHA whose rungs survive an interrupted search.
+
+Ray 2.60 saves the searcher and the callbacks with the experiment, but not the scheduler: after
+`Tuner.restore` ASHA starts with empty rungs and judges the resumed trials against nothing. Here the rungs (and
+which trials ASHA already stopped) are written to `asha_state.json` in the experiment folder after every decision
+and read back on the first trial of a restored search. A redone epoch finds its value already recorded, so
+ASHA decides as it would have without the interruption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+
+STATE_FILE = "asha_state.json"
+
+
+class PersistentASHA(AsyncHyperBandScheduler):
+    def __init__(self, state_dir: str, **kwargs):
+        super().__init__(brackets=1, stop_last_trials=False, **kwargs)
+        self.state_path = Path(state_dir) / STATE_FILE
+        self.stopped: set[str] = set()
+        self._loaded = False
+
+    def _load(self) -> None:
+        self._loaded = True
+        if not self.state_path.exists():
+            return
+        state = json.loads(self.state_path.read_text())
+        for (milestone, recorded), saved in zip(self._brackets[0]._rungs, state["rungs"]):
+            assert milestone == saved["milestone"], "asha_state.json belongs to a different schedule"
+            recorded.clear()
+            recorded.update(saved["recorded"])
+        self.stopped = set(state["stopped"])
+        self._num_stopped = len(self.stopped)
+
+    def _save(self) -> None:
+        rungs = [{"milestone": milestone, "recorded": recorded} for milestone, recorded in self._brackets[0]._rungs]
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"rungs": rungs, "stopped": sorted(self.stopped)}))
+        os.replace(tmp, self.state_path)
+
+    def on_trial_add(self, tune_controller, trial):
+        if not self._loaded:
+            self._load()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if trial.trial_id in self.stopped:
+            return TrialScheduler.STOP  # decided before an interruption; the trial was resumed regardless
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP:
+            self.stopped.add(trial.trial_id)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if trial.trial_id not in self._trial_info:
+            return  # already judged before an interruption
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_loaded"] = False  # a restored copy (from tuner.pkl) must read the rungs from disk
+        return state
+
+
+def make_scheduler(space, state_dir: Path) -> TrialScheduler:
+    sched = space.scheduler
+    if sched["type"] != "asha":
+        return FIFOScheduler()
+    return PersistentASHA(str(state_dir), time_attr="epoch", max_t=sched["max_t"],
+                          grace_period=sched["grace_period"], reduction_factor=sched["reduction_factor"])

@@ -1,0 +1,90 @@
+"""Ray's OptunaSearch, made honest about how trials ended.
+
+Out of the box (Ray 2.60) OptunaSearch:
+  - reports intermediate values with `step = training_iteration`, and only for results the scheduler let
+    continue: Tune skips `searcher.on_trial_result` for the result that made ASHA stop a trial (including the
+    max_t one), so the epoch a trial was stopped at never reaches Optuna;
+  - tells Optuna COMPLETE with the last value for any trial that has one, so an ASHA-stopped trial looks like a
+    finished run with a low-fidelity score and misleads TPE;
+  - passes a NaN value straight to `study.tell`, which raises; Ray logs a warning and the Optuna trial stays
+    RUNNING forever.
+Here: every finite epoch value is reported at `step = epoch`; completed -> COMPLETE(value), stopped -> PRUNED
+(Optuna takes the last intermediate value, and TPE ranks pruned trials by how far they got), diverged or
+failed -> FAIL (ignored by TPE). NaN never reaches `tell`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from ray import cloudpickle
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.outcome import trial_outcome
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class HonestOptunaSearch(OptunaSearch):
+    """OptunaSearch with a single (str) metric whose results carry `epoch`, `finished` and `diverged`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # trial id -> highest epoch reported to Optuna; saved with the rest of __dict__, so a redone epoch
+        # after a restore is not reported twice (Optuna would ignore it, with a warning)
+        self._reported_epoch: dict[str, int] = {}
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def _report_epoch(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        epoch = result.get("epoch", result.get("training_iteration"))
+        if not _finite_number(value) or epoch is None or epoch <= self._reported_epoch.get(trial_id, 0):
+            return
+        self._ot_trials[trial_id].report(float(value), int(epoch))
+        self._reported_epoch[trial_id] = int(epoch)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._report_epoch(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if result:
+            self._report_epoch(trial_id, result)  # the stopping epoch, which Tune did not pass to on_trial_result
+        outcome = trial_outcome(result, error)
+        value = (result or {}).get(self.metric)
+        if outcome == "completed" and _finite_number(value):
+            self._ot_study.tell(ot_trial, float(value), state=optuna.trial.TrialState.COMPLETE)
+        elif outcome == "stopped" and trial_id in self._reported_epoch:
+            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
+        else:
+            # diverged, failed, or stopped before reporting anything (e.g. still pending when the search ended):
+            # there is no honest value, and a FAIL trial is one TPE leaves out
+            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        # Ray's save uses the stdlib pickle, which cannot pickle a define-by-run closure or lambda; cloudpickle
+        # can, and the inherited restore() (pickle.load) reads what it writes.
+        with open(checkpoint_path, "wb") as f:
+            cloudpickle.dump(self.__dict__.copy(), f)
+
+
+def make_searcher(define_by_run, sampler, metric: str, mode: str, points_to_evaluate: list[dict] | None = None,
+                  max_concurrent: int | None = None) -> Searcher:
+    """HonestOptunaSearch over `define_by_run(trial)`, wrapped in a ConcurrencyLimiter when max_concurrent is set."""
+    searcher = HonestOptunaSearch(space=define_by_run, metric=metric, mode=mode, sampler=sampler,
+                                  points_to_evaluate=points_to_evaluate or None)
+    if max_concurrent:
+        return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    return searcher

@@ -1,0 +1,227 @@
+"""MLflow logging for a search: the parent run helpers and a Tune callback that writes one child run per trial.
+
+The Ray driver is the only writer (trial workers never touch MLflow), and every call names its run id
+explicitly through an MlflowClient -- no mlflow.start_run() / active-run global state. The layout written
+here is the contract the report reads: see the MLflow layout notes in the README.
+
+A search can be interrupted and resumed (Tuner.restore), with a fresh driver process: child runs are found
+again by their `dt.trial_id` tag and the epochs already logged are read back, so a resumed trial keeps its one
+run and a redone epoch adds no second point.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from tuner.config import DEFAULTS
+from tuner.outcome import trial_outcome
+
+# per-epoch metrics copied from a trial's result to its child run (Ray's own bookkeeping keys are left out)
+EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_s", "images_per_s")
+BLOCK_METRIC = re.compile(r"block\d+_(val|train)_acc")
+PARENT_STATUSES = {"running": "RUNNING", "finished": "FINISHED", "interrupted": "KILLED"}
+MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    items = [Param(key, str(value)) for key, value in params.items()]
+    for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
+
+
+def _child_runs(client: MlflowClient, parent_run_id: str, extra_filter: str = "") -> list:
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    filter_string = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else "")
+    return list(client.search_runs([experiment_id], filter_string, max_results=10_000))
+
+
+# ---------------------------------------------------------------------------------------------- parent run
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside the database file (MLflow's default is ./mlruns under whatever the
+    working directory happens to be); a tracking server decides for itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri[len("sqlite:///"):])
+    return (database.parent / "mlartifacts").resolve().as_uri()
+
+
+def absolute_tracking_uri(tracking_uri: str) -> str:
+    """`sqlite:///mlflow.db` is relative to the working directory; pin it, so a resumed search finds it again."""
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
+    return tracking_uri
+
+
+def start_parent_run(client: MlflowClient, experiment_name: str, run_name: str, tags: dict, params: dict,
+                     space_text: str) -> str:
+    """Create the search's parent run (experiment created if missing); log its fixed config and space.yaml."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        experiment_id = client.create_experiment(experiment_name,
+                                                 artifact_location=artifact_location(client.tracking_uri))
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)  # a deleted experiment still owns its name; reuse it
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={"dt.role": "search", "dt.status": "running", **tags})
+    _log_params(client, run.info.run_id, params)
+    client.log_text(run.info.run_id, space_text, "space.yaml")
+    return run.info.run_id
+
+
+def reopen_run(client: MlflowClient, run_id: str) -> None:
+    """Mark a parent run running again, for a resumed search."""
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "dt.status", "running")
+
+
+def finish_parent_run(client: MlflowClient, run_id: str, status: str, summary: dict) -> None:
+    """End the parent run. status: 'finished' or 'interrupted'.
+
+    summary (every key optional): best_val_acc, best_test_acc, num_trials -> metrics; best_trial_id -> tag
+    dt.best_trial_id; best_config (the searched keys of the best trial) -> params best.<key>.
+    """
+    if status not in ("finished", "interrupted"):
+        raise ValueError(f"finish_parent_run: status must be 'finished' or 'interrupted', got {status!r}")
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(summary[key]), now, 0) for key in ("best_val_acc", "best_test_acc", "num_trials")
+               if _finite_number(summary.get(key))]
+    tags = [RunTag("dt.status", status)]
+    if summary.get("best_trial_id"):
+        tags.append(RunTag("dt.best_trial_id", str(summary["best_trial_id"])))
+    client.log_batch(run_id, metrics=metrics, tags=tags)
+    # MLflow params cannot change once logged: log only the new ones (a search finished twice with the same best
+    # logs nothing new); a different best for an already logged key is an error MLflow itself would raise
+    logged = client.get_run(run_id).data.params
+    best = {f"best.{key}": value for key, value in (summary.get("best_config") or {}).items()}
+    _log_params(client, run_id, {key: value for key, value in best.items() if key not in logged})
+    client.set_terminated(run_id, status=PARENT_STATUSES[status])
+
+
+def close_dangling_runs(client: MlflowClient, parent_run_id: str) -> list[str]:
+    """Mark every child run still RUNNING (its trial was cut off with the driver) FAILED / dt.outcome=failed."""
+    closed = []
+    for run in _child_runs(client, parent_run_id, "attributes.status = 'RUNNING'"):
+        client.set_tag(run.info.run_id, "dt.outcome", "failed")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+# ---------------------------------------------------------------------------------------------- child runs
+
+
+class MLflowTracker(Callback):
+    """Tune callback, run in the driver: one nested child run per trial under `parent_run_id`.
+
+    base_tags go on every child run (e.g. {'dt.trainer': 'dgl', 'dt.model': 'vgg16'}); a trial's own
+    config['trainer'] / config['model'], when present, win.
+    """
+
+    def __init__(self, tracking_uri: str, parent_run_id: str, base_tags: dict | None = None):
+        self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id
+        self.base_tags = dict(base_tags or {})
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client = None
+        self._experiment_id = None
+        self._run_ids: dict[str, str] = {}     # trial id -> child run id
+        self._last_epoch: dict[str, int] = {}  # child run id -> highest epoch logged
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks into tuner.pkl; the client holds a database engine, and the caches are
+        # rebuilt from MLflow itself on first sight of each trial.
+        return {"tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id, "base_tags": self.base_tags}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+            self._experiment_id = self._client.get_run(self.parent_run_id).info.experiment_id
+        return self._client
+
+    def _find_run(self, trial_id: str):
+        runs = _child_runs(self.client, self.parent_run_id, f"tags.`dt.trial_id` = '{trial_id}'")
+        return min(runs, key=lambda run: run.info.start_time) if runs else None
+
+    def _logged_epochs(self, run) -> int:
+        steps = [m.step for key in run.data.metrics for m in self.client.get_metric_history(run.info.run_id, key)]
+        return max(steps, default=0)
+
+    def _run_id(self, trial) -> str:
+        return self._find_or_create_run(trial)[0]
+
+    def _find_or_create_run(self, trial) -> tuple[str, bool]:
+        """(the trial's child run id, whether it was just created): cached, else found by its dt.trial_id tag,
+        else created."""
+        trial_id = trial.trial_id
+        if trial_id in self._run_ids:
+            return self._run_ids[trial_id], False
+        run = self._find_run(trial_id)
+        if run is not None:
+            run_id = run.info.run_id
+            self._last_epoch[run_id] = self._logged_epochs(run)
+        else:
+            config = dict(trial.config)
+            tags = {"mlflow.parentRunId": self.parent_run_id, "dt.role": "trial", "dt.trial_id": trial_id,
+                    "dt.outcome": "running", **self.base_tags}
+            for key in ("trainer", "model"):
+                if key in config:
+                    tags[f"dt.{key}"] = str(config[key])
+            run_id = self.client.create_run(self._experiment_id, run_name=trial_id, tags=tags).info.run_id
+            # the trial's effective config: the trainable fills unset keys from DEFAULTS the same way
+            _log_params(self.client, run_id, {**DEFAULTS, **config})
+            self._last_epoch[run_id] = 0
+        self._run_ids[trial_id] = run_id
+        return run_id, run is None
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        run_id, created = self._find_or_create_run(trial)
+        if not created:
+            # a restarted trial (retried after an error, or resumed after its run was closed): running again
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "dt.outcome", "running")
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        run_id = self._run_id(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        if epoch <= self._last_epoch[run_id]:
+            return  # redone after a restore: this epoch already has its points
+        now = int(time.time() * 1000)
+        # NaN/inf are skipped: MLflow stores them but they break its plots; divergence shows in dt.outcome
+        metrics = [Metric(key, float(value), now, epoch) for key, value in result.items()
+                   if (key in EPOCH_METRICS or BLOCK_METRIC.fullmatch(key)) and _finite_number(value)]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._last_epoch[run_id] = epoch
+
+    def _end(self, trial, error: bool) -> None:
+        run_id = self._run_id(trial)
+        outcome = trial_outcome(trial.last_result, error)
+        self.client.set_tag(run_id, "dt.outcome", outcome)
+        self.client.set_terminated(run_id, status="FINISHED" if outcome in ("completed", "stopped") else "FAILED")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._end(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._end(trial, error=True)
