@@ -65,7 +65,7 @@ def fabricate_search(client, space, trainer, model, trials, searched=("lr", "wei
             "dt.model": model, "dt.outcome": spec["outcome"]}).info.run_id
         val = _curve(spec.get("peak", 0.8), spec.get("epochs", 8), rng) if spec["outcome"] != "failed" else []
         if spec["outcome"] == "diverged":
-            val[-1] = float("nan")
+            val = val[:-1]   # its last epoch's metrics were NaN, and the tracker skips non-finite values
         metrics = []
         for epoch, acc in enumerate(val, start=1):
             ts = t_start + 1000 * epoch
@@ -81,13 +81,12 @@ def fabricate_search(client, space, trainer, model, trials, searched=("lr", "wei
         status = {"running": None, "diverged": "FAILED", "failed": "FAILED"}.get(spec["outcome"], "FINISHED")
         if status:
             client.set_terminated(run_id, status, end_time=t_start + 1000 * (len(val) + 1))
-        logged.append({**spec, "run_id": run_id, "trial_id": trial_id,
-                       "val": [v for v in val if math.isfinite(v)]})
-    scored = [t for t in logged if t["val"]]
-    best = max(scored, key=lambda t: max(t["val"]))
-    best["test_acc"] = max(best["val"]) - 0.01
+        logged.append({**spec, "run_id": run_id, "trial_id": trial_id, "val": val})
+    scored = [t for t in logged if t["val"] and t["outcome"] != "diverged"]
+    best = max(scored, key=lambda t: t["val"][-1])   # the search ranks by the final val_acc
+    best["test_acc"] = best["val"][-1] - 0.01
     client.log_metric(best["run_id"], "test_acc", best["test_acc"])
-    client.log_batch(parent, metrics=[Metric("best_val_acc", max(best["val"]), start_ms, 0),
+    client.log_batch(parent, metrics=[Metric("best_val_acc", best["val"][-1], start_ms, 0),
                                       Metric("best_test_acc", best["test_acc"], start_ms, 0),
                                       Metric("num_trials", len(logged), start_ms, 0)],
                      params=[Param(f"best.{k}", str(best.get(k))) for k in searched],
@@ -111,7 +110,8 @@ def store(tmp_path_factory, blank_db):
         "dgl_vgg16": fabricate_search(client, "dgl_vgg16", "dgl", "vgg16", _trials(
             [(0.86, 0.02), (0.88, 0.05), (0.83, 0.004), (0.87, 0.08)],
             [dict(outcome="stopped", epochs=2, peak=0.8, lr=0.3, weight_decay=1e-4),
-             dict(outcome="diverged", epochs=3, peak=0.5, lr=1.0, weight_decay=1e-4),
+             # diverged at its 4th epoch after the best accuracy of all: never the best trial
+             dict(outcome="diverged", epochs=4, peak=0.97, lr=1.0, weight_decay=1e-4),
              dict(outcome="failed", lr=0.5, weight_decay=1e-4)]), artifact_root=art + "/dgl"),
         "bp_vgg16": fabricate_search(client, "bp_vgg16", "backprop", "vgg16", _trials(
             [(0.92, 0.05), (0.93, 0.1), (0.90, 0.01)]), artifact_root=art + "/bp"),
@@ -145,7 +145,7 @@ def test_table_has_one_row_per_model_and_trainer_and_the_recorded_gap(store):
         ("basiccnn", "backprop"), ("basiccnn", "dni"), ("vgg16", "backprop"), ("vgg16", "dgl")]
     by = {(r["model"], r["trainer"]): r for r in rows}
     fab = store["searches"]
-    best_val = {name: max(max(t["val"]) for t in s["trials"] if t["val"]) for name, s in fab.items()}
+    best_val = {name: s["best"]["val"][-1] for name, s in fab.items()}
     assert by["vgg16", "dgl"]["val_acc"] == pytest.approx(best_val["dgl_vgg16"])
     assert by["vgg16", "dgl"]["gap_val"] == pytest.approx((best_val["dgl_vgg16"] - best_val["bp_vgg16"]) * 100)
     assert by["basiccnn", "dni"]["gap_val"] == pytest.approx((best_val["dni_basiccnn"] - best_val["bp_basiccnn"]) * 100)
@@ -154,7 +154,9 @@ def test_table_has_one_row_per_model_and_trainer_and_the_recorded_gap(store):
     assert by["vgg16", "backprop"]["gap_val"] is None
     dgl = by["vgg16", "dgl"]
     assert dgl["trial"].trial_id == fab["dgl_vgg16"]["best"]["trial_id"]
-    assert dgl["epochs"] == 8 and dgl["wall_s"] == pytest.approx(8 * 30.0)
+    diverged = next(t for t in fab["dgl_vgg16"]["trials"] if t["outcome"] == "diverged")
+    assert diverged["val"][-1] > dgl["val_acc"]   # it would win if diverged trials were ranked
+    assert dgl["epochs"] == 8 and dgl["planned_epochs"] == 8 and dgl["wall_s"] == pytest.approx(8 * 30.0)
     assert list(dgl["hyperparameters"]) == ["lr", "weight_decay"]
     # the same numbers reach the console and report.md
     gap = f"{dgl['gap_val']:+.2f}"

@@ -94,12 +94,11 @@ def test_tiny_search_end_to_end(tmp_path, fake_data):
     searcher.restore_from_dir(str(folder))
     want = {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED,
             "diverged": optuna.trial.TrialState.FAIL}
-    states = {trial_id: trial.state for trial_id, trial in searcher._ot_trials.items()}
+    assert len(searcher._ot_trials) == 4
     assert {trial_id: want[outcome] for trial_id, outcome in outcomes.items()} == {
         trial_id: searcher.study.trials[trial.number].state for trial_id, trial in searcher._ot_trials.items()}
     pruned = [t for t in searcher.study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and all(t.intermediate_values for t in pruned)
-    assert states  # the searcher state was saved with the experiment
 
 
 def test_dry_run_starts_nothing(tmp_path):
@@ -110,15 +109,21 @@ def test_dry_run_starts_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("text, key", [
-    ("trainer: dgl\nmodel: vgg16\nsearch: {lr: {type: loguniform, low: 0.1, high: 0.01}}\n", "search.lr"),
-    ("trainer: dgl\nmodel: vgg16\nfixed: {widht: 0.5}\n", "widht"),
-    ("trainer: sgd\nmodel: vgg16\n", "trainer"),
-    ("trainer: dgl\nmodel: vgg16\nsearch: {aux_width: {type: choice, values: []}}\n", "aux_width"),
+VALID = "trainer: dgl\nmodel: vgg16\nfixed: {width: 0.5}\nsearch: {lr: {type: loguniform, low: 0.01, high: 0.1}}\nnum_samples: 2\n"
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("low: 0.01, high: 0.1", "low: 0.1, high: 0.01", "search.lr"),
+    ("width: 0.5", "widht: 0.5", "widht"),
+    ("trainer: dgl", "trainer: sgd", "trainer"),
+    ("{lr: {type: loguniform, low: 0.01, high: 0.1}}", "{aux_width: {type: choice, values: []}}", "aux_width"),
+    ("type: loguniform, low: 0.01", "type: loguniform, low: 0.0", "search.lr"),
+    ("num_samples: 2", "num_samples: two", "num_samples"),
 ])
-def test_bad_space_is_one_line_exit_2_and_creates_nothing(tmp_path, text, key):
+def test_bad_space_is_one_line_exit_2_and_creates_nothing(tmp_path, old, new, key):
     space = tmp_path / "bad.yaml"
-    space.write_text(text)
+    assert old in VALID
+    space.write_text(VALID.replace(old, new))
     result = run_cli("--space", str(space), "--storage", str(tmp_path / "runs"),
                      "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path, timeout=120)
     assert result.returncode == 2

@@ -11,6 +11,8 @@ import logging
 import os
 import warnings
 
+from tuner.config import UserError
+
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",         # no network calls for usage statistics
     "RAY_AIR_NEW_OUTPUT": "0",              # the classic progress table, which honours max_report_frequency
@@ -37,7 +39,7 @@ def quiet_environment() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError):
     """Ray could not be started or joined; the message is one line for the user."""
 
 

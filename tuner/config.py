@@ -71,8 +71,12 @@ BOUNDS = {
 }
 
 
-class ConfigError(ValueError):
-    """A bad key or value; its message is the one line a user sees."""
+class UserError(Exception):
+    """Something the user must fix (a flag, a file, a service); its message is the one line they see."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad key or value."""
 
 
 def _type_name(default) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
-from tuner.config import ConfigError
+from tuner.config import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ IMAGE_SHAPE = (3, 32, 32)
 HOW_TO_FIX = f"pass --data-dir DIR (a folder holding {BATCHES_FOLDER})"
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The data folder is missing or malformed; the message is the one line a user sees."""
 
 

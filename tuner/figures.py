@@ -115,8 +115,8 @@ def plot_blocks(model: str, blocks: dict, backprop_val: float | None, backprop_l
 def plot_history(experiment: str, trials: list, path, search_starts: tuple = ()) -> None:
     """Each trial's final validation accuracy in the order the trials started, and the best so far.
 
-    trials: [(outcome, final val_acc or None)] in order of start; a trial without a finite accuracy (diverged
-    before its first evaluation, failed) is drawn on the bottom edge. search_starts: trial positions (1-based)
+    trials: [(outcome, final val_acc or None)] in order of start; a trial without one (diverged: its last weights
+    are NaN; failed before its first evaluation) is drawn on the bottom edge. search_starts: trial positions (1-based)
     where a new search began, drawn as vertical lines when the experiment holds several searches.
     """
     fig, ax = plt.subplots(figsize=(10, 5.5))
@@ -143,7 +143,7 @@ def plot_history(experiment: str, trials: list, path, search_starts: tuple = ())
                    label="a new search starts" if i == 0 else None)
     xlabel = "trial, in order of start"
     if any(v is None for _, v in trials):
-        xlabel += "\n(markers along the bottom: no finite accuracy recorded)"
+        xlabel += "\n(markers along the bottom: diverged, or no accuracy recorded)"
     ax.set_xlabel(xlabel)
     ax.set_xlim(0.5, len(trials) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -7,9 +7,10 @@ run per trial tagged dt.role=trial), picks the best trial of each trainer for ea
 experiments, prints the accuracy/gap table, writes DIR/report.md and the figures, and logs them as artifacts
 (under report/) on each selected search's parent run.
 
-A trial is ranked by its best epoch's val_acc, not its last: the search keeps a checkpoint per epoch, so the
-best epoch is a model one can actually take. Test accuracy is shown only where it was recorded (the search
-evaluates its best trial's checkpoint on the test set once, after the search).
+A trial is ranked by its final epoch's val_acc, as the search itself ranks them: that is the epoch whose
+checkpoint the search keeps (it keeps only the last two) and evaluates on the test set, so the val and test
+accuracies in a row belong to the same weights. A diverged trial is never "best": its last weights are NaN.
+Test accuracy is shown only where it was recorded (each search's best trial, once the search ends).
 """
 
 from __future__ import annotations
@@ -45,21 +46,17 @@ class Trial:
     model: str
     outcome: str             # running | completed | stopped | diverged | failed
     params: dict             # the trial's flat config, typed back from MLflow's strings
-    metrics: dict            # latest value of each metric: for per-epoch metrics, the final epoch's
-    val_acc: list            # [(epoch, val_acc)] in epoch order, finite values only
+    metrics: dict            # latest value of each metric: for per-epoch metrics, the last epoch logged
     start_ms: int
     end_ms: int | None
     histories: dict = field(default_factory=dict)   # metric -> [(epoch, value)], loaded for the best trials only
 
     @property
-    def best_epoch(self):
-        """(epoch, val_acc) of the trial's best epoch, or None before its first evaluation."""
-        return max(self.val_acc, key=lambda p: p[1]) if self.val_acc else None
-
-    @property
     def final_val_acc(self):
+        """The last epoch's val_acc; None before the first evaluation, or when the trial diverged (the tracker
+        skips NaN, so what MLflow holds is an earlier epoch's, from weights that are gone)."""
         v = self.metrics.get("val_acc")
-        return v if v is not None and math.isfinite(v) else None
+        return v if v is not None and math.isfinite(v) and self.outcome != "diverged" else None
 
 
 @dataclass
@@ -135,7 +132,7 @@ def metric_history(client, run_id: str, key: str) -> list:
     return [(s, v) for s, v in sorted(by_step.items()) if math.isfinite(v)]
 
 
-def _trial_from_run(client, run, experiment: str) -> Trial:
+def _trial_from_run(run, experiment: str) -> Trial:
     tags = run.data.tags
     params = {k: parse_param(k, v) for k, v in run.data.params.items()}
     status_outcome = {"RUNNING": "running", "FAILED": "failed", "KILLED": "failed"}.get(run.info.status, "completed")
@@ -145,7 +142,6 @@ def _trial_from_run(client, run, experiment: str) -> Trial:
         trainer=tags.get("dt.trainer") or str(params.get("trainer", "?")),
         model=tags.get("dt.model") or str(params.get("model", "?")),
         outcome=tags.get("dt.outcome") or status_outcome, params=params, metrics=dict(run.data.metrics),
-        val_acc=metric_history(client, run.info.run_id, "val_acc"),
         start_ms=run.info.start_time or 0, end_ms=run.info.end_time)
 
 
@@ -173,12 +169,13 @@ def load_searches(client, spaces: list | None = None) -> list:
     children = _all_pages(client.search_runs, experiment_ids=ids, filter_string=TRIAL_FILTER) if ids else []
     trials_by_parent = {}
     for run in children:
-        trial = _trial_from_run(client, run, experiments[run.info.experiment_id])
+        trial = _trial_from_run(run, experiments[run.info.experiment_id])
         trials_by_parent.setdefault(trial.parent_run_id, []).append(trial)
     searches = []
     for p in sorted(parents, key=lambda p: (experiments[p.info.experiment_id], p.info.start_time or 0)):
         trials = sorted(trials_by_parent.get(p.info.run_id, []), key=lambda t: t.start_ms)
-        searches.append(Search(run_id=p.info.run_id, name=p.info.run_name, experiment=experiments[p.info.experiment_id],
+        searches.append(Search(run_id=p.info.run_id, name=p.info.run_name,
+                               experiment=experiments[p.info.experiment_id],
                                status=p.data.tags.get("dt.status", p.info.status.lower()),
                                searched=_searched_keys(p, trials), trials=trials))
     return searches
@@ -191,14 +188,14 @@ def _order(names, known) -> list:
 
 
 def best_trials(searches: list) -> dict:
-    """(model, trainer) -> the trial with the highest best-epoch val_acc, over every selected search."""
+    """(model, trainer) -> the trial with the highest final val_acc, over every selected search."""
     best = {}
     for search in searches:
         for t in search.trials:
-            if t.best_epoch is None:
+            if t.final_val_acc is None:
                 continue
             key = (t.model, t.trainer)
-            if key not in best or t.best_epoch[1] > best[key].best_epoch[1]:
+            if key not in best or t.final_val_acc > best[key].final_val_acc:
                 best[key] = t
     return best
 
@@ -222,6 +219,11 @@ def wall_seconds(trial: Trial) -> float | None:
     return ((trial.end_ms or time.time() * 1000) - trial.start_ms) / 1000
 
 
+def _fallback_keys(trainer: str) -> list:
+    aux = [] if trainer == "backprop" else sorted(k for k in DEFAULTS if k.startswith("aux_"))
+    return list(FALLBACK_KEYS) + aux
+
+
 def gap_rows(best: dict, searches: list) -> list:
     """One row per model x trainer, in the order of tuner.config's MODELS and TRAINERS."""
     searched = {s.run_id: s.searched for s in searches}
@@ -230,15 +232,15 @@ def gap_rows(best: dict, searches: list) -> list:
         reference = best.get((model, "backprop"))
         for trainer in _order([t for m, t in best if m == model], TRAINERS):
             t = best[(model, trainer)]
-            epoch, val = t.best_epoch
+            val = t.final_val_acc
             test = t.metrics.get("test_acc")
-            keys = searched.get(t.parent_run_id) or \
-                list(FALLBACK_KEYS) + ([] if trainer == "backprop" else sorted(k for k in DEFAULTS if k.startswith("aux_")))
-            row = dict(model=model, trainer=trainer, val_acc=val, test_acc=test, best_epoch=epoch,
-                       epochs=max(e for e, _ in t.val_acc), wall_s=wall_seconds(t), trial=t,
+            keys = searched.get(t.parent_run_id) or _fallback_keys(trainer)
+            epochs = max((e for e, _ in t.histories.get("val_acc", [])), default=None)
+            row = dict(model=model, trainer=trainer, val_acc=val, test_acc=test, epochs=epochs,
+                       planned_epochs=t.params.get("epochs"), wall_s=wall_seconds(t), trial=t,
                        hyperparameters={k: t.params.get(k) for k in keys}, gap_val=None, gap_test=None)
             if reference is not None and trainer != "backprop":
-                row["gap_val"] = (val - reference.best_epoch[1]) * 100
+                row["gap_val"] = (val - reference.final_val_acc) * 100
                 ref_test = reference.metrics.get("test_acc")
                 if test is not None and ref_test is not None:
                     row["gap_test"] = (test - ref_test) * 100
@@ -280,12 +282,12 @@ def table_cells(row: dict) -> tuple:
     t = row["trial"]
     trial = t.trial_id if t.outcome == "completed" else f"{t.trial_id} ({t.outcome})"
     return (row["model"], row["trainer"], pct(row["val_acc"]), pct(row["test_acc"]), gap(row["gap_val"]),
-            gap(row["gap_test"]), f"{row['best_epoch']}/{row['epochs']}", _fmt_wall(row["wall_s"]), trial,
+            gap(row["gap_test"]), f"{row['epochs']}/{row['planned_epochs']}", _fmt_wall(row["wall_s"]), trial,
             " ".join(f"{k}={_fmt_value(v)}" for k, v in row["hyperparameters"].items()))
 
 
-TABLE_LEGEND = ("* val acc = the best epoch's validation accuracy of the best trial; epochs = best/trained; "
-                "gap = trainer - backprop in points (+ = ahead of backprop)")
+TABLE_LEGEND = ("* val acc: the best trial's final epoch (as the search ranks them); epochs: trained/budget; "
+                "gap: trainer - backprop, in points (+ = ahead)")
 
 
 def text_table(rows: list) -> list:
@@ -303,8 +305,9 @@ def search_summary(search: Search) -> str:
     counts = {}
     for t in search.trials:
         counts[t.outcome] = counts.get(t.outcome, 0) + 1
-    outcomes = ", ".join(f"{n} {o}" for o, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no trials yet"
-    return f"{search.experiment} / {search.name} [{search.status}]: {plural(len(search.trials), 'trial')} ({outcomes})"
+    outcomes = ", ".join(f"{n} {o}" for o, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none yet"
+    num_trials = plural(len(search.trials), "trial")
+    return f"{search.experiment} / {search.name} [{search.status}]: {num_trials} ({outcomes})"
 
 
 # ---- figures ----
@@ -330,17 +333,17 @@ def make_figures(searches: list, best: dict, out_dir: Path) -> tuple:
         series = {}
         for trainer in trainers:
             t = best[(model, trainer)]
-            series[trainer] = dict(label=f"{_label(t)}, best val {t.best_epoch[1] * 100:.2f}%", **t.histories)
+            series[trainer] = dict(label=f"{_label(t)}, final val {t.final_val_acc * 100:.2f}%", **t.histories)
         path = out_dir / f"curves_{model}.png"
         figures.plot_curves(model, series, path)
         made.append((path, f"{model}: loss and accuracy per epoch, best trial of each trainer"))
 
         blocks = {}
         for trainer in trainers:
-            metrics = best[(model, trainer)].metrics
-            if trainer != "backprop" and _block_accuracies(metrics, "val"):
-                blocks[trainer] = dict(label=_label(best[(model, trainer)]), val=_block_accuracies(metrics, "val"),
-                                       train=_block_accuracies(metrics, "train"))
+            t = best[(model, trainer)]
+            val = _block_accuracies(t.metrics, "val")
+            if trainer != "backprop" and val:
+                blocks[trainer] = dict(label=_label(t), val=val, train=_block_accuracies(t.metrics, "train"))
         if blocks:
             reference = best.get((model, "backprop"))
             path = out_dir / f"blocks_{model}.png"
@@ -376,8 +379,9 @@ def make_figures(searches: list, best: dict, out_dir: Path) -> tuple:
 # ---- the report ----
 
 def write_markdown(path: Path, uri: str, searches: list, rows: list, notes: list, made: list, skipped: list) -> None:
+    num_trials = plural(sum(len(s.trials) for s in searches), "trial")
     lines = ["# Gap report: local learning vs backprop", "",
-             f"Store `{uri}`, {plural(len(searches), 'search')}, {plural(sum(len(s.trials) for s in searches), 'trial')}; "
+             f"Store `{uri}`, {plural(len(searches), 'search')}, {num_trials}; "
              f"generated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
     if rows:
         lines += markdown_table(rows) + ["", TABLE_LEGEND.replace("*", "\\*", 1), ""]
@@ -400,8 +404,9 @@ def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = Tru
     rows = gap_rows(best, searches)
     notes = comparison_notes(best)
     if not best:
-        notes.append(f"No trial has reported a validation accuracy yet ({plural(sum(len(s.trials) for s in searches), 'trial')}"
-                     f" in {plural(len(searches), 'search')}): nothing to compare.")
+        num_trials = plural(sum(len(s.trials) for s in searches), "trial")
+        notes.append(f"No trial has reported a validation accuracy yet ({num_trials} in "
+                     f"{plural(len(searches), 'search')}): nothing to compare.")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -418,7 +423,7 @@ def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = Tru
         print(search_summary(s))
     for line in skipped:
         print(line)
-    print(f"wrote {report_md} and {len(made)} figures to {out_dir}/")
+    print(f"wrote {report_md} and {plural(len(made), 'figure')} to {out_dir}/")
 
     if log_artifacts:
         paths = [report_md] + [p for p, _ in made]
@@ -429,7 +434,7 @@ def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = Tru
         except Exception as e:  # the report itself is written; failing to upload it is a warning, not an error
             print(f"warning: could not log the report to MLflow ({_one_line(e)})", file=sys.stderr)
         else:
-            print(f"logged them under report/ on {len(searches)} search parent run(s)")
+            print(f"logged them under report/ on {plural(len(searches), 'search parent run')}")
     return 0
 
 
@@ -448,6 +453,14 @@ def main(argv: list | None = None) -> int:
         return run_report(args.mlflow_uri, args.spaces, args.out, log_artifacts=not args.no_log_artifacts)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(e, MlflowException):
+            raise
+        # the store answered the first request but failed later (server gone mid-way, a corrupt record)
+        print(f"error: reading {args.mlflow_uri} failed: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

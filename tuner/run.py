@@ -13,15 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tuner.cluster import ClusterError, init_ray, quiet_environment
-from tuner.config import ConfigError
-from tuner.data import DataError
-from tuner.searches import SearchRecord, new_name, unfinished
+from tuner.cluster import quiet_environment
+from tuner.config import UserError
+from tuner.searches import SearchRecord, absolute_tracking_uri, new_name, unfinished
 from tuner.spaces import Space, list_spaces, load_space
-from tuner.tracking import absolute_tracking_uri
 
 
-class SetupError(RuntimeError):
+class SetupError(UserError):
     """Storage, tracking or resume problem found before any trial runs; one line for the user."""
 
 
@@ -174,7 +172,7 @@ def main(argv=None) -> int:
         preflight(folder, record.mlflow_uri)
         from tuner.search import run_search  # heavy imports (Ray, torch) only once the plan stands
         return run_search(space, folder, record, bool(args.resume), args)
-    except (ConfigError, DataError, SetupError, ClusterError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -39,6 +39,13 @@ class SearchRecord:
         return cls(**json.loads((Path(folder) / RECORD).read_text()))
 
 
+def absolute_tracking_uri(tracking_uri: str) -> str:
+    """`sqlite:///mlflow.db` is relative to the working directory; pin it, so a resumed search finds it again."""
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
+    return tracking_uri
+
+
 def new_name(space: str) -> str:
     return f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
 

@@ -58,13 +58,6 @@ def artifact_location(tracking_uri: str) -> str | None:
     return (database.parent / "mlartifacts").resolve().as_uri()
 
 
-def absolute_tracking_uri(tracking_uri: str) -> str:
-    """`sqlite:///mlflow.db` is relative to the working directory; pin it, so a resumed search finds it again."""
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
-    return tracking_uri
-
-
 def start_parent_run(client: MlflowClient, experiment_name: str, run_name: str, tags: dict, params: dict,
                      space_text: str) -> str:
     """Create the search's parent run (experiment created if missing); log its fixed config and space.yaml."""

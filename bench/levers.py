@@ -1,0 +1,77 @@
+"""The levers that may close the DGL-backprop gap, compared at CPU scale on the same budget.
+
+    python bench/levers.py --data-dir ../shared/data [--width 0.125 --subset 5000 --epochs 6]
+
+One JSON line per configuration (validation accuracy, per-block accuracy, time), then a Markdown table. Every
+row trains the same network on the same images for the same epochs with the same seed; only the lever differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tuner.config import resolve
+from tuner.device import limit_threads
+from tuner.train import train
+
+# name -> overrides on top of the shared budget; "dgl (write-up)" is the write-up's setting
+LEVERS = {
+    "backprop": {"trainer": "backprop"},
+    "dgl (write-up)": {"trainer": "dgl"},
+    "dgl aux_head=mlp_sr": {"trainer": "dgl", "aux_head": "mlp_sr", "aux_depth": 3, "aux_width": 256},
+    "dgl aux_head=conv": {"trainer": "dgl", "aux_head": "conv", "aux_depth": 1, "aux_width": 64},
+    "dgl aux_depth=2": {"trainer": "dgl", "aux_depth": 2},
+    "dgl num_blocks=4": {"trainer": "dgl", "num_blocks": 4},
+    "dgl local_loss=predsim": {"trainer": "dgl", "local_loss": "predsim", "sim_weight": 0.99},
+    "dgl local_loss=sim": {"trainer": "dgl", "local_loss": "sim"},
+    "dgl dropout=0.2": {"trainer": "dgl", "dropout": 0.2},
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir")
+    parser.add_argument("--model", default="vgg16")
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--subset", type=int, default=5000)
+    parser.add_argument("--val-size", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--only", nargs="*", help="run only these lever names")
+    args = parser.parse_args(argv)
+    limit_threads(None)
+    budget = {"model": args.model, "width": args.width, "train_subset": args.subset, "val_size": args.val_size,
+              "epochs": args.epochs, "lr": args.lr, "aux_width": 512, "aux_depth": 1}
+    rows = []
+    for name, lever in LEVERS.items():
+        if args.only and name not in args.only:
+            continue
+        cfg = resolve({**budget, **lever})
+        start = time.perf_counter()
+        metrics = train(cfg, args.data_dir, log=lambda line: print(f"  {line}", file=sys.stderr))
+        row = {"lever": name, "val_acc": metrics["val_acc"], "train_acc": metrics["train_acc"],
+               "epochs": metrics["epochs"], "wall_s": round(time.perf_counter() - start, 1),
+               "blocks": [round(v, 3) for k, v in sorted(metrics.items(), key=lambda kv: _block_index(kv[0]))
+                          if k.startswith("block") and k.endswith("_val_acc")]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(f"\n{args.model} width {args.width}, {args.subset} training images, {args.epochs} epochs, "
+          f"lr {args.lr}, validation on {args.val_size} held-out images\n")
+    print("| configuration | val_acc | train_acc | gap to backprop (pts) | wall s |")
+    print("| --- | --- | --- | --- | --- |")
+    reference = next((r["val_acc"] for r in rows if r["lever"] == "backprop"), None)
+    for r in rows:
+        gap = "ref" if r["lever"] == "backprop" or reference is None else f"{100 * (r['val_acc'] - reference):+.1f}"
+        print(f"| {r['lever']} | {r['val_acc']:.4f} | {r['train_acc']:.4f} | {gap} | {r['wall_s']} |")
+    return 0
+
+
+def _block_index(key: str) -> int:
+    return int(key[5:].split("_", 1)[0]) if key.startswith("block") else -1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
