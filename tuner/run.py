@@ -15,7 +15,8 @@ from pathlib import Path
 
 from tuner.cluster import quiet_environment
 from tuner.config import UserError
-from tuner.searches import SearchRecord, absolute_tracking_uri, new_name, unfinished
+from tuner.searches import (RECORD, SearchRecord, absolute_tracking_uri, driver_pid, new_name, resume_command,
+                            unfinished)
 from tuner.spaces import Space, list_spaces, load_space
 
 
@@ -69,6 +70,11 @@ def locate_resume(args, space_name: str) -> tuple[Path, SearchRecord]:
         raise SetupError(f"--resume {folder}: not a search folder (no readable search.json)") from None
     if record.status == "finished":
         raise SetupError(f"--resume {folder}: that search already finished")
+    if record.space != space_name:
+        raise SetupError(f"--resume {folder}: that is a search of '{record.space}', not of '{space_name}'")
+    pid = driver_pid(folder)
+    if pid:
+        raise SetupError(f"--resume {folder}: that search is running now (driver pid {pid})")
     return folder, record
 
 
@@ -77,8 +83,12 @@ def new_search(args, space: Space) -> tuple[Path, SearchRecord]:
     storage = Path(args.storage).expanduser().resolve()
     pending = unfinished(storage, space.name)
     if pending and not args.fresh:
+        pid = driver_pid(pending[-1])
+        if pid:
+            raise SetupError(f"a search of '{space.name}' is running now at {pending[-1]} (driver pid {pid}); "
+                             f"start another beside it with --fresh")
         raise SetupError(f"an unfinished search of '{space.name}' is at {pending[-1]}; continue it with "
-                         f"`python -m tuner.run --space {args.space} --resume` or start another with --fresh")
+                         f"`{resume_command(args.space, pending[-1])}` or start another with --fresh")
     name = new_name(space.name)
     overrides = {k: v for k, v in vars(args).items() if k in OVERRIDE_FLAGS and v is not None}
     record = SearchRecord(name=name, space=space.name, space_path=str(space.path), overrides=overrides,
@@ -153,6 +163,7 @@ def check_tracking_uri(uri: str) -> None:
 def main(argv=None) -> int:
     quiet_environment()
     args = parse_args(argv)
+    folder = None
     try:
         if args.resume:
             folder, record = locate_resume(args, load_space(args.space).name)
@@ -175,6 +186,11 @@ def main(argv=None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside Ray Tune's own handling (loading data, starting Ray, a 2nd Ctrl-C)
+        started = folder is not None and (folder / RECORD).exists()
+        print("\nInterrupted." + (f" Continue with:\n  {resume_command(args.space, folder)}" if started else ""),
+              file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,13 +1,23 @@
-"""The search itself: Ray Tune + ASHA + Optuna + the MLflow tracker, new or restored, then the verdict."""
+"""The search itself: Ray Tune + ASHA + Optuna + the MLflow tracker, new or restored, then the verdict.
+
+Interruptions. Ctrl-C (or SIGTERM) stops the search gracefully: Ray saves its state, the runs of the trials in
+flight are ended KILLED with dt.outcome 'running' (they continue on --resume), the parent run is tagged
+interrupted and the resume command printed; exit code 130. A killed driver (SIGKILL, a crash) leaves the state
+of the last controller step in which anything happened to a trial (SnapshotOnEvents). `--resume` restores it:
+finished and failed trials stay as they ended, trials in flight continue from their last epoch checkpoint,
+and the searcher, ASHA's rungs and MLflow carry on where they stood.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from ray.tune.logger import JsonLoggerCallback
 
 from tuner.cluster import init_ray
@@ -16,9 +26,10 @@ from tuner.epoch import evaluate_split
 from tuner.outcome import trial_outcome
 from tuner.scheduler import make_scheduler
 from tuner.searcher import make_searcher
-from tuner.searches import SearchRecord
+from tuner.searches import SearchRecord, claim, install_ray_snapshot, resume_command, save_ray_snapshot
 from tuner.spaces import Space, make_sampler
-from tuner.tracking import MLflowTracker, finish_parent_run, reopen_run, start_parent_run
+from tuner.tracking import (MLflowTracker, close_dangling_runs, delete_child_runs, find_parent_run, finish_parent_run,
+                            reopen_run, start_parent_run)
 from tuner.trainable import build, load_checkpoint, train_trial
 
 CHECKPOINTS_KEPT = 2
@@ -37,6 +48,46 @@ def progress_reporter(space: Space):
                             max_report_frequency=PROGRESS_EVERY_S, sort_by_metric=True, max_progress_rows=12)
 
 
+class SnapshotOnEvents(Callback):
+    """After each controller step in which something happened to a trial, copy Ray's experiment state whole
+    (tuner/searches.py says why). TUNE_GLOBAL_CHECKPOINT_S=0 (tuner/cluster.py) makes Ray write that state at
+    every step, so the copy is never behind the last event."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self) -> None:
+        self._dirty = True
+        self._num_trials = 0
+        self._copied = None  # (path, mtime) of the staging state last copied
+
+    def __getstate__(self) -> dict:
+        return {}  # pickled into tuner.pkl: a restored search starts afresh
+
+    def __setstate__(self, state: dict) -> None:
+        self._reset()
+
+    def _touch(self, *args, **info) -> None:
+        self._dirty = True
+
+    on_trial_start = on_trial_result = on_trial_complete = on_trial_error = on_trial_recover = _touch
+    on_trial_save = on_checkpoint = _touch
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if not trials or (not self._dirty and len(trials) == self._num_trials):
+            return
+        storage = trials[0].storage
+        staging = Path(storage.experiment_driver_staging_path)
+        states = sorted(staging.glob("experiment_state-*.json"))
+        if not states:
+            return
+        written = (states[-1], states[-1].stat().st_mtime_ns)
+        if written == self._copied:
+            return  # Ray has not written its state since the last copy; try again after the next step
+        save_ray_snapshot(staging, Path(storage.experiment_fs_path))
+        self._dirty, self._num_trials, self._copied = False, len(trials), written
+
+
 def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, max_failures: int) -> tune.Tuner:
     base = space.base_config()
     constants = {k: v for k, v in base.items() if k not in space.params}
@@ -51,13 +102,14 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
                             {"dt.trainer": space.trainer, "dt.model": space.model})
     return tune.Tuner(
         trainable_for(space, arrays),
-        tune_config=TuneConfig(search_alg=searcher, scheduler=make_scheduler(space, folder),
+        tune_config=TuneConfig(search_alg=searcher, scheduler=make_scheduler(space),
                                num_samples=space.num_samples, metric=space.metric, mode=space.mode,
                                trial_dirname_creator=lambda trial: trial.trial_id,
                                trial_name_creator=lambda trial: trial.trial_id),
         run_config=RunConfig(
             # result.json per trial (what Tune's ResultGrid reads back); MLflow is the record users look at
-            name=folder.name, storage_path=str(folder.parent), callbacks=[tracker, JsonLoggerCallback()],
+            name=folder.name, storage_path=str(folder.parent),
+            callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents()],
             progress_reporter=progress_reporter(space), verbose=1,
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=FailureConfig(max_failures=max_failures)),
@@ -67,42 +119,97 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
 def open_parent_run(client: MlflowClient, space: Space, folder: Path, record: SearchRecord, resume: bool) -> None:
     from tuner.run import code_version
 
-    if resume and record.parent_run_id:
-        reopen_run(client, record.parent_run_id)
-        return
+    if resume:  # the run it opened; found by name if the driver died before it could write the id down
+        record.parent_run_id = record.parent_run_id or find_parent_run(client, record.experiment, record.name) or ""
+        if record.parent_run_id:
+            reopen_run(client, record.parent_run_id)
+            return
     tags = {"dt.space": space.name, "dt.trainer": space.trainer, "dt.model": space.model, "dt.storage": str(folder),
             "dt.code_version": code_version()}
     fixed = {k: v for k, v in space.base_config().items() if k not in space.params}
     record.parent_run_id = start_parent_run(client, record.experiment, record.name, tags, fixed, space.text)
 
 
+def restore_tuner(space: Space, folder: Path, arrays: dict) -> tune.Tuner:
+    from tuner.run import SetupError
+
+    try:
+        # unfinished trials continue from their checkpoints; errored ones used up their retries and stay failed
+        return tune.Tuner.restore(str(folder), trainable=trainable_for(space, arrays), resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    except Exception as error:  # Ray raises many types for an unreadable folder; the user needs one line
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise SetupError(f"--resume {folder}: Ray cannot restore this search ({first})") from None
+
+
+class _RayInterruptNotices(logging.Filter):
+    """Ray's own notices on Ctrl-C point at Tuner.restore() and list the trials in flight as if they had failed, and
+    a trial that never started has no metrics to fetch; run_search says what applies here instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not message.startswith(("Experiment has been interrupted", "Trials did not complete",
+                                       "Failed to fetch metrics"))
+
+
+def _sigterm_as_ctrl_c(signum, frame) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
 def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, args) -> int:
+    from tuner.run import SetupError
+
+    # a reboot or `kill` stops the search as gracefully as Ctrl-C (set again after ray.init, which replaces it)
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     arrays = load_arrays(args.data_dir)  # once, in the driver; trials share it through Ray's object store
+    lock = claim(folder)  # held until this process ends, whatever ends it
+    if lock is None:
+        raise SetupError(f"{folder}: another driver is running this search")
+    record.status = "running"
+    record.save(folder)  # from here on the search exists, and --resume continues it (or starts it anew)
     init_ray(args.address)
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+        logging.getLogger(name).addFilter(_RayInterruptNotices())
     client = MlflowClient(record.mlflow_uri)
     open_parent_run(client, space, folder, record, resume)
-    record.status = "running"
     record.save(folder)
-    if resume:
-        tuner = tune.Tuner.restore(str(folder), trainable=trainable_for(space, arrays), resume_errored=True)
+    if resume and install_ray_snapshot(folder):
+        tuner = restore_tuner(space, folder, arrays)
     else:
+        if resume:  # the driver died before any trial started: start the search anew, in its own folder and run
+            delete_child_runs(client, record.parent_run_id)
         tuner = new_tuner(space, folder, record, arrays, args.max_failures)
     results = tuner.fit()
-    interrupted = any(r.metrics is None or not _ended(r) for r in results) or getattr(results, "_interrupted", False)
+    if len(results) < space.num_samples or not all(_ended(result) for result in results):
+        return interrupted(results, space, folder, record, client, args)
     summary = summarize(results, space, arrays, client, record)
-    record.status = "interrupted" if interrupted else "finished"
+    close_dangling_runs(client, record.parent_run_id)  # a safety net: every trial ended, so no run may stay open
+    finish_parent_run(client, record.parent_run_id, "finished", summary)
+    record.status = "finished"
     record.save(folder)
-    finish_parent_run(client, record.parent_run_id, record.status, summary)
-    if interrupted:
-        print(f"\nThe search was interrupted. Continue it with:\n  python -m tuner.run --space {args.space} --resume"
-              f" --storage {folder.parent}")
-        return 130
     return 0
 
 
+def interrupted(results, space: Space, folder: Path, record: SearchRecord, client: MlflowClient, args) -> int:
+    """Ctrl-C: Ray saved the state; end the runs of the trials in flight as KILLED (undecided, see the module
+    docstring), mark the parent and the record interrupted, and say how to continue."""
+    close_dangling_runs(client, record.parent_run_id, status="KILLED", outcome=None)
+    ended = sum(1 for result in results if _ended(result))
+    finish_parent_run(client, record.parent_run_id, "interrupted", {})
+    record.status = "interrupted"
+    record.save(folder)
+    print(f"\nInterrupted: {ended} of {space.num_samples} trials ended; the trials in flight continue from their "
+          f"last epoch checkpoint. Continue with:\n  {resume_command(args.space, folder)}", flush=True)
+    return 130
+
+
 def _ended(result) -> bool:
-    return bool(result.metrics) and (result.metrics.get("finished") or result.metrics.get("diverged")
-                                     or result.error is not None or result.metrics.get("done"))
+    """Whether a trial ended for good: it ran its epochs (`finished`), diverged, used up its retries (an error), or
+    the scheduler stopped it (Ray marks that result `done`). A trial stopped by Ctrl-C has none of these. (`done` alone
+    is not enough: Ray's saved state can miss it on a trial that returned, so a restored one would look unended.)"""
+    metrics = result.metrics or {}
+    return result.error is not None or bool(metrics.get("finished") or metrics.get("diverged") or metrics.get("done"))
 
 
 def summarize(results, space: Space, arrays: dict, client: MlflowClient, record: SearchRecord) -> dict:
@@ -114,7 +221,9 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
         if value is None or not math.isfinite(value):
             value = None
         rows.append((value, result, trial_outcome(metrics, result.error is not None)))
-    scored = sorted([r for r in rows if r[0] is not None], key=lambda r: r[0], reverse=space.mode == "max")
+    # ties broken by trial id, so that a search summarised twice (killed during the summary, resumed) picks the same
+    scored = sorted([r for r in rows if r[0] is not None], key=lambda r: str(r[1].metrics.get("trial_id")))
+    scored.sort(key=lambda r: r[0], reverse=space.mode == "max")
     print(f"\n{len(rows)} trials: " + ", ".join(f"{n} {o}" for o, n in _counts(r[2] for r in rows).items()))
     if not scored:
         print("No trial reported a finite validation score.")

@@ -6,7 +6,8 @@ here is the contract the report reads: see the MLflow layout notes in the README
 
 A search can be interrupted and resumed (Tuner.restore), with a fresh driver process: child runs are found
 again by their `dt.trial_id` tag and the epochs already logged are read back, so a resumed trial keeps its one
-run and a redone epoch adds no second point.
+run and a redone epoch adds no second point. On the first step of a resumed search the child runs are made to
+agree with the trials Ray restored (`reconcile`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def start_parent_run(client: MlflowClient, experiment_name: str, run_name: str, 
     return run.info.run_id
 
 
+def find_parent_run(client: MlflowClient, experiment_name: str, run_name: str) -> str | None:
+    """The parent run of the search named `run_name`, if one was opened."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{run_name}' and "
+                                                          f"tags.`dt.role` = 'search'")
+    return runs[0].info.run_id if runs else None
+
+
 def reopen_run(client: MlflowClient, run_id: str) -> None:
     """Mark a parent run running again, for a resumed search."""
     client.update_run(run_id, status="RUNNING")
@@ -105,14 +116,28 @@ def finish_parent_run(client: MlflowClient, run_id: str, status: str, summary: d
     client.set_terminated(run_id, status=PARENT_STATUSES[status])
 
 
-def close_dangling_runs(client: MlflowClient, parent_run_id: str) -> list[str]:
-    """Mark every child run still RUNNING (its trial was cut off with the driver) FAILED / dt.outcome=failed."""
+def close_dangling_runs(client: MlflowClient, parent_run_id: str, status: str = "FAILED",
+                        outcome: str | None = "failed") -> list[str]:
+    """End every child run still RUNNING with `status` and dt.outcome `outcome` (None: leave the tag as it is).
+
+    The defaults are for trials cut off for good. An interrupted search ends the runs of the trials it will
+    continue as KILLED with dt.outcome left 'running': undecided, and reopened when the search is resumed.
+    """
     closed = []
     for run in _child_runs(client, parent_run_id, "attributes.status = 'RUNNING'"):
-        client.set_tag(run.info.run_id, "dt.outcome", "failed")
-        client.set_terminated(run.info.run_id, status="FAILED")
+        if outcome is not None:
+            client.set_tag(run.info.run_id, "dt.outcome", outcome)
+        client.set_terminated(run.info.run_id, status=status)
         closed.append(run.info.run_id)
     return closed
+
+
+def delete_child_runs(client: MlflowClient, parent_run_id: str) -> int:
+    """Delete the child runs of a search that is started anew (its driver died before any trial was saved)."""
+    runs = _child_runs(client, parent_run_id)
+    for run in runs:
+        client.delete_run(run.info.run_id)
+    return len(runs)
 
 
 # ---------------------------------------------------------------------------------------------- child runs
@@ -136,6 +161,7 @@ class MLflowTracker(Callback):
         self._experiment_id = None
         self._run_ids: dict[str, str] = {}     # trial id -> child run id
         self._last_epoch: dict[str, int] = {}  # child run id -> highest epoch logged
+        self._reconciled = False
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks into tuner.pkl; the client holds a database engine, and the caches are
@@ -187,6 +213,26 @@ class MLflowTracker(Callback):
             self._last_epoch[run_id] = 0
         self._run_ids[trial_id] = run_id
         return run_id, run is None
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        # a new search has no trials at its first step; a restored one has all of them
+        if not self._reconciled and trials:
+            self.reconcile(trials)
+        self._reconciled = True
+
+    def reconcile(self, trials: list) -> None:
+        """After a restore: end the runs of trials that ended (their driver died before it could), and delete the
+        runs of trials Ray does not know -- started after its last saved state, they will not come back (the
+        searcher, restored from the same state, suggests again in their place). Runs of trials that will continue
+        are left to on_trial_start, which reopens them."""
+        by_id = {trial.trial_id: trial for trial in trials}
+        for run in _child_runs(self.client, self.parent_run_id):
+            trial = by_id.get(run.data.tags.get("dt.trial_id"))
+            if trial is None:
+                self.client.delete_run(run.info.run_id)
+            elif run.info.status in ("RUNNING", "KILLED") and trial.status in ("TERMINATED", "ERROR"):
+                self._run_ids[trial.trial_id] = run.info.run_id
+                self._end(trial, error=trial.status == "ERROR")
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         run_id, created = self._find_or_create_run(trial)

@@ -4,12 +4,17 @@ train, evaluate, report, checkpoint.
 Learning is defined in `models/`; this file only adapts it to Tune. The CIFAR-10 arrays arrive through
 `tune.with_parameters`, i.e. Ray's object store: read once by the driver, shared zero-copy by the trials of a
 node, never re-read per trial or per epoch.
+
+A trial checkpoints after every epoch, so whatever interrupts it (a retried error, a killed worker, a resumed
+search) costs at most the epoch in progress.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -63,11 +68,14 @@ def train_trial(config: dict, arrays: dict) -> None:
     limit_threads(trial_cpus())
     trainer, data = build(config, arrays)
     cfg = trainer.cfg
+    trial_id = tune.get_context().get_trial_id()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         load_checkpoint(trainer, checkpoint)
+        print(f"trial {trial_id}: resumed from its epoch-{trainer.epoch} checkpoint", flush=True)
     tags = {"trainer": cfg["trainer"], "model": cfg["model"]}
     while trainer.epoch < cfg["epochs"]:
+        inject_fault(trial_id, cfg, trainer.epoch + 1)
         metrics = {**run_epoch(trainer, data), **tags}
         if metrics["diverged"]:
             tune.report(finite_only(metrics))  # no checkpoint: a diverged state is worth nothing
@@ -76,3 +84,32 @@ def train_trial(config: dict, arrays: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="dt-ckpt-") as directory:
             save_checkpoint(trainer, directory)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+# ------------------------------------------------------------------------------------------------ test hook
+# Fault injection for the resume tests, off unless DT_FAULT is set. DT_FAULT holds `;`-separated faults
+#   ACTION:KEY=VALUE:epoch=N[:times=K]
+# fired as epoch N of a trial whose config has KEY=VALUE starts, on its first K attempts (default: every attempt).
+# ACTION is `raise` (the trial raises) or `stall` (it sleeps STALL_S seconds, for the test to kill something
+# meanwhile). Each firing leaves a file `<trial id>-<action>-<n>` holding the worker's pid in DT_FAULT_DIR,
+# which is required: the attempts of a trial span worker processes and driver sessions.
+STALL_S = 300
+
+
+def inject_fault(trial_id: str, cfg: dict, epoch: int) -> None:
+    spec = os.environ.get("DT_FAULT")
+    if not spec:
+        return
+    for fault in filter(None, (part.strip() for part in spec.split(";"))):
+        action, match, at_epoch, *times = fault.split(":")
+        key, value = match.split("=", 1)
+        if str(cfg[key]) != value or epoch != int(at_epoch.removeprefix("epoch=")):
+            continue
+        marker_dir = Path(os.environ["DT_FAULT_DIR"])
+        fired = len(list(marker_dir.glob(f"{trial_id}-{action}-*")))
+        if times and fired >= int(times[0].removeprefix("times=")):
+            continue
+        (marker_dir / f"{trial_id}-{action}-{fired + 1}").write_text(str(os.getpid()))
+        if action == "raise":
+            raise RuntimeError(f"DT_FAULT: injected failure at epoch {epoch}")
+        time.sleep(STALL_S)

@@ -1,0 +1,335 @@
+"""The GPU check: what a session with a GPU runs, through bench/gpu_check.sh (the exact device call is at the top
+of that file); under 5 minutes on one H100 or H200. Every row is one JSON line on stdout and in
+OUT/gpu_check.jsonl, by its `bench` key:
+
+  peak         a large bf16 matrix product (8192^3): the TFLOP/s that model FLOP utilisation divides by
+  flops        training FLOPs per image, counted by torch's FlopCounterMode (on the CPU, a batch of 4): the network
+               alone, forward + backward (what MFU counts), and one step of each trainer (heads, SG modules too)
+  gpu_trainer  each trainer on vgg16 (width 1) at batch 128 and 512, bf16 autocast, channels_last: images/s, peak
+               memory, mfu = network FLOPs/image x images/s / peak, and hfu, the same with the trainer's FLOPs
+  variant      backprop at batch 512 with cudnn.benchmark on, and with compile=True: measured, not assumed
+  concurrency  1, 2, 4 dgl trials (processes) sharing the GPU at batch 128: total images/s
+  search       a 4-trial Ray Tune search (tuner.trainable.train_trial) at 0.25 GPU per trial, 2 epochs, on the
+               carried CIFAR-10 subset: per-trial images/s and val_acc, wall time, peak device memory in use
+  extra        dgl at batch 128 with compile=True, only if the time budget has room left
+  summary      the device, and the issue's targets: backprop MFU at batch 512 >= 0.35, dgl <= 1.3 x backprop
+
+A section that fails leaves an {"bench": ..., "error": ...} row and the others still run: device time is scarce.
+--dry-run: every step on the CPU and tiny (narrow vgg16, batch 8/16, a small fp32 matrix), to check the script
+where there is no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m bench.gpu_check` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from bench.throughput import (make_runner, report_collector, run_concurrent, synchronize, synthetic_arrays,
+                              synthetic_split, timed_epoch)
+from models.networks import build_network
+from models.trainers import build_trainer
+from tuner.config import TRAINERS, resolve
+from tuner.data import DataError, load_arrays
+
+GPU = dict(device="cuda", model="vgg16", width=1.0, batch_sizes=[128, 512], steps=20, warmup_steps=5, repeats=3,
+           peak_n=8192, peak_dtype=torch.bfloat16, concurrency=[1, 2, 4], concurrency_s=8.0,
+           search_width=1.0, search_train=None, search_val=1000, search_cpus=2.0, search_gpus=0.25, threads=4)
+DRY = dict(device="cpu", model="vgg16", width=0.0625, batch_sizes=[8, 16], steps=2, warmup_steps=1, repeats=1,
+           peak_n=256, peak_dtype=torch.float32, concurrency=[1, 2], concurrency_s=1.0,
+           search_width=0.0625, search_train=400, search_val=100, search_cpus=0.5, search_gpus=0.0, threads=1)
+SECTIONS = ("peak", "trainers", "variants", "concurrency", "search", "extra")
+SEARCH_LRS = [0.01, 0.02, 0.05, 0.1]
+TARGET_MFU, TARGET_DGL_COST = 0.35, 1.30
+
+
+class Rows:
+    """Rows as they come: printed, appended to OUT/gpu_check.jsonl, kept for the summary."""
+
+    def __init__(self, out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path, self.rows = out / "gpu_check.jsonl", []
+        self.path.write_text("")
+
+    def emit(self, row: dict) -> dict:
+        line = json.dumps(row)
+        print(line, flush=True)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+        self.rows.append(row)
+        return row
+
+    def find(self, **match) -> dict | None:
+        return next((r for r in self.rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# measurements
+
+
+def peak_tflops(device, n: int, dtype) -> float:
+    """TFLOP/s of an n x n x n matrix product: mean of 10 after 3 warm-ups."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    synchronize(device)
+    return 2 * n**3 * 10 / (time.perf_counter() - start) / 1e12
+
+
+def training_flops_per_image(cfg: dict, batch: int = 4) -> tuple[float, float]:
+    """(network, trainer) training FLOPs per image, counted on the CPU: the network alone, forward + backward, and
+    one step of cfg's trainer. FlopCounterMode counts matrix products and convolutions, backward included (no
+    gradient for the input image, as in training), not the elementwise ops."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu_cfg = {**cfg, "device": "cpu", "compile": False}
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    network = build_network(cfg["model"], cfg["width"], 1)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(network(x), y).backward()
+    network_flops = counter.get_total_flops() / batch
+    trainer = build_trainer(cpu_cfg, "cpu", steps_per_epoch=1)
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(x, y)
+    return network_flops, counter.get_total_flops() / batch
+
+
+def measure(cfg: dict, device, steps: int, warmup_steps: int, repeats: int) -> dict:
+    """images/s of one trainer alone on the device (median of `repeats`), its peak memory, its warm-up time."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    batch_size = cfg["batch_size"]
+    runner = make_runner(cfg["trainer"], cfg, device)
+    split = synthetic_split(steps * batch_size, device)
+    warmup = timed_epoch(runner, split, batch_size, warmup_steps, epoch=0)  # compile and autotuning happen here
+    ips = [t["images"] / t["wall_s"] for t in
+           (timed_epoch(runner, split, batch_size, steps, epoch=r + 1) for r in range(repeats))]
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    del runner, split
+    return {"images_per_s": round(statistics.median(ips), 1), "spread": [round(min(ips), 1), round(max(ips), 1)],
+            "warmup_s": round(warmup["wall_s"], 2), "peak_mem_gib": None if memory is None else round(memory, 2)}
+
+
+class DeviceMemoryPoller:
+    """The most GPU memory in use while it runs, all processes together (nvidia-smi, twice a second): Ray's GPU
+    fractions are a scheduling label, nothing isolates one trial's memory from another's."""
+
+    def __init__(self):
+        self.peak_mib, self._stop = None, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            try:
+                text = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                      capture_output=True, text=True, timeout=5).stdout
+                used = max(int(v) for v in text.split())
+                self.peak_mib = max(self.peak_mib or 0, used)
+            except (OSError, ValueError, subprocess.SubprocessError):
+                pass
+
+    def __enter__(self):
+        if shutil.which("nvidia-smi"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sections
+
+
+def section_trainers(rows: Rows, s: dict, device, peak: float | None) -> None:
+    for trainer in TRAINERS:
+        cfg = resolve({"trainer": trainer, "model": s["model"], "width": s["width"], "epochs": 100})
+        network_flops, trainer_flops = training_flops_per_image(cfg)
+        rows.emit({"bench": "flops", "trainer": trainer, "model": s["model"], "width": s["width"],
+                   "network_train_gflops_per_image": round(network_flops / 1e9, 4),
+                   "trainer_train_gflops_per_image": round(trainer_flops / 1e9, 4)})
+        for batch_size in s["batch_sizes"]:
+            measured = measure({**cfg, "batch_size": batch_size}, device, s["steps"], s["warmup_steps"], s["repeats"])
+            utilisation = {}
+            if peak:
+                utilisation = {"mfu": round(network_flops * measured["images_per_s"] / (peak * 1e12), 4),
+                               "hfu": round(trainer_flops * measured["images_per_s"] / (peak * 1e12), 4)}
+            rows.emit({"bench": "gpu_trainer", "trainer": trainer, "model": s["model"], "width": s["width"],
+                       "batch_size": batch_size, "device": str(device), **measured, **utilisation})
+
+
+def section_variants(rows: Rows, s: dict, device, dry: bool) -> None:
+    batch_size = s["batch_sizes"][-1]
+    cfg = resolve({"trainer": "backprop", "model": s["model"], "width": s["width"], "epochs": 100,
+                   "batch_size": batch_size})
+    common = {"bench": "variant", "trainer": "backprop", "model": s["model"], "width": s["width"],
+              "batch_size": batch_size, "device": str(device)}
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        rows.emit({**common, "variant": "cudnn_benchmark",
+                   **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"])})
+    finally:
+        torch.backends.cudnn.benchmark = before
+    if dry:  # inductor's C++ build on a CPU takes minutes; the GPU run measures it
+        rows.emit({**common, "variant": "compile", "skipped": "dry run"})
+    else:
+        rows.emit({**common, "variant": "compile",
+                   **measure({**cfg, "compile": True}, device, s["steps"], s["warmup_steps"], s["repeats"])})
+
+
+def section_concurrency(rows: Rows, s: dict, device) -> None:
+    cfg = resolve({"trainer": "dgl", "model": s["model"], "width": s["width"], "epochs": 100,
+                   "batch_size": s["batch_sizes"][0], "device": str(device)})
+    single = None
+    for trials in s["concurrency"]:
+        measured = run_concurrent(cfg, trials, threads=1, seconds=s["concurrency_s"])
+        single = single or measured["total_images_per_s"]
+        rows.emit({"bench": "concurrency", "trainer": "dgl", "model": s["model"], "width": s["width"],
+                   "batch_size": cfg["batch_size"], "device": str(device), "trials": trials,
+                   "seconds": s["concurrency_s"], **measured,
+                   "vs_one_trial": round(measured["total_images_per_s"] / single, 3)})
+
+
+def search_arrays(data_dir: str | None, dry: bool) -> tuple[dict, str]:
+    if data_dir:
+        try:
+            return load_arrays(data_dir), str(data_dir)
+        except DataError as error:
+            print(f"# no CIFAR-10 subset ({error}); searching on random images", file=sys.stderr)
+    n = 500 if dry else 5000
+    return synthetic_arrays(n, 100), "synthetic"
+
+
+def section_search(rows: Rows, s: dict, device, data_dir: str | None, dry: bool) -> None:
+    try:
+        import ray
+        from ray import tune
+        from ray.tune.logger import JsonLoggerCallback
+    except ImportError as error:
+        rows.emit({"bench": "search", "skipped": f"ray is not importable here ({error}); carry it: "
+                                                 f"bash bench/make_gpu_carry.sh, see bench/gpu_check.sh"})
+        return
+    from tuner.cluster import init_ray
+    from tuner.trainable import train_trial
+
+    arrays, source = search_arrays(data_dir, dry)
+    base = resolve({"trainer": "dgl", "model": s["model"], "width": s["search_width"], "epochs": 2,
+                    "batch_size": s["batch_sizes"][0], "train_subset": s["search_train"], "val_size": s["search_val"],
+                    "eval_batch_size": 500,
+                    "device": str(device)})
+    resources = {"cpu": s["search_cpus"], "gpu": s["search_gpus"]}
+    init_ray()
+    collect = report_collector()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="dt-gpu-check-") as storage, DeviceMemoryPoller() as memory:
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), resources),
+            param_space={**base, "lr": tune.grid_search(SEARCH_LRS)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=len(SEARCH_LRS)),
+            run_config=tune.RunConfig(name="gpu_check_search", storage_path=storage, verbose=0,
+                                      callbacks=[collect, JsonLoggerCallback()]))
+        results = tuner.fit()
+    wall = time.time() - started
+    ray.shutdown()
+    errors = [str(r.error).strip().splitlines()[-1] for r in results if r.error is not None]
+    spans = []
+    for trial_id in sorted({r["trial_id"] for r in collect.reports}):
+        reports = [r for r in collect.reports if r["trial_id"] == trial_id]
+        first, last = reports[0], reports[-1]
+        spans.append((first["received"] - first["time_this_iter_s"], last["received"]))
+        rows.emit({"bench": "search_trial", "trial_id": trial_id, "lr": last.get("config", {}).get("lr"),
+                   "epochs": last["epoch"], "val_acc": round(last["val_acc"], 4),
+                   "images_per_s": [round(r["images_per_s"], 1) for r in reports],
+                   "epoch_s": [round(r["epoch_s"], 2) for r in reports]})
+    overlap = max((sum(1 for a, b in spans if a <= t < b) for t, _ in spans), default=0)
+    rows.emit({"bench": "search", "trials": len(spans), "resources_per_trial": resources, "data": source,
+               "width": s["search_width"], "epochs": 2, "wall_s": round(wall, 1), "most_trials_at_once": overlap,
+               "peak_device_mem_gib": None if memory.peak_mib is None else round(memory.peak_mib / 1024, 2),
+               "errors": errors})
+
+
+def summary_row(rows: Rows, s: dict, device, started: float) -> dict:
+    big, small = s["batch_sizes"][-1], s["batch_sizes"][0]
+    backprop_big = rows.find(bench="gpu_trainer", trainer="backprop", batch_size=big) or {}
+    targets = {"backprop_mfu_at_%d" % big: backprop_big.get("mfu"), "mfu_target": TARGET_MFU}
+    for batch_size in (small, big):
+        bp = rows.find(bench="gpu_trainer", trainer="backprop", batch_size=batch_size)
+        dgl = rows.find(bench="gpu_trainer", trainer="dgl", batch_size=batch_size)
+        if bp and dgl:
+            targets[f"dgl_time_per_image_vs_backprop_at_{batch_size}"] = round(
+                bp["images_per_s"] / dgl["images_per_s"], 3)
+    targets["dgl_target"] = TARGET_DGL_COST
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)"
+    return rows.emit({"bench": "summary", "device": name, "torch": torch.__version__,
+                      "python": sys.version.split()[0], "total_s": round(time.time() - started, 1), **targets})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="bench_out/gpu_check", help="folder for gpu_check.jsonl")
+    parser.add_argument("--data-dir", help="the carried CIFAR-10 subset (bench/make_gpu_carry.sh)")
+    parser.add_argument("--dry-run", action="store_true", help="every step on the CPU, tiny")
+    parser.add_argument("--skip", default="", help="comma-separated sections to leave out: " + ", ".join(SECTIONS))
+    parser.add_argument("--budget-s", type=float, default=270.0, help="the `extra` section runs only within this")
+    args = parser.parse_args(argv)
+    skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    if skip - set(SECTIONS):
+        print(f"error: --skip: '{args.skip}' must be a comma-separated list of {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    s = DRY if args.dry_run else GPU
+    if not args.dry_run and not torch.cuda.is_available():
+        print("error: no CUDA device is visible; run with --dry-run to check the script on the CPU", file=sys.stderr)
+        return 2
+    started, device, rows = time.time(), torch.device(s["device"]), Rows(Path(args.out))
+    # one thread on a CPU: on a shared 2-core machine a second OpenMP thread waits on a busy core at every op
+    torch.set_num_threads(min(s["threads"], os.cpu_count() or 1))
+
+    def section(name, run):
+        if name in skip:
+            return
+        try:
+            run()
+        except Exception as error:  # keep what the other sections measure
+            rows.emit({"bench": name, "error": f"{type(error).__name__}: {str(error).strip()[:500]}"})
+
+    peak = {}
+    section("peak", lambda: peak.update(rows.emit({"bench": "peak", "device": str(device), "n": s["peak_n"],
+                                                   "dtype": str(s["peak_dtype"]).replace("torch.", ""),
+                                                   "tflops": round(peak_tflops(device, s["peak_n"],
+                                                                               s["peak_dtype"]), 4)})))
+    section("trainers", lambda: section_trainers(rows, s, device, peak.get("tflops")))
+    section("variants", lambda: section_variants(rows, s, device, args.dry_run))
+    section("concurrency", lambda: section_concurrency(rows, s, device))
+    section("search", lambda: section_search(rows, s, device, args.data_dir, args.dry_run))
+    if time.time() - started < args.budget_s and not args.dry_run:
+        cfg = resolve({"trainer": "dgl", "model": s["model"], "width": s["width"], "epochs": 100,
+                       "batch_size": s["batch_sizes"][0], "compile": True})
+        section("extra", lambda: rows.emit({"bench": "extra", "variant": "compile", "trainer": "dgl",
+                                            "batch_size": cfg["batch_size"], "device": str(device),
+                                            **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"])}))
+    summary_row(rows, s, device, started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

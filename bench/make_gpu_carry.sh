@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds bench_out/gpu_carry/ (ignored by git): what bench/gpu_check.sh needs on a device machine, which reaches
+# no network and takes at most 64 MiB of working tree + carried paths with a call. Run it here, once:
+#
+#     bash bench/make_gpu_carry.sh            # ~5 minutes on 2 cores (the xz step); ~50 MiB
+#     bash bench/make_gpu_carry.sh --no-ray   # only the CIFAR-10 subset (~18 MiB): the search is then skipped
+#
+# It holds
+#   cifar-10-batches-py/  5,000 train + 1,000 test CIFAR-10 images in the original layout (bench/cifar_subset.py),
+#                         from $CIFAR10_DIR or /work/shared/data
+#   site.tar.xz           Ray and the packages it needs that the device image lacks (KINDS.md lists what it has:
+#                         torch, numpy, pandas, pyarrow, pyyaml, requests, aiohttp, msgpack, protobuf, ... but no
+#                         ray, jsonschema, tensorboardX or pydantic), for its Python 3.12 on x86-64. Ray's wheel
+#                         alone is 79 MB, over the 64 MiB limit, so the wheels are unpacked, Ray's Java jars
+#                         (ray/jars, 33 MB, unused by Python) dropped, and the rest re-packed with xz (~33 MB).
+#                         gpu_check.sh unpacks it to /tmp/dt-site and puts that on PYTHONPATH.
+# Optuna and MLflow are not brought: the check drives Tune directly (tune.Tuner over tuner.trainable.train_trial),
+# which is the path whose speed matters; the searcher and the tracker run in the driver, not in the trials.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+CARRY=bench_out/gpu_carry
+DATA=${CIFAR10_DIR:-/work/shared/data}
+mkdir -p "$CARRY"
+
+rm -rf "$CARRY/cifar-10-batches-py"
+$PY -m bench.cifar_subset --data-dir "$DATA" --out "$CARRY" --train 5000 --test 1000
+
+if [[ "${1:-}" != "--no-ray" ]]; then
+  # the local venv's versions, so that the pairs that must match (pydantic / pydantic-core) do
+  version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
+  WANT="ray==$(version ray) jsonschema==$(version jsonschema) jsonschema-specifications==$(version jsonschema-specifications)
+        referencing==$(version referencing) rpds-py==$(version rpds-py) tensorboardX==$(version tensorboardX)
+        pydantic==$(version pydantic) pydantic-core==$(version pydantic-core) annotated-types==$(version annotated-types)
+        typing-inspection==$(version typing-inspection)"
+  WHEELS=$(mktemp -d) STAGE=$(mktemp -d)
+  trap 'rm -rf "$WHEELS" "$STAGE"' EXIT
+  # shellcheck disable=SC2086
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d "$WHEELS" $WANT
+  $PY - "$WHEELS" "$STAGE" "$CARRY/site.tar.xz" <<'EOF'
+import pathlib, shutil, sys, tarfile, zipfile
+wheels, stage, target = map(pathlib.Path, sys.argv[1:])
+for wheel in sorted(wheels.glob("*.whl")):
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            path = pathlib.Path(archive.extract(info, stage))
+            mode = info.external_attr >> 16
+            if mode and not info.is_dir():
+                path.chmod(mode & 0o777)  # zipfile drops modes; Ray's raylet and gcs_server must stay executable
+shutil.rmtree(stage / "ray" / "jars", ignore_errors=True)
+with tarfile.open(target, "w:xz", preset=6) as tar:
+    tar.add(stage, arcname=".")
+EOF
+fi
+du -sh "$CARRY"/* "$CARRY"

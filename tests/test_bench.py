@@ -1,0 +1,205 @@
+"""The benchmarks' code paths, tiny and on the CPU: bench/throughput.py's rows, bench/gpu_check.sh's dry run, the
+FLOP count that model FLOP utilisation rests on, and the CIFAR-10 subset carried to a GPU machine. Speed itself is
+not asserted: that is what the benchmarks are for."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch.nn as nn
+
+from fakedata import learnable_arrays, write_cifar_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench/ is not an installed package
+
+TINY = ["--quick", "--models", "basiccnn", "--width", "0.0625", "--batch-size", "16", "--steps", "2"]
+
+
+def run(*command, env=None, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([str(c) for c in command], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def json_rows(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_throughput_trainers_rows():
+    result = run(sys.executable, "bench/throughput.py", *TINY, "--repeats", "2", "--trainers", "backprop,dgl",
+                 "--sections", "trainers")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json_rows(result.stdout)
+    assert len(rows) == len(result.stdout.splitlines())  # stdout holds JSON lines only
+    trainers = {r["trainer"]: r for r in rows if r["bench"] == "trainer"}
+    assert set(trainers) == {"plain", "backprop", "dgl"}
+    for row in trainers.values():
+        assert row["model"] == "basiccnn" and row["batch_size"] == 16 and row["device"] == "cpu"
+        speed = row["images_per_s"]
+        assert 0 < speed["min"] <= speed["median"] <= speed["max"]
+        assert 0 < row["cpu_busy"] <= 1.5
+    # DGL's aux heads, losses and optimizers are extra ops on every step, whatever they cost in time
+    assert trainers["dgl"]["ops_per_step"] > trainers["backprop"]["ops_per_step"] > 0
+    versus = {r["trainer"]: r for r in rows if r["bench"] == "vs_backprop"}
+    assert set(versus) == {"plain", "dgl"}
+    assert versus["dgl"]["cost_ratio"]["median"] > 0
+    assert "time/image vs backprop" in result.stderr
+
+
+@pytest.mark.parametrize("flags, named", [(["--models", "resnet"], "--models"), (["--sections", "all"], "--sections"),
+                                          (["--width", "0"], "--width"), (["--ray-epochs", "1"], "--ray-epochs"),
+                                          (["--concurrency", "1,x"], "--concurrency")])
+def test_throughput_bad_flag_is_one_line(flags, named):
+    result = run(sys.executable, "bench/throughput.py", "--quick", *flags)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_throughput_concurrency_rows():
+    result = run(sys.executable, "bench/throughput.py", *TINY, "--sections", "concurrency", "--concurrency", "1,2",
+                 "--concurrency-s", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [r for r in json_rows(result.stdout) if r["bench"] == "concurrency"]
+    assert [(r["trials"], r["threads_per_trial"]) for r in rows][:2] == [(1, 1), (2, 1)]
+    for row in rows:
+        assert len(row["per_trial_images_per_s"]) == row["trials"]
+        assert row["total_images_per_s"] > 0 and all(v > 0 for v in row["per_trial_images_per_s"])
+    assert rows[0]["vs_one_trial"] == 1.0
+
+
+@pytest.mark.slow
+def test_throughput_ray_row():
+    result = run(sys.executable, "bench/throughput.py", *TINY, "--sections", "ray", "--ray-epochs", "2",
+                 "--ray-images", "128", "--ray-rounds", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [r for r in json_rows(result.stdout) if r["bench"] == "ray"]
+    for where in ("ray", "outside", "plain"):
+        assert row["images_per_s"][where]["median"] > 0
+    assert row["ray_vs_outside"]["median"] > 0 and row["ray_vs_plain"]["median"] > 0
+    assert row["epoch_s"]["ray"]["median"] > 0
+
+
+def forward_macs(modules, size: int = 32) -> tuple[list[int], int]:
+    """Multiply-accumulates per image of a forward pass through `modules` in turn, from their shapes: one entry per
+    conv or linear layer; and the spatial size that comes out."""
+    macs = []
+    for module in modules:
+        if isinstance(module, nn.MaxPool2d):
+            size //= 2
+        elif isinstance(module, nn.Conv2d):
+            macs.append(module.in_channels * module.out_channels * module.kernel_size[0] ** 2 * size * size)
+        elif isinstance(module, nn.Linear):
+            macs.append(module.in_features * module.out_features)
+    return macs, size
+
+
+def test_training_flops_match_the_modules():
+    from bench.gpu_check import training_flops_per_image
+    from models.trainers import build_trainer
+    from tuner.config import resolve
+
+    cfg = resolve({"trainer": "backprop", "model": "vgg11", "width": 0.125, "num_blocks": 4, "aux_width": 64})
+    network_flops, backprop_flops = training_flops_per_image(cfg)
+    dgl = build_trainer({**cfg, "trainer": "dgl"}, "cpu", steps_per_epoch=1)
+    size, network, first_convs = 32, [], []
+    for block in dgl.network.blocks:
+        macs, size = forward_macs(block.modules(), size)
+        network += macs
+        first_convs.append(macs[0])
+    network += forward_macs(dgl.network.classifier.modules())[0]
+    heads = sum(sum(forward_macs(head.modules())[0]) for head in dgl.heads[:-1])  # the last is the classifier
+    # 2 FLOPs per MAC: forward, then backward's weight gradients, and input gradients wherever one is needed —
+    # backprop: everywhere but the image; DGL: nowhere into a block's (detached) input, but through its heads
+    assert network_flops == pytest.approx(2 * sum(network) * 3 - 2 * first_convs[0], rel=1e-6)
+    assert backprop_flops == pytest.approx(network_flops, rel=1e-6)  # backprop does exactly the network's work
+    _, dgl_flops = training_flops_per_image({**cfg, "trainer": "dgl"})
+    assert dgl_flops == pytest.approx(2 * sum(network) * 3 - 2 * sum(first_convs) + 6 * heads, rel=1e-6)
+
+
+def test_gpu_check_dry_run(tmp_path):
+    out = tmp_path / "out"
+    result = run("bash", "bench/gpu_check.sh", "--dry-run", "--skip", "concurrency,search",
+                 env={"OUT": str(out), "DT_GPU_CARRY": str(tmp_path / "none"), "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "error" in r], rows
+    assert rows[0]["bench"] == "peak" and rows[0]["tflops"] > 0
+    measured = {(r["trainer"], r["batch_size"]) for r in rows if r["bench"] == "gpu_trainer"}
+    assert measured == {(t, b) for t in ("backprop", "dgl", "dni", "cdni") for b in (8, 16)}
+    for row in (r for r in rows if r["bench"] == "gpu_trainer"):
+        assert row["images_per_s"] > 0 and 0 < row["mfu"] <= row["hfu"]
+    assert {r["variant"] for r in rows if r["bench"] == "variant"} == {"cudnn_benchmark", "compile"}
+    summary = rows[-1]
+    assert summary["bench"] == "summary" and summary["mfu_target"] == 0.35
+    assert summary["dgl_time_per_image_vs_backprop_at_16"] > 0
+    assert (out / "gpu_check.log").read_text().count("\n") == len(rows)
+
+
+def test_gpu_check_dry_run_by_environment_variable(tmp_path):
+    out = tmp_path / "out"
+    result = run("bash", "bench/gpu_check.sh", "--skip", "peak,trainers,variants,concurrency,search",
+                 env={"OUT": str(out), "DT_GPU_CHECK_DRY": "1", "DT_GPU_CARRY": str(tmp_path / "none"),
+                      "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout[-3000:]
+    (summary,) = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
+    assert summary["device"] == "cpu (dry run)"
+
+
+def test_gpu_check_without_gpu_says_so(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run(sys.executable, "-m", "bench.gpu_check", "--out", tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: no CUDA device is visible; run with --dry-run to check the script on the CPU"]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_with_search(tmp_path):
+    out = tmp_path / "out"
+    result = run("bash", "bench/gpu_check.sh", "--dry-run", "--skip", "peak,trainers,variants",
+                 env={"OUT": str(out), "DT_GPU_CARRY": str(tmp_path / "none"), "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "error" in r], rows
+    assert [r["trials"] for r in rows if r["bench"] == "concurrency"] == [1, 2]
+    (search,) = [r for r in rows if r["bench"] == "search"]
+    assert search["trials"] == 4 and search["errors"] == [] and search["most_trials_at_once"] >= 1
+    trials = [r for r in rows if r["bench"] == "search_trial"]
+    assert sorted(r["lr"] for r in trials) == [0.01, 0.02, 0.05, 0.1]
+    assert all(r["epochs"] == 2 and len(r["images_per_s"]) == 2 for r in trials)
+
+
+def test_cifar_subset_keeps_the_layout_and_the_first_images(tmp_path):
+    from bench.cifar_subset import main
+    from tuner.data import load_arrays
+
+    arrays = learnable_arrays(500, 60, seed=4)
+    write_cifar_folder(tmp_path / "full", arrays)
+    assert main(["--data-dir", str(tmp_path / "full"), "--out", str(tmp_path / "small"), "--train", "50",
+                 "--test", "20"]) == 0
+    small = load_arrays(tmp_path / "small")
+    assert small["train_x"].shape == (50, 3, 32, 32) and small["test_x"].shape == (20, 3, 32, 32)
+    assert np.array_equal(small["train_x"][:10], arrays["train_x"][:10])        # first 10 of data_batch_1
+    assert np.array_equal(small["train_x"][10:20], arrays["train_x"][100:110])  # first 10 of data_batch_2
+    assert np.array_equal(small["test_y"], arrays["test_y"][:20])
+
+
+@pytest.mark.parametrize("flags", [["--train", "7"], ["--train", "5000"], ["--test", "0"]])
+def test_cifar_subset_bad_counts_are_one_line(tmp_path, flags, capsys):
+    from bench.cifar_subset import main
+
+    write_cifar_folder(tmp_path / "full", learnable_arrays(500, 60, seed=4))
+    assert main(["--data-dir", str(tmp_path / "full"), "--out", str(tmp_path / "small"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
