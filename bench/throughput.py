@@ -296,7 +296,7 @@ def _concurrent_trial(cfg: dict, threads: int, seconds: float, warmup_steps: int
         split = synthetic_split(8 * batch_size, device, seed)
         timed_epoch(trainer, split, batch_size, warmup_steps, epoch=0)
         barrier.wait(timeout=600)
-        steps, start = 0, time.monotonic()
+        steps, start, cpu = 0, time.monotonic(), time.process_time()
         deadline = start + seconds
 
         def batches():
@@ -309,13 +309,15 @@ def _concurrent_trial(cfg: dict, threads: int, seconds: float, warmup_steps: int
                     yield batch
 
         trainer.train_epoch(batches())  # ends with a host sync: the GPU's queue is drained before `end`
-        results.put({"images": steps * batch_size, "start": start, "end": time.monotonic()})
+        results.put({"images": steps * batch_size, "start": start, "end": time.monotonic(),
+                     "cpu_s": time.process_time() - cpu})
     except BaseException as error:  # reported by the parent as one line
         results.put({"error": f"{type(error).__name__}: {error}"})
 
 
 def run_concurrent(cfg: dict, trials: int, threads: int, seconds: float, warmup_steps: int = 1) -> dict:
-    """`trials` processes training `cfg` at once on one device: total and per-trial images/s."""
+    """`trials` processes training `cfg` at once on one device: total and per-trial images/s, and `cpu_busy`, the
+    CPU time they got over what the cores they asked for could give (well under 1: someone else held them)."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked into; spawn also matches Ray's workers
     barrier, results = context.Barrier(trials), context.Queue()
     processes = [context.Process(target=_concurrent_trial, daemon=True,
@@ -330,15 +332,18 @@ def run_concurrent(cfg: dict, trials: int, threads: int, seconds: float, warmup_
     if errors:
         raise RuntimeError(f"a concurrent trial failed: {errors[0]}")
     wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    cores = min(trials * threads, os.cpu_count() or 1)
     return {"total_images_per_s": round(sum(r["images"] for r in reports) / wall, 1),
-            "per_trial_images_per_s": [round(r["images"] / (r["end"] - r["start"]), 1) for r in reports]}
+            "per_trial_images_per_s": [round(r["images"] / (r["end"] - r["start"]), 1) for r in reports],
+            "cpu_busy": round(sum(r["cpu_s"] for r in reports) / (wall * cores), 2),
+            "images_per_cpu_s": round(sum(r["images"] for r in reports) / sum(r["cpu_s"] for r in reports), 1)}
 
 
 def bench_concurrency(model, trainer, width, batch_size, counts, threads, seconds, device, out=None) -> list[dict]:
     """Total images/s with N trials sharing the device, N in `counts`, each with `threads` CPU threads; on a
     multi-core CPU also one trial given every core, the alternative to running trials side by side."""
     cfg = bench_config(trainer, model, width, batch_size, str(device))
-    plan = [(n, threads) for n in counts]
+    plan = [(1, threads)] + [(n, threads) for n in counts if n != 1]  # one trial first: the baseline
     cores = os.cpu_count() or 1
     if torch.device(device).type == "cpu" and cores > threads:
         plan.append((1, cores))
@@ -346,10 +351,14 @@ def bench_concurrency(model, trainer, width, batch_size, counts, threads, second
     for trials, threads_each in plan:
         measured = run_concurrent(cfg, trials, threads_each, seconds)
         if trials == 1 and threads_each == threads:
-            single = measured["total_images_per_s"]
+            single = measured
+        # vs_one_trial: total images/s over one trial's; per_cpu_s_vs_one_trial: the same per CPU-second the trials
+        # got, which a busy neighbour does not change: ~1 means N trials on N free cores give N times the images
         row = {"bench": "concurrency", "model": model, "trainer": trainer, "width": width, "batch_size": batch_size,
                "device": str(device), "trials": trials, "threads_per_trial": threads_each, "seconds": seconds,
-               **measured, "vs_one_trial": round(measured["total_images_per_s"] / single, 3) if single else None}
+               **measured,
+               "vs_one_trial": round(measured["total_images_per_s"] / single["total_images_per_s"], 3),
+               "per_cpu_s_vs_one_trial": round(measured["images_per_cpu_s"] / single["images_per_cpu_s"], 3)}
         rows.append(emit(row, out))
     return rows
 
@@ -444,8 +453,8 @@ def report(rows: list[dict]) -> None:
                   file=sys.stderr)
         elif row["bench"] == "concurrency":
             print(f"# {row['trials']} trial(s) x {row['threads_per_trial']} thread(s): "
-                  f"{row['total_images_per_s']:.0f} img/s in total, {row['vs_one_trial']} x one trial",
-                  file=sys.stderr)
+                  f"{row['total_images_per_s']:.0f} img/s in total, {row['vs_one_trial']} x one trial; per CPU-second "
+                  f"{row['per_cpu_s_vs_one_trial']} x one trial's (cpu_busy {row['cpu_busy']})", file=sys.stderr)
 
 
 def main(argv=None) -> int:

@@ -72,7 +72,8 @@ def test_throughput_concurrency_rows():
     for row in rows:
         assert len(row["per_trial_images_per_s"]) == row["trials"]
         assert row["total_images_per_s"] > 0 and all(v > 0 for v in row["per_trial_images_per_s"])
-    assert rows[0]["vs_one_trial"] == 1.0
+    assert rows[0]["vs_one_trial"] == 1.0 and rows[0]["per_cpu_s_vs_one_trial"] == 1.0
+    assert all(0 < r["cpu_busy"] <= 1.5 and r["images_per_cpu_s"] > 0 for r in rows)
 
 
 @pytest.mark.slow
