@@ -8,7 +8,7 @@ On a cluster (`--address`), three things go wrong late and obscurely unless chec
   - token authentication, on by default: a machine without the head's token is refused after ~20 s of retries
     with a raw gRPC error (InvalidAuthToken); `probe_address` says in seconds, in one line, what to set;
   - storage: trials write checkpoints on whichever node runs them and the driver reads them back, so on more
-    than one node `--storage` must be one folder every node sees (NFS) or a URI (s3://...);
+    than one node `--storage` must be one folder every node sees (NFS; storage URIs are not supported yet);
   - tracking: a SQLite file lives on one machine; a search on several nodes logs to a tracking server.
 `python -m tuner.cluster --address ADDR [--storage PATH] [--mlflow-uri URI]` runs these checks on their own.
 """
@@ -243,8 +243,7 @@ def check_cluster_storage(storage: str | Path, address: str | None) -> None:
             why = answer if answer.startswith("<") else "<a different file>"
             raise ClusterError(
                 f"--storage {folder} is not shared with node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): "
-                f"the marker written here reads there as {why}; use a path every node mounts (NFS) or a URI "
-                f"(s3://...) (see {DOCS})")
+                f"the marker written here reads there as {why}; use a path every node mounts (NFS) (see {DOCS})")
 
 
 def read_on_each_node(path: str, node_ids: list[str]) -> dict[str, str]:

@@ -120,6 +120,14 @@ def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, ad
     ])
 
 
+def check_storage_flag(storage: str) -> None:
+    from tuner.cluster import is_uri
+
+    if is_uri(storage):
+        raise SetupError(f"--storage {storage}: storage URIs are not supported yet (the search's records are local "
+                         f"files); use a folder, on a cluster one every node mounts (NFS), see docs/cluster.md")
+
+
 def preflight(folder: Path, mlflow_uri: str) -> None:
     """Fail before any trial runs if results could not be stored."""
     storage = folder.parent
@@ -165,6 +173,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     folder = None
     try:
+        check_storage_flag(args.storage)
         if args.resume:
             folder, record = locate_resume(args, load_space(args.space).name)
             # a resumed search keeps what it started with; flags given now are not silently mixed in

@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from ray.tune.logger import JsonLoggerCallback
 
-from tuner.cluster import init_ray
+from tuner.cluster import check_cluster, init_ray
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
 from tuner.outcome import trial_outcome
@@ -162,12 +162,13 @@ def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, a
     # a reboot or `kill` stops the search as gracefully as Ctrl-C (set again after ray.init, which replaces it)
     signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     arrays = load_arrays(args.data_dir)  # once, in the driver; trials share it through Ray's object store
+    init_ray(args.address)
+    check_cluster(folder.parent, record.mlflow_uri, args.address)  # several nodes: shared storage, a real server
     lock = claim(folder)  # held until this process ends, whatever ends it
     if lock is None:
         raise SetupError(f"{folder}: another driver is running this search")
     record.status = "running"
     record.save(folder)  # from here on the search exists, and --resume continues it (or starts it anew)
-    init_ray(args.address)
     signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
         logging.getLogger(name).addFilter(_RayInterruptNotices())
