@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tuner.config import UserError
+from tuner.config import UserError, one_line
 
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",         # no network calls for usage statistics
@@ -85,7 +85,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     except Exception as error:  # Ray raises many types here; the user needs one line, not a traceback
         if address and _refused_token(error):
             raise ClusterError(token_message(address)) from None
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = one_line(error)
         target = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ClusterError(f"could not start or reach {target}: {message}") from None
 

@@ -75,6 +75,14 @@ class UserError(Exception):
     """Something the user must fix (a flag, a file, a service); its message is the one line they see."""
 
 
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """What a library's exception says, as one short line for a UserError (libraries raise multi-line texts)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish" in text:
+        return "cannot connect to the server"
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 class ConfigError(UserError, ValueError):
     """A bad key or value."""
 

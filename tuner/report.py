@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.config import DEFAULTS, MODELS, TRAINERS, ConfigError
+from tuner.config import ConfigError, DEFAULTS, MODELS, TRAINERS, one_line
 from tuner import figures
 from tuner.figures import plural
 
@@ -71,13 +71,6 @@ class Search:
 
 # ---- reading the store ----
 
-def _one_line(error: Exception) -> str:
-    text = " ".join(str(error).split())
-    if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish" in text:
-        return "cannot connect to the server"
-    return text[:200] + ("..." if len(text) > 200 else "")
-
-
 def connect(uri: str):
     """An MlflowClient on `uri`, after one cheap request proves the store can be read. Raises ConfigError."""
     from mlflow.tracking import MlflowClient
@@ -94,7 +87,7 @@ def connect(uri: str):
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as e:  # any failure here is a bad URI or an unreachable store, reported as one line
-        raise ConfigError(f"--mlflow-uri {uri}: cannot read the MLflow store ({_one_line(e)})") from None
+        raise ConfigError(f"--mlflow-uri {uri}: cannot read the MLflow store ({one_line(e)})") from None
     return client
 
 
@@ -432,7 +425,7 @@ def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = Tru
                 for p in paths:
                     client.log_artifact(s.run_id, str(p), artifact_path="report")
         except Exception as e:  # the report itself is written; failing to upload it is a warning, not an error
-            print(f"warning: could not log the report to MLflow ({_one_line(e)})", file=sys.stderr)
+            print(f"warning: could not log the report to MLflow ({one_line(e)})", file=sys.stderr)
         else:
             print(f"logged them under report/ on {plural(len(searches), 'search parent run')}")
     return 0
@@ -460,7 +453,7 @@ def main(argv: list | None = None) -> int:
         if not isinstance(e, MlflowException):
             raise
         # the store answered the first request but failed later (server gone mid-way, a corrupt record)
-        print(f"error: reading {args.mlflow_uri} failed: {_one_line(e)}", file=sys.stderr)
+        print(f"error: reading {args.mlflow_uri} failed: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from tuner.cluster import quiet_environment
-from tuner.config import UserError
+from tuner.config import UserError, one_line
 from tuner.searches import (RECORD, SearchRecord, absolute_tracking_uri, driver_pid, new_name, resume_command,
                             unfinished)
 from tuner.spaces import Space, list_spaces, load_space
@@ -164,8 +164,7 @@ def check_tracking_uri(uri: str) -> None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:  # MLflow raises many types; the user needs one line
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise SetupError(f"--mlflow-uri {uri}: cannot use this tracking store ({first})") from None
+        raise SetupError(f"--mlflow-uri {uri}: cannot use this tracking store ({one_line(error)})") from None
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+from collections import Counter
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -21,6 +22,7 @@ from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, TuneC
 from ray.tune.logger import JsonLoggerCallback
 
 from tuner.cluster import check_cluster, init_ray
+from tuner.config import one_line
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
 from tuner.outcome import trial_outcome
@@ -29,7 +31,7 @@ from tuner.searcher import make_searcher
 from tuner.searches import SearchRecord, claim, install_ray_snapshot, resume_command, save_ray_snapshot
 from tuner.spaces import Space, make_sampler
 from tuner.tracking import (MLflowTracker, close_dangling_runs, delete_child_runs, find_parent_run, finish_parent_run,
-                            reopen_run, start_parent_run)
+                            log_trial_metric, reopen_run, start_parent_run)
 from tuner.trainable import build, load_checkpoint, train_trial
 
 CHECKPOINTS_KEPT = 2
@@ -138,8 +140,7 @@ def restore_tuner(space: Space, folder: Path, arrays: dict) -> tune.Tuner:
         return tune.Tuner.restore(str(folder), trainable=trainable_for(space, arrays), resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     except Exception as error:  # Ray raises many types for an unreadable folder; the user needs one line
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise SetupError(f"--resume {folder}: Ray cannot restore this search ({first})") from None
+        raise SetupError(f"--resume {folder}: Ray cannot restore this search ({one_line(error)})") from None
 
 
 class _RayInterruptNotices(logging.Filter):
@@ -225,7 +226,7 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
     # ties broken by trial id, so that a search summarised twice (killed during the summary, resumed) picks the same
     scored = sorted([r for r in rows if r[0] is not None], key=lambda r: str(r[1].metrics.get("trial_id")))
     scored.sort(key=lambda r: r[0], reverse=space.mode == "max")
-    print(f"\n{len(rows)} trials: " + ", ".join(f"{n} {o}" for o, n in _counts(r[2] for r in rows).items()))
+    print(f"\n{len(rows)} trials: " + ", ".join(f"{n} {o}" for o, n in Counter(r[2] for r in rows).items()))
     if not scored:
         print("No trial reported a finite validation score.")
         return {"num_trials": len(rows)}
@@ -245,7 +246,7 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
     print("Best config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in best_config.items()))
     trial_id = best.metrics.get("trial_id")
     if test_acc is not None:
-        _log_test_acc(client, record.parent_run_id, trial_id, test_acc)
+        log_trial_metric(client, record.parent_run_id, trial_id, "test_acc", test_acc)
     print(f"Trials and checkpoints: {best.path.rsplit('/', 1)[0] if best.path else record.name}")
     print(f"MLflow: experiment '{record.experiment}' in {record.mlflow_uri}")
     return {"best_val_acc": best_value, "best_test_acc": test_acc, "num_trials": len(rows),
@@ -258,21 +259,6 @@ def best_test_accuracy(result, arrays: dict) -> float | None:
     trainer, data = build(result.config, arrays)
     load_checkpoint(trainer, result.checkpoint)
     return evaluate_split(trainer, data.test, "test")["test_acc"]
-
-
-def _log_test_acc(client: MlflowClient, parent_run_id: str, trial_id: str, test_acc: float) -> None:
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and "
-                                               f"tags.`dt.trial_id` = '{trial_id}'")
-    for run in runs:
-        client.log_metric(run.info.run_id, "test_acc", test_acc)
-
-
-def _counts(items) -> dict:
-    counts: dict = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts
 
 
 def _fmt(value) -> str:

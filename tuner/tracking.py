@@ -47,6 +47,12 @@ def _child_runs(client: MlflowClient, parent_run_id: str, extra_filter: str = ""
     return list(client.search_runs([experiment_id], filter_string, max_results=10_000))
 
 
+def log_trial_metric(client: MlflowClient, parent_run_id: str, trial_id: str, key: str, value: float) -> None:
+    """A metric on a trial's child run, found by its dt.trial_id tag (e.g. the best trial's test_acc)."""
+    for run in _child_runs(client, parent_run_id, f"tags.`dt.trial_id` = '{trial_id}'"):
+        client.log_metric(run.info.run_id, key, value)
+
+
 # ---------------------------------------------------------------------------------------------- parent run
 
 
