@@ -7,7 +7,14 @@ was stopped early by the scheduler (ASHA).
 
 from __future__ import annotations
 
+import math
+
 OUTCOMES = ("completed", "stopped", "diverged", "failed")
+
+
+def finite_number(value) -> bool:
+    """A real, finite number (not a bool, not NaN/inf): what may be told to Optuna or logged to MLflow."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def trial_outcome(last_result: dict | None, error: bool) -> str:

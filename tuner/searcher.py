@@ -15,18 +15,13 @@ failed -> FAIL (ignored by TPE). NaN never reaches `tell`.
 
 from __future__ import annotations
 
-import math
 
 import optuna
 from ray import cloudpickle
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.outcome import trial_outcome
-
-
-def _finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+from tuner.outcome import finite_number, trial_outcome
 
 
 class HonestOptunaSearch(OptunaSearch):
@@ -45,7 +40,7 @@ class HonestOptunaSearch(OptunaSearch):
     def _report_epoch(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
         epoch = result.get("epoch", result.get("training_iteration"))
-        if not _finite_number(value) or epoch is None or epoch <= self._reported_epoch.get(trial_id, 0):
+        if not finite_number(value) or epoch is None or epoch <= self._reported_epoch.get(trial_id, 0):
             return
         self._ot_trials[trial_id].report(float(value), int(epoch))
         self._reported_epoch[trial_id] = int(epoch)
@@ -63,7 +58,7 @@ class HonestOptunaSearch(OptunaSearch):
             self._report_epoch(trial_id, result)  # the stopping epoch, which Tune did not pass to on_trial_result
         outcome = trial_outcome(result, error)
         value = (result or {}).get(self.metric)
-        if outcome == "completed" and _finite_number(value):
+        if outcome == "completed" and finite_number(value):
             self._ot_study.tell(ot_trial, float(value), state=optuna.trial.TrialState.COMPLETE)
         elif outcome == "stopped" and trial_id in self._reported_epoch:
             self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)

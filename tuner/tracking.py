@@ -12,7 +12,6 @@ agree with the trials Ray restored (`reconcile`).
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from pathlib import Path
@@ -22,17 +21,13 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from tuner.config import DEFAULTS
-from tuner.outcome import trial_outcome
+from tuner.outcome import finite_number, trial_outcome
 
 # per-epoch metrics copied from a trial's result to its child run (Ray's own bookkeeping keys are left out)
 EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_s", "images_per_s")
 BLOCK_METRIC = re.compile(r"block\d+_(val|train)_acc")
 PARENT_STATUSES = {"running": "RUNNING", "finished": "FINISHED", "interrupted": "KILLED"}
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
-
-
-def _finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:
@@ -47,7 +42,8 @@ def _child_runs(client: MlflowClient, parent_run_id: str, extra_filter: str = ""
     return list(client.search_runs([experiment_id], filter_string, max_results=10_000))
 
 
-def log_trial_metric(client: MlflowClient, parent_run_id: str, trial_id: str, key: str, value: float) -> None:
+def log_trial_metric(client: MlflowClient, parent_run_id: str, trial_id: str,
+                     key: str, value: float) -> None:
     """A metric on a trial's child run, found by its dt.trial_id tag (e.g. the best trial's test_acc)."""
     for run in _child_runs(client, parent_run_id, f"tags.`dt.trial_id` = '{trial_id}'"):
         client.log_metric(run.info.run_id, key, value)
@@ -109,7 +105,7 @@ def finish_parent_run(client: MlflowClient, run_id: str, status: str, summary: d
         raise ValueError(f"finish_parent_run: status must be 'finished' or 'interrupted', got {status!r}")
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(summary[key]), now, 0) for key in ("best_val_acc", "best_test_acc", "num_trials")
-               if _finite_number(summary.get(key))]
+               if finite_number(summary.get(key))]
     tags = [RunTag("dt.status", status)]
     if summary.get("best_trial_id"):
         tags.append(RunTag("dt.best_trial_id", str(summary["best_trial_id"])))
@@ -255,7 +251,7 @@ class MLflowTracker(Callback):
         now = int(time.time() * 1000)
         # NaN/inf are skipped: MLflow stores them but they break its plots; divergence shows in dt.outcome
         metrics = [Metric(key, float(value), now, epoch) for key, value in result.items()
-                   if (key in EPOCH_METRICS or BLOCK_METRIC.fullmatch(key)) and _finite_number(value)]
+                   if (key in EPOCH_METRICS or BLOCK_METRIC.fullmatch(key)) and finite_number(value)]
         self.client.log_batch(run_id, metrics=metrics)
         self._last_epoch[run_id] = epoch
 
