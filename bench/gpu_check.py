@@ -6,7 +6,8 @@ OUT/gpu_check.jsonl, by its `bench` key:
   flops        training FLOPs per image, counted by torch's FlopCounterMode (on the CPU, a batch of 4): the network
                alone, forward + backward (what MFU counts), and one step of each trainer (heads, SG modules too)
   gpu_trainer  each trainer on vgg16 (width 1) at batch 128 and 512, bf16 autocast, channels_last: images/s, peak
-               memory, mfu = network FLOPs/image x images/s / peak, and hfu, the same with the trainer's FLOPs
+               memory, mfu = network FLOPs/image x images/s / peak, hfu, the same with the trainer's FLOPs, and
+               host_syncs_per_epoch, the times a 20-step epoch made the host wait for the GPU (sync debug mode)
   variant      backprop at batch 512 with cudnn.benchmark on, and with compile=True: measured, not assumed
   concurrency  1, 2, 4 dgl trials (processes) sharing the GPU at batch 128: total images/s
   search       a 4-trial Ray Tune search (tuner.trainable.train_trial) at 0.25 GPU per trial, 2 epochs, on the
@@ -22,6 +23,7 @@ where there is no GPU.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m bench.gpu_check` does
@@ -112,6 +115,23 @@ def training_flops_per_image(cfg: dict, batch: int = 4) -> tuple[float, float]:
     return network_flops, counter.get_total_flops() / batch
 
 
+def host_syncs(runner, split, batch_size: int, steps: int, device) -> int | None:
+    """Times one epoch of `steps` steps made the host wait for the GPU (item(), tolist(), a copy to the host...), as
+    CUDA's sync debug mode reports them; None off CUDA. The trainers promise no wait inside an epoch: the metrics are
+    read once at its end (a few syncs), plus a NaN check every NAN_CHECK_EVERY steps."""
+    if device.type != "cuda":
+        return None
+    batches = itertools.islice(split.batches(batch_size, train=True, seed=0, epoch=99), steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            runner.train_epoch(batches)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def measure(cfg: dict, device, steps: int, warmup_steps: int, repeats: int) -> dict:
     """images/s of one trainer alone on the device (median of `repeats`), its peak memory, its warm-up time."""
     if device.type == "cuda":
@@ -124,9 +144,11 @@ def measure(cfg: dict, device, steps: int, warmup_steps: int, repeats: int) -> d
     ips = [t["images"] / t["wall_s"] for t in
            (timed_epoch(runner, split, batch_size, steps, epoch=r + 1) for r in range(repeats))]
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    syncs = host_syncs(runner, split, batch_size, steps, device)
     del runner, split
     return {"images_per_s": round(statistics.median(ips), 1), "spread": [round(min(ips), 1), round(max(ips), 1)],
-            "warmup_s": round(warmup["wall_s"], 2), "peak_mem_gib": None if memory is None else round(memory, 2)}
+            "warmup_s": round(warmup["wall_s"], 2), "peak_mem_gib": None if memory is None else round(memory, 2),
+            "host_syncs_per_epoch": syncs, "steps_per_epoch": steps}
 
 
 class DeviceMemoryPoller:
@@ -279,6 +301,9 @@ def summary_row(rows: Rows, s: dict, device, started: float) -> dict:
             targets[f"dgl_time_per_image_vs_backprop_at_{batch_size}"] = round(
                 bp["images_per_s"] / dgl["images_per_s"], 3)
     targets["dgl_target"] = TARGET_DGL_COST
+    syncs = [r["host_syncs_per_epoch"] for r in rows.rows
+             if r.get("bench") == "gpu_trainer" and r.get("host_syncs_per_epoch") is not None]
+    targets["most_host_syncs_per_epoch"] = max(syncs, default=None)  # a few at the epoch's end, none per step
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)"
     return rows.emit({"bench": "summary", "device": name, "torch": torch.__version__,
                       "python": sys.version.split()[0], "total_s": round(time.time() - started, 1), **targets})

@@ -49,9 +49,11 @@ SECTIONS = ("trainers", "ray", "concurrency")
 
 # --quick: narrow networks and few steps, sized for a 2-core CPU; ratios, not absolute speed, are what it is for
 QUICK = dict(models=["basiccnn", "vgg16"], width=0.25, batch_size=128, steps=4, warmup_steps=1, repeats=3,
-             threads=1, concurrency=[1, 2, 4], concurrency_s=6.0, ray_epochs=3, ray_images=1536, ray_rounds=2)
+             threads=1, concurrency=[1, 2, 4], concurrency_s=6.0, concurrency_rounds=2, ray_epochs=4,
+             ray_images=1536, ray_rounds=3)
 FULL = dict(models=["basiccnn", "vgg16"], width=1.0, batch_size=128, steps=20, warmup_steps=3, repeats=3,
-            threads=None, concurrency=[1, 2, 4], concurrency_s=20.0, ray_epochs=4, ray_images=10240, ray_rounds=2)
+            threads=None, concurrency=[1, 2, 4], concurrency_s=20.0, concurrency_rounds=2, ray_epochs=4,
+            ray_images=10240, ray_rounds=2)
 
 
 def emit(row: dict, out=None) -> dict:
@@ -260,12 +262,15 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
         if result.error is not None:
             raise RuntimeError(f"the Ray trial failed: {str(result.error).strip().splitlines()[-1]}")
         warm = [r for r in collect.reports if r["epoch"] >= 2]
-        # images_per_s times the training loop alone; time_this_iter_s is the epoch + validation + report + checkpoint
-        return [r["images_per_s"] for r in warm], [r["time_this_iter_s"] for r in warm]
+        # images_per_s times the training loop alone; time_this_iter_s is the epoch + validation + report + checkpoint,
+        # so time_this_iter_s - epoch_s is what Tune adds to each epoch whatever its length: a fixed cost
+        return ([r["images_per_s"] for r in warm], [r["time_this_iter_s"] for r in warm],
+                [r["time_this_iter_s"] - r["epoch_s"] for r in warm])
 
     # Ray is started first, so that both sides run beside its (idle) daemons and the driver; what differs is the
     # trial's process and Tune's session, reports and checkpoints. Outside, trial, outside, trial, outside: each
     # trial is compared with the measurements on either side of it, as the machine's load drifts.
+    checkpoint_mb = sum(t.numel() * t.element_size() for t in _tensors(build_trainer(cfg, "cpu", 1).state_dict())) / 2**20
     init_ray()
     sides = [outside()]
     trials = []
@@ -282,8 +287,22 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
            "images_per_s": {"ray": summary(flat(trials, 0), 1), "outside": summary(flat(sides, 0), 1),
                             "plain": summary(flat(sides, 2), 1)},
            "ray_vs_outside": summary(vs_outside), "ray_vs_plain": summary(vs_plain),
-           "epoch_s": {"ray": summary(flat(trials, 1)), "outside": summary(flat(sides, 1))}}
+           "epoch_s": {"ray": summary(flat(trials, 1)), "outside": summary(flat(sides, 1))},
+           # per epoch: the trial's report and checkpoint (torch.save, then Ray copies it into the storage path)
+           "tune_cost_per_epoch_s": summary(flat(trials, 2)), "checkpoint_mb": round(checkpoint_mb, 2)}
     return [emit(row, out)]
+
+
+def _tensors(state):
+    """Every tensor in a (nested) state dict: what a checkpoint holds."""
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from _tensors(value)
+    elif isinstance(state, (list, tuple)):
+        for value in state:
+            yield from _tensors(value)
 
 
 def _concurrent_trial(cfg: dict, threads: int, seconds: float, warmup_steps: int, seed: int, barrier, results):
@@ -315,12 +334,33 @@ def _concurrent_trial(cfg: dict, threads: int, seconds: float, warmup_steps: int
         results.put({"error": f"{type(error).__name__}: {error}"})
 
 
-def run_concurrent(cfg: dict, trials: int, threads: int, seconds: float, warmup_steps: int = 1) -> dict:
+REFERENCE_N = 512  # the reference matmul: 3 x 1 MB fp32, a CPU core's own arithmetic more than its memory
+
+
+def _reference_process(cfg: dict, threads: int, seconds: float, warmup_steps: int, seed: int, barrier, results):
+    """The machine's own scaling, no trainer: square matmuls in a loop for `seconds` ("images" counts matmuls)."""
+    try:
+        limit_threads(threads)
+        a, b = torch.randn(REFERENCE_N, REFERENCE_N), torch.randn(REFERENCE_N, REFERENCE_N)
+        for _ in range(10):
+            a @ b
+        barrier.wait(timeout=600)
+        count, start, cpu = 0, time.monotonic(), time.process_time()
+        while time.monotonic() < start + seconds:
+            a @ b
+            count += 1
+        results.put({"images": count, "start": start, "end": time.monotonic(), "cpu_s": time.process_time() - cpu})
+    except BaseException as error:
+        results.put({"error": f"{type(error).__name__}: {error}"})
+
+
+def run_concurrent(cfg: dict, trials: int, threads: int, seconds: float, warmup_steps: int = 1,
+                   target=_concurrent_trial) -> dict:
     """`trials` processes training `cfg` at once on one device: total and per-trial images/s, and `cpu_busy`, the
     CPU time they got over what the cores they asked for could give (well under 1: someone else held them)."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked into; spawn also matches Ray's workers
     barrier, results = context.Barrier(trials), context.Queue()
-    processes = [context.Process(target=_concurrent_trial, daemon=True,
+    processes = [context.Process(target=target, daemon=True,
                                  args=(cfg, threads, seconds, warmup_steps, seed, barrier, results))
                  for seed in range(trials)]
     for process in processes:
@@ -339,26 +379,49 @@ def run_concurrent(cfg: dict, trials: int, threads: int, seconds: float, warmup_
             "images_per_cpu_s": round(sum(r["images"] for r in reports) / sum(r["cpu_s"] for r in reports), 1)}
 
 
-def bench_concurrency(model, trainer, width, batch_size, counts, threads, seconds, device, out=None) -> list[dict]:
+def bench_concurrency(model, trainer, width, batch_size, counts, threads, seconds, rounds, device,
+                      out=None) -> list[dict]:
     """Total images/s with N trials sharing the device, N in `counts`, each with `threads` CPU threads; on a
-    multi-core CPU also one trial given every core, the alternative to running trials side by side."""
+    multi-core CPU also one trial given every core, the alternative to running trials side by side.
+
+    `rounds` times over, so that each ratio pairs measurements taken a minute apart at most (a shared machine's speed
+    drifts more than that between the start and the end of the section); rows give the median, min and max."""
     cfg = bench_config(trainer, model, width, batch_size, str(device))
     plan = [(1, threads)] + [(n, threads) for n in counts if n != 1]  # one trial first: the baseline
     cores = os.cpu_count() or 1
-    if torch.device(device).type == "cpu" and cores > threads:
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu and cores > threads:
         plan.append((1, cores))
-    rows, single = [], None
-    for trials, threads_each in plan:
-        measured = run_concurrent(cfg, trials, threads_each, seconds)
-        if trials == 1 and threads_each == threads:
-            single = measured
+    measured = {entry: [] for entry in plan}
+    reference = {entry: [] for entry in plan if on_cpu and entry[1] == threads}
+    for _ in range(rounds):
+        for entry in plan:
+            measured[entry].append(run_concurrent(cfg, *entry, seconds))
+            if entry in reference:
+                # The same N processes doing plain matmuls, right after: what this machine gives N processes at all
+                # (a VM's second core may be a hyperthread, or shared with other VMs). `vs_machine` divides it out:
+                # ~1 means the trials scale as well as the hardware lets anything scale.
+                reference[entry].append(run_concurrent(cfg, *entry, seconds / 2, target=_reference_process))
+    single, ref_single = measured[plan[0]], reference.get(plan[0])
+    rows = []
+    for (trials, threads_each), runs in measured.items():
+        ratio = lambda key, base, these=runs: summary([r[key] / b[key] for r, b in zip(these, base)])  # noqa: E731
         # vs_one_trial: total images/s over one trial's; per_cpu_s_vs_one_trial: the same per CPU-second the trials
         # got, which a busy neighbour does not change: ~1 means N trials on N free cores give N times the images
         row = {"bench": "concurrency", "model": model, "trainer": trainer, "width": width, "batch_size": batch_size,
                "device": str(device), "trials": trials, "threads_per_trial": threads_each, "seconds": seconds,
-               **measured,
-               "vs_one_trial": round(measured["total_images_per_s"] / single["total_images_per_s"], 3),
-               "per_cpu_s_vs_one_trial": round(measured["images_per_cpu_s"] / single["images_per_cpu_s"], 3)}
+               "rounds": rounds, "total_images_per_s": summary([r["total_images_per_s"] for r in runs], 1),
+               "per_trial_images_per_s": runs[-1]["per_trial_images_per_s"],
+               "cpu_busy": round(statistics.median(r["cpu_busy"] for r in runs), 2),
+               "images_per_cpu_s": round(statistics.median(r["images_per_cpu_s"] for r in runs), 1),
+               "vs_one_trial": ratio("total_images_per_s", single),
+               "per_cpu_s_vs_one_trial": ratio("images_per_cpu_s", single)}
+        if (trials, threads_each) in reference:
+            machine = [r["total_images_per_s"] / b["total_images_per_s"]
+                       for r, b in zip(reference[(trials, threads_each)], ref_single)]
+            trial = [r["total_images_per_s"] / b["total_images_per_s"] for r, b in zip(runs, single)]
+            row["machine_vs_one_process"] = summary(machine)
+            row["vs_machine"] = summary([t / m for t, m in zip(trial, machine)])
         rows.append(emit(row, out))
     return rows
 
@@ -383,6 +446,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the trainers and the plain loop")
     parser.add_argument("--concurrency", help="comma-separated numbers of concurrent trials (default 1,2,4)")
     parser.add_argument("--concurrency-s", type=float, help="seconds each concurrency measurement trains")
+    parser.add_argument("--concurrency-rounds", type=int, help="times the concurrency plan is measured")
     parser.add_argument("--concurrency-trainer", default="dgl")
     parser.add_argument("--ray-trainer", default="dgl")
     parser.add_argument("--ray-epochs", type=int, help="epochs of the Ray trial (the first is warm-up); >= 2")
@@ -422,7 +486,7 @@ def settings(args) -> dict:
     chosen["ray_trainer"] = _names(args.ray_trainer, TRAINERS, "--ray-trainer")[0]
     chosen["width"] = check_value("width", chosen["width"], "--width")
     chosen["batch_size"] = check_value("batch_size", chosen["batch_size"], "--batch-size")
-    for key in ("steps", "warmup_steps", "repeats", "ray_images", "ray_rounds"):
+    for key in ("steps", "warmup_steps", "repeats", "ray_images", "ray_rounds", "concurrency_rounds"):
         if chosen[key] < (0 if key == "warmup_steps" else 1):
             raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer, got {chosen[key]}")
     if chosen["ray_epochs"] < 2:
@@ -439,6 +503,10 @@ def settings(args) -> dict:
     return chosen
 
 
+def _spread(value: dict) -> str:
+    return f"{value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})"
+
+
 def report(rows: list[dict]) -> None:
     """The ratios a reader compares, one line each, on stderr (stdout holds only JSON lines)."""
     for row in rows:
@@ -449,12 +517,15 @@ def report(rows: list[dict]) -> None:
         elif row["bench"] == "ray":
             a, b = row["ray_vs_outside"], row["ray_vs_plain"]
             print(f"# ray trial images/s vs the same trainer outside Ray {a['median']:.3f} (min {a['min']:.3f}, max "
-                  f"{a['max']:.3f}), vs the plain loop {b['median']:.3f} (min {b['min']:.3f}, max {b['max']:.3f})",
-                  file=sys.stderr)
+                  f"{a['max']:.3f}), vs the plain loop {b['median']:.3f} (min {b['min']:.3f}, max {b['max']:.3f}); "
+                  f"Tune adds {row['tune_cost_per_epoch_s']['median']:.3f} s per epoch (report + "
+                  f"{row['checkpoint_mb']} MB checkpoint)", file=sys.stderr)
         elif row["bench"] == "concurrency":
             print(f"# {row['trials']} trial(s) x {row['threads_per_trial']} thread(s): "
-                  f"{row['total_images_per_s']:.0f} img/s in total, {row['vs_one_trial']} x one trial; per CPU-second "
-                  f"{row['per_cpu_s_vs_one_trial']} x one trial's (cpu_busy {row['cpu_busy']})", file=sys.stderr)
+                  f"{row['total_images_per_s']['median']:.0f} img/s in total, {_spread(row['vs_one_trial'])} x one "
+                  f"trial; per CPU-second {_spread(row['per_cpu_s_vs_one_trial'])} (cpu_busy {row['cpu_busy']})"
+                  + (f"; plain matmuls in as many processes: {_spread(row['machine_vs_one_process'])} x one"
+                     if "vs_machine" in row else ""), file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -474,7 +545,8 @@ def main(argv=None) -> int:
                           s["ray_images"], s["ray_rounds"], s["device"], s["threads"], s["out"])
     if "concurrency" in s["sections"]:
         rows += bench_concurrency(s["models"][-1], s["concurrency_trainer"], s["width"], s["batch_size"],
-                                  s["concurrency"], s["threads"], s["concurrency_s"], s["device"], s["out"])
+                                  s["concurrency"], s["threads"], s["concurrency_s"], s["concurrency_rounds"],
+                                  s["device"], s["out"])
     report(rows)
     return 0
 

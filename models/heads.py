@@ -65,6 +65,8 @@ class SyntheticGradient(nn.Module):
     def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = self.conv1(h)
         if self.label_context is not None:
-            context = self.label_context(F.one_hot(labels, NUM_CLASSES).to(z.dtype))
+            # Linear(one_hot(y)) without bias is column y of its weight: looked up directly. F.one_hot reads the labels'
+            # min and max back to the host to check them (on the CPU), a wait per step that an epoch must not have
+            context = F.embedding(labels, self.label_context.weight.t()).to(z.dtype)
             z = z + context[:, :, None, None]
         return self.rest(z)

@@ -57,15 +57,18 @@ class Trainer:
         self.parts.to(self.device, memory_format=memory_format)
         self.optimizers = [make_optimizer(params, cfg) for params in param_groups]
         self.schedulers = [make_scheduler(opt, cfg, steps_per_epoch) for opt in self.optimizers]
-        compile_ = torch.compile if cfg["compile"] else (lambda module: module)
         if cfg["compile"]:
             # to dynamo every block is the same nn.Sequential code with its own shapes: one cache entry per block and
             # mode (train / eval). Under the default limit of 8, VGG16's 13 DGL blocks ran 5 of them uncompiled.
             config = torch._dynamo.config
             name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
             setattr(config, name, max(getattr(config, name), 4 * len(self.network.blocks)))
-        self.blocks = [compile_(block) for block in self.network.blocks]  # compiled views; state stays in parts
+        self.blocks = [self.compiled(block) for block in self.network.blocks]  # compiled views; state stays in parts
         self.epoch = 0
+
+    def compiled(self, module: nn.Module) -> nn.Module:
+        """torch.compile'd when the config says so (a view sharing the module's parameters), else the module."""
+        return torch.compile(module) if self.cfg["compile"] else module
 
     # --- what a method defines -----------------------------------------------------------------------------------
     def num_blocks(self, cfg) -> int | None:
@@ -182,8 +185,27 @@ class Backprop(Trainer):
         return [logits.detach()], loss
 
 
+class BlockWithHead(nn.Module):
+    """A DGL stage: a block and its auxiliary head, one graph for torch.compile. Compiled apart, a narrow block left
+    its head, loss and layout changes to eager mode and ran slower than not compiling at all (bench/README.md)."""
+
+    def __init__(self, block: nn.Module, head: nn.Module):
+        super().__init__()
+        self.block, self.head = block, head
+
+    def forward(self, x, probe: bool = False):
+        out = self.block(x)
+        # a probe (the pure similarity loss) learns on detached features: its loss trains the head only
+        return out, self.head(out.detach() if probe else out)
+
+
 class DGL(Trainer):
     per_block_metrics = True
+
+    def __init__(self, cfg: dict, device, steps_per_epoch: int):
+        super().__init__(cfg, device, steps_per_epoch)
+        self.stages = [self.compiled(BlockWithHead(block, head))
+                       for block, head in zip(self.network.blocks, self.heads)]
 
     def build(self):
         cfg = self.cfg
@@ -196,13 +218,13 @@ class DGL(Trainer):
                 for block, head in zip(self.network.blocks, self.heads)]
 
     def train_step(self, x, y):
-        h, all_logits, last = x, [], len(self.blocks) - 1
-        for i, (block, head, opt) in enumerate(zip(self.blocks, self.heads, self.optimizers)):
+        h, all_logits, last = x, [], len(self.stages) - 1
+        for i, (stage, opt) in enumerate(zip(self.stages, self.optimizers)):
             kind = "pred" if i == last else self.cfg["local_loss"]
             with self.amp():
-                out = block(h.detach())  # detached: no gradient flows back into earlier blocks
-                # with the pure similarity loss the head is only a probe: it learns on detached features
-                logits = head(out.detach() if kind == "sim" else out)
+                # detached: no gradient flows back into earlier blocks; with the pure similarity loss the head is
+                # only a probe
+                out, logits = stage(h.detach(), probe=kind == "sim")
             loss = local_loss(kind, out, logits.float(), y, sim_weight=self.cfg["sim_weight"],
                               label_smoothing=self.cfg["label_smoothing"])
             if kind == "sim":
@@ -216,9 +238,9 @@ class DGL(Trainer):
 
     def eval_logits(self, x):
         h, all_logits = x, []
-        for block, head in zip(self.blocks, self.heads):
-            h = block(h)
-            all_logits.append(head(h))
+        for stage in self.stages:
+            h, logits = stage(h)
+            all_logits.append(logits)
         return all_logits
 
 
@@ -233,6 +255,9 @@ class DNI(Trainer):
         self.synthetic = nn.ModuleList(SyntheticGradient(channels, self.conditioned)
                                        for channels, _ in self.network.block_shapes[:-1])
         self.parts["synthetic"] = self.synthetic
+        # compiled apart from the blocks: a block's output gradient and its module's regression loss are two backward
+        # passes at different times, and one compiled graph for both could only run its backward once
+        self.predictors = [self.compiled(sg) for sg in self.synthetic]
         groups = [list(block.parameters()) + list(sg.parameters())
                   for block, sg in zip(self.network.blocks, self.synthetic)]
         groups.append(list(self.network.blocks[-1].parameters()) + list(self.network.classifier.parameters()))
@@ -252,7 +277,7 @@ class DNI(Trainer):
                 if i == last:
                     logits = self.network.classifier(out)
                 else:
-                    synthetic = self.synthetic[i](out.detach(), y if self.conditioned else None)
+                    synthetic = self.predictors[i](out.detach(), y if self.conditioned else None)
             if i == last:
                 loss = self.ce(logits, y)
                 loss.backward()

@@ -1,9 +1,11 @@
 """Each trainer learns, and a checkpointed trainer continues exactly where it stopped (CPU, seconds)."""
 
 import io
+import itertools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fakedata import learnable_arrays
 from models.trainers import build_trainer
@@ -72,3 +74,62 @@ def test_nan_loss_is_reported_as_diverged(data):
     trainer = make(data, trainer="backprop", lr=1e5, momentum=0.0, nesterov=False)
     metrics = run_epoch(trainer, data)
     assert metrics["diverged"]
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the ops that read a tensor's value back to the host (item(), bool(), ...): each is a wait for the GPU
+    on CUDA. Counted on the CPU, where the same ops run, so the promise is checked without a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.reads += func.__name__.startswith(("_local_scalar_dense", "is_nonzero", "item"))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["backprop", "dgl", "dni", "cdni"])
+def test_an_epoch_waits_on_the_host_only_at_its_end(data, name):
+    trainer = make(data, trainer=name)
+    reads = []
+    for steps in (2, 6):  # below NAN_CHECK_EVERY: no NaN check inside these epochs
+        batches = itertools.islice(data.train.batches(32, train=True, epoch=steps), steps)
+        with HostReads() as counter:
+            trainer.train_epoch(batches)
+        reads.append(counter.reads)
+    assert reads[0] == reads[1] <= 2, reads  # the metrics, read once; nothing per step
+    with HostReads() as counter:
+        trainer.evaluate(data.val.batches(100, train=False))
+    assert counter.reads <= 2
+
+
+def test_cdni_label_context_is_the_linear_map_of_the_one_hot_label():
+    from models.heads import SyntheticGradient
+
+    torch.manual_seed(0)
+    module = SyntheticGradient(8, conditioned=True)
+    labels = torch.tensor([0, 3, 9, 3])
+    one_hot = torch.nn.functional.one_hot(labels, 10).float()
+    looked_up = torch.nn.functional.embedding(labels, module.label_context.weight.t())
+    assert torch.equal(looked_up, module.label_context(one_hot))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dgl", "cdni"])
+def test_compiled_trainer_trains_as_the_eager_one(data, name):
+    """compile=True is an opt-in speed flag: the same steps, the same numbers (to float tolerance), and every stage
+    really compiled (dynamo falls back to eager silently when it gives up)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    settings = dict(trainer=name, model="basiccnn", num_blocks=2)
+    eager, compiled = make(data, **settings), make(data, **settings, compile=True)
+    for trainer in (eager, compiled):
+        trainer.train_epoch(itertools.islice(data.train.batches(32, train=True, epoch=0), 3))
+    for (key, a), (_, b) in zip(eager.parts.state_dict().items(), compiled.parts.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), key
+    # DGL: one graph per stage (a block with its head); cDNI: one per block and one per predictor
+    expected = {"dgl": 2, "cdni": 3}[name]
+    assert counters["stats"]["unique_graphs"] >= expected, dict(counters["stats"])

@@ -25,16 +25,16 @@ from models.trainers import build_trainer
 from tuner.cluster import quiet_environment
 from tuner.config import resolve
 from tuner.data import make_splits
-from tuner.device import limit_threads, pick_device
+from tuner.device import limit_gpu_memory, limit_threads, pick_device
 from tuner.epoch import run_epoch, steps_per_epoch
 
 CHECKPOINT_FILE = "trainer.pt"
 
 
-def trial_cpus() -> float | None:
-    """The CPUs Ray granted this trial (so two 1-CPU trials on 2 cores use one thread each)."""
+def granted(resource: str) -> float | None:
+    """How much of a resource ("CPU", "GPU") Ray granted this trial; None outside a Ray worker."""
     try:
-        return ray.get_runtime_context().get_assigned_resources().get("CPU")
+        return ray.get_runtime_context().get_assigned_resources().get(resource)
     except Exception:  # outside a Ray worker
         return None
 
@@ -65,7 +65,8 @@ def build(config: dict, arrays: dict):
 
 def train_trial(config: dict, arrays: dict) -> None:
     quiet_environment()  # this runs in a Ray worker process: its loggers are its own
-    limit_threads(trial_cpus())
+    limit_threads(granted("CPU"))  # two 1-CPU trials on 2 cores: one thread each, no oversubscription
+    limit_gpu_memory(pick_device(resolve(config)["device"]), granted("GPU"))  # before the first allocation
     trainer, data = build(config, arrays)
     cfg = trainer.cfg
     trial_id = tune.get_context().get_trial_id()
