@@ -50,7 +50,7 @@ DEFAULTS: dict = {
     # run
     "seed": 0,
     "device": "auto",
-    "compile": False,
+    "compile": False,        # torch.compile: opt-in, measured in bench/README.md (no reliable gain on a CPU)
     "eval_batch_size": 1000,
 }
 
