@@ -108,7 +108,8 @@ def plot_blocks(model: str, blocks: dict, backprop_val: float | None, backprop_l
     ax.set_ylabel("accuracy of the block's classifier (%)")
     ax.set_title(f"{model}: accuracy by block at the final epoch (best trial)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    # below the axes: in the plot the legend covered the deepest blocks' points, where the curves end
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=9, frameon=False)
     _save(fig, path)
 
 
