@@ -77,13 +77,21 @@ def test_tiny_search_end_to_end(tmp_path, fake_data):
     assert by_lr[1e5].data.tags["dt.outcome"] == "diverged" and by_lr[1e5].info.status == "FAILED"
     assert by_lr[0.05].data.tags["dt.outcome"] == "completed"
     assert by_lr[1e-4].data.tags["dt.outcome"] == "stopped"
+    # one val_acc point per epoch run: completed -> both; stopped -> 1 (ASHA's only rung below max_t: a trial it
+    # stops at max_t has finished); diverged -> up to the epoch it diverged in. That is the 1st for lr=1e5, but the
+    # 4th trial (TPE's pick) can diverge in its 2nd: e.g. lr=400 has a finite 1st epoch whose val_acc (0.1) ties
+    # ASHA's cutoff, so it goes on, and a NaN loss in the 2nd.
+    allowed = {"completed": (2,), "stopped": (1,), "diverged": (1, 2)}
     for run in children:
-        epochs = 2 if run.data.tags["dt.outcome"] == "completed" else 1
-        history = client.get_metric_history(run.info.run_id, "val_acc")
-        assert [m.step for m in history] == list(range(1, epochs + 1))
+        outcome = run.data.tags["dt.outcome"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) in allowed[outcome], (outcome, steps)
         assert run.data.params["trainer"] == "backprop" and run.data.params["width"] == "0.0625"
-    best = max((r for r in children if "val_acc" in r.data.metrics), key=lambda r: r.data.metrics["val_acc"])
-    assert "test_acc" in best.data.metrics
+    assert len(client.get_metric_history(by_lr[1e5].info.run_id, "val_acc")) == 1
+    # test_acc goes on the best trial only; with a tie for the best val_acc the search picks by trial id
+    top = max(r.data.metrics["val_acc"] for r in children if "val_acc" in r.data.metrics)
+    tested = [r for r in children if "test_acc" in r.data.metrics]
+    assert len(tested) == 1 and tested[0].data.metrics["val_acc"] == top
 
     # what Optuna was told: completed -> COMPLETE, stopped by ASHA -> PRUNED, diverged -> FAIL
     import optuna
