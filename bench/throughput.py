@@ -1,6 +1,6 @@
 """How fast a trial trains. One JSON line per row on stdout; a short summary on stderr.
 
-    python bench/throughput.py --quick                      # CPU, 2-4 minutes: the ratios below, narrow networks
+    python bench/throughput.py --quick                      # CPU, ~6 minutes: the ratios below, narrow networks
     python bench/throughput.py --device cuda --models vgg16 --width 1 --batch-size 128
 
 Rows, by their `bench` key:
@@ -10,8 +10,10 @@ Rows, by their `bench` key:
   vs_backprop  each method's time per image over backprop's on the same network, paired round by round: the cost of
                aux heads / synthetic-gradient modules. `plain` over backprop is the cost of our trainer machinery.
   ray          the same trainer inside a Ray Tune trial (tuner.trainable.train_trial, its reported images_per_s on
-               warm epochs) against the same trainer outside Ray and the plain loop, same threads, same data.
-  concurrency  total images/s with 1, 2, 4 trials at once on one device, each its own process, as Ray runs them.
+               warm epochs) against the same trainer outside Ray and the plain loop, same threads, same data; and
+               what Tune adds to every epoch (report + checkpoint), in seconds.
+  concurrency  total images/s with 1, 2, 4 trials at once on one device, each its own process, as Ray runs them;
+               on a CPU beside the same number of plain-matmul processes: how far this machine scales at all.
 
 Timing excludes warm-up steps. `cpu_busy` is CPU time / (wall time x threads): well under 1 on a CPU device means
 the process waited for a core that someone else held, and its numbers are slow for that reason.
