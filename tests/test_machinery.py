@@ -8,6 +8,7 @@ import math
 import pickle
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 import pytest
@@ -107,6 +108,7 @@ class FakeTrial:
     trial_id: str
     config: dict
     last_result: dict = field(default_factory=dict)
+    error_file: str | None = None  # Ray's: written before it calls on_trial_error
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +170,14 @@ def test_tracker_is_idempotent_across_a_driver_restart(client, uri):
     assert not {"training_iteration", "time_total_s", "epoch"} & set(run.data.metrics)  # Ray's bookkeeping left out
 
 
-def test_tracker_errors_and_dangling_runs(client, uri):
+def test_tracker_errors_and_dangling_runs(client, uri, tmp_path):
     parent = _parent(client, "errors")
     tracker = MLflowTracker(uri, parent, {"dt.trainer": "dgl", "dt.model": "vgg11"})
     crashed, diverged, cut_off = (FakeTrial(f"toy_0000{i}", {"lr": 0.1}) for i in range(3))
+    crashed.error_file = str(tmp_path / "error.txt")
+    Path(crashed.error_file).write_text(  # as Ray writes it, colours included
+        "Failure # 1 (occurred at 2026-11-28_06-42-50)\n\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1)\n"
+        '  File "models/trainers.py", line 9, in train_step\ntorch.OutOfMemoryError: CUDA out of memory.\n')
     for trial in (crashed, diverged, cut_off):
         tracker.on_trial_start(0, [], trial)
         tracker.on_trial_result(0, [], trial, {"epoch": 1, "val_acc": 0.1})
@@ -185,6 +191,11 @@ def test_tracker_errors_and_dangling_runs(client, uri):
     assert {name: (run.info.status, run.data.tags["dt.outcome"]) for name, run in runs.items()} == {
         "toy_00000": ("FAILED", "failed"), "toy_00001": ("FAILED", "diverged"), "toy_00002": ("FAILED", "failed")}
     assert runs["toy_00000"].data.tags["dt.trainer"] == "dgl"  # base tags when the config does not say
+    # why it crashed: the exception line, and the error file (without terminal colours) as an artifact
+    assert runs["toy_00000"].data.tags["dt.error"] == "torch.OutOfMemoryError: CUDA out of memory."
+    saved = Path(client.download_artifacts(runs["toy_00000"].info.run_id, "error.txt", str(tmp_path / "got")))
+    assert saved.read_text().startswith("Failure # 1") and "\x1b" not in saved.read_text()
+    assert "dt.error" not in runs["toy_00001"].data.tags  # diverged: no exception
 
     # a resumed search restarts the cut-off trial: the same run, running again
     MLflowTracker(uri, parent, {}).on_trial_start(0, [], cut_off)

@@ -371,6 +371,22 @@ def test_crashed_and_killed_trials_retry_from_their_checkpoint(tmp_path, fake_da
     assert sorted(runs) == [0.02, 0.03, 0.05]
     outcome = {lr: (run.info.status, run.data.tags["dt.outcome"]) for lr, run in runs.items()}
     assert outcome == {0.05: ("FINISHED", "completed"), 0.03: ("FAILED", "failed"), 0.02: ("FINISHED", "completed")}
+    # why it failed, in MLflow: the exception line as a tag, Ray's error file (the stack it was raised in) as artifact
+    failed = runs[0.03]
+    assert failed.data.tags["dt.error"] == "RuntimeError: DT_FAULT: injected failure at epoch 2"
+    error_text = Path(client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))).read_text()
+    assert "Failure #" in error_text and "in inject_fault" in error_text and "\x1b[" not in error_text
+    assert not any("dt.error" in run.data.tags for lr, run in runs.items() if lr != 0.03)
+    # and on the console, one line per crash instead of Ray's traceback
+    trial = {lr: run.data.tags["dt.trial_id"] for lr, run in runs.items()}
+    injected = "(RuntimeError: DT_FAULT: injected failure at epoch {}); "
+    assert f"trial {trial[0.03]} crashed {injected.format(2)}retrying from its last checkpoint" in driver.output
+    folder = next((tmp_path / "runs").iterdir())
+    assert f"trial {trial[0.03]} failed {injected.format(2)}traceback in {folder / trial[0.03] / 'error.txt'}" \
+        in driver.output
+    assert f"trial {trial[0.02]} crashed {injected.format(3)}retrying" in driver.output
+    assert f"trial {trial[0.05]} crashed (" in driver.output  # its worker was killed
+    assert "Trial task failed" not in driver.output
     steps = {lr: [step for step, _ in history(client, run)] for lr, run in runs.items()}
     assert steps == {0.05: [1, 2, 3], 0.03: [1], 0.02: [1, 2, 3]}
 

@@ -39,6 +39,9 @@ QUIET_ENV = {
     # snapshot the experiment state after every event, not every ~10 s: a killed driver then loses no finished
     # trial (the snapshot is a few small pickles; measured cost is in the README)
     "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    # a crashed trial is one line on the console (tuner.search.FailureNotices); its traceback goes to its error file
+    # and to MLflow (error.txt), not over the progress table
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
 }
 
 DEFAULT_PORT = 6379           # Ray's GCS port when an address names none

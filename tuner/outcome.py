@@ -8,8 +8,11 @@ was stopped early by the scheduler (ASHA).
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 OUTCOMES = ("completed", "stopped", "diverged", "failed")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def finite_number(value) -> bool:
@@ -27,3 +30,20 @@ def trial_outcome(last_result: dict | None, error: bool) -> str:
     if last.get("finished"):
         return "completed"
     return "stopped"
+
+
+def trial_error_text(trial) -> str:
+    """Ray's error file of a trial: its latest failure with the stack where it was raised; '' if it has none. Ray writes
+    it before it tells the callbacks that the trial failed or is being retried."""
+    path = trial.error_file
+    if not path or not Path(path).is_file():
+        return ""
+    return ANSI_ESCAPE.sub("", Path(path).read_text(errors="replace"))  # Ray colours the worker's name
+
+
+def error_line(text: str, limit: int = 500) -> str:
+    """The last line of a traceback that names the exception ("RuntimeError: ..."), shortened to `limit`."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", line)]
+    line = (named or lines or ["unknown error"])[-1]
+    return line if len(line) <= limit else line[:limit - 1] + "…"

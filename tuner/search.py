@@ -25,7 +25,7 @@ from tuner.cluster import check_cluster, init_ray
 from tuner.config import one_line
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
-from tuner.outcome import trial_outcome
+from tuner.outcome import error_line, trial_error_text, trial_outcome
 from tuner.scheduler import make_scheduler
 from tuner.searcher import make_searcher
 from tuner.searches import SearchRecord, claim, install_ray_snapshot, resume_command, save_ray_snapshot
@@ -90,6 +90,21 @@ class SnapshotOnEvents(Callback):
         self._dirty, self._num_trials, self._copied = False, len(trials), written
 
 
+class FailureNotices(Callback):
+    """One line on the console for a trial that crashed, in place of Ray's traceback (TUNE_PRINT_ALL_TRIAL_ERRORS=0 in
+    tuner/cluster.py): what it raised, and where the whole traceback is (also in MLflow, as the run's error.txt)."""
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        print(f"trial {trial.trial_id} crashed ({error_line(trial_error_text(trial))}); retrying from its last "
+              f"checkpoint", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        # the copy in the search's folder: the one beside Ray's session files goes with them
+        kept = Path(trial.storage.trial_fs_path) / Path(trial.error_file or "error.txt").name
+        print(f"trial {trial.trial_id} failed ({error_line(trial_error_text(trial))}); traceback in {kept} and in "
+              f"MLflow (error.txt)", flush=True)
+
+
 def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, max_failures: int) -> tune.Tuner:
     base = space.base_config()
     constants = {k: v for k, v in base.items() if k not in space.params}
@@ -111,7 +126,7 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
         run_config=RunConfig(
             # result.json per trial (what Tune's ResultGrid reads back); MLflow is the record users look at
             name=folder.name, storage_path=str(folder.parent),
-            callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents()],
+            callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents(), FailureNotices()],
             progress_reporter=progress_reporter(space), verbose=1,
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=FailureConfig(max_failures=max_failures)),

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from tuner.config import DEFAULTS
-from tuner.outcome import finite_number, trial_outcome
+from tuner.outcome import error_line, finite_number, trial_error_text, trial_outcome
 
 # per-epoch metrics copied from a trial's result to its child run (Ray's own bookkeeping keys are left out)
 EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_s", "images_per_s")
@@ -266,3 +266,13 @@ class MLflowTracker(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._end(trial, error=True)
+        self._record_error(self._run_id(trial), trial)
+
+    def _record_error(self, run_id: str, trial) -> None:
+        """Why the trial failed, where a researcher looks: the exception line as tag `dt.error`, and Ray's error
+        file (its last failure, with the stack it was raised in) as the run's artifact `error.txt`."""
+        text = trial_error_text(trial)
+        if text:
+            self.client.set_tag(run_id, "dt.error", error_line(text))
+            self.client.log_text(run_id, text, "error.txt")
+
