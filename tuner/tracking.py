@@ -275,4 +275,3 @@ class MLflowTracker(Callback):
         if text:
             self.client.set_tag(run_id, "dt.error", error_line(text))
             self.client.log_text(run_id, text, "error.txt")
-
