@@ -48,6 +48,7 @@ from models.networks import build_network
 from models.trainers import build_trainer
 from tuner.config import TRAINERS, resolve
 from tuner.data import DataError, load_arrays
+from tuner.outcome import error_line
 
 GPU = dict(device="cuda", model="vgg16", width=1.0, batch_sizes=[128, 512], steps=20, warmup_steps=5, repeats=3,
            peak_n=8192, peak_dtype=torch.bfloat16, concurrency=[1, 2, 4], concurrency_s=8.0,
@@ -273,7 +274,7 @@ def section_search(rows: Rows, s: dict, device, data_dir: str | None, dry: bool)
         results = tuner.fit()
     wall = time.time() - started
     ray.shutdown()
-    errors = [str(r.error).strip().splitlines()[-1] for r in results if r.error is not None]
+    errors = [error_line(str(r.error)) for r in results if r.error is not None]
     spans = []
     for trial_id in sorted({r["trial_id"] for r in collect.reports}):
         reports = [r for r in collect.reports if r["trial_id"] == trial_id]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import itertools
 import json
 import multiprocessing
@@ -45,6 +46,7 @@ from models.networks import build_network
 from models.trainers import build_trainer
 from tuner.config import MODELS, TRAINERS, ConfigError, check_value, resolve
 from tuner.data import Split
+from tuner.outcome import error_line
 from tuner.device import limit_threads, pick_device
 
 SECTIONS = ("trainers", "ray", "concurrency")
@@ -262,7 +264,7 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
                                           callbacks=[collect, JsonLoggerCallback()]))
             result = tuner.fit()[0]
         if result.error is not None:
-            raise RuntimeError(f"the Ray trial failed: {str(result.error).strip().splitlines()[-1]}")
+            raise RuntimeError(f"the Ray trial failed: {error_line(str(result.error))}")
         warm = [r for r in collect.reports if r["epoch"] >= 2]
         # images_per_s times the training loop alone; time_this_iter_s is the epoch + validation + report + checkpoint,
         # so time_this_iter_s - epoch_s is what Tune adds to each epoch whatever its length: a fixed cost
@@ -272,7 +274,9 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
     # Ray is started first, so that both sides run beside its (idle) daemons and the driver; what differs is the
     # trial's process and Tune's session, reports and checkpoints. Outside, trial, outside, trial, outside: each
     # trial is compared with the measurements on either side of it, as the machine's load drifts.
-    checkpoint_mb = sum(t.numel() * t.element_size() for t in _tensors(build_trainer(cfg, "cpu", 1).state_dict())) / 2**20
+    checkpoint = io.BytesIO()
+    torch.save(build_trainer(cfg, "cpu", 1).state_dict(), checkpoint)  # what train_trial writes every epoch
+    checkpoint_mb = checkpoint.getbuffer().nbytes / 2**20
     init_ray()
     sides = [outside()]
     trials = []
@@ -295,30 +299,16 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
     return [emit(row, out)]
 
 
-def _tensors(state):
-    """Every tensor in a (nested) state dict: what a checkpoint holds."""
-    if isinstance(state, torch.Tensor):
-        yield state
-    elif isinstance(state, dict):
-        for value in state.values():
-            yield from _tensors(value)
-    elif isinstance(state, (list, tuple)):
-        for value in state:
-            yield from _tensors(value)
+def _training_work(cfg: dict, warmup_steps: int, seed: int):
+    """A trial's work: its trainer, warmed up; returns run(deadline) -> images trained until then."""
+    device = pick_device(cfg["device"])
+    batch_size = cfg["batch_size"]
+    trainer = build_trainer(cfg, device, steps_per_epoch=1000)
+    split = synthetic_split(8 * batch_size, device, seed)
+    timed_epoch(trainer, split, batch_size, warmup_steps, epoch=0)
 
-
-def _concurrent_trial(cfg: dict, threads: int, seconds: float, warmup_steps: int, seed: int, barrier, results):
-    """One trial process: warm up, wait for the others, then train for `seconds`; report images and times."""
-    try:
-        limit_threads(threads)
-        device = pick_device(cfg["device"])
-        batch_size = cfg["batch_size"]
-        trainer = build_trainer(cfg, device, steps_per_epoch=1000)
-        split = synthetic_split(8 * batch_size, device, seed)
-        timed_epoch(trainer, split, batch_size, warmup_steps, epoch=0)
-        barrier.wait(timeout=600)
-        steps, start, cpu = 0, time.monotonic(), time.process_time()
-        deadline = start + seconds
+    def run(deadline: float) -> int:
+        steps = 0
 
         def batches():
             nonlocal steps
@@ -329,41 +319,53 @@ def _concurrent_trial(cfg: dict, threads: int, seconds: float, warmup_steps: int
                     steps += 1
                     yield batch
 
-        trainer.train_epoch(batches())  # ends with a host sync: the GPU's queue is drained before `end`
-        results.put({"images": steps * batch_size, "start": start, "end": time.monotonic(),
-                     "cpu_s": time.process_time() - cpu})
-    except BaseException as error:  # reported by the parent as one line
-        results.put({"error": f"{type(error).__name__}: {error}"})
+        trainer.train_epoch(batches())  # ends with a host sync: the GPU's queue is drained before it returns
+        return steps * batch_size
+
+    return run
 
 
 REFERENCE_N = 512  # the reference matmul: 3 x 1 MB fp32, a CPU core's own arithmetic more than its memory
 
 
-def _reference_process(cfg: dict, threads: int, seconds: float, warmup_steps: int, seed: int, barrier, results):
-    """The machine's own scaling, no trainer: square matmuls in a loop for `seconds` ("images" counts matmuls)."""
-    try:
-        limit_threads(threads)
-        a, b = torch.randn(REFERENCE_N, REFERENCE_N), torch.randn(REFERENCE_N, REFERENCE_N)
-        for _ in range(10):
-            a @ b
-        barrier.wait(timeout=600)
-        count, start, cpu = 0, time.monotonic(), time.process_time()
-        while time.monotonic() < start + seconds:
+def _matmul_work(cfg: dict, warmup_steps: int, seed: int):
+    """The machine's own scaling, no trainer: square matmuls in a loop ("images" counts matmuls)."""
+    a, b = torch.randn(REFERENCE_N, REFERENCE_N), torch.randn(REFERENCE_N, REFERENCE_N)
+    for _ in range(10):
+        a @ b
+
+    def run(deadline: float) -> int:
+        count = 0
+        while time.monotonic() < deadline:
             a @ b
             count += 1
-        results.put({"images": count, "start": start, "end": time.monotonic(), "cpu_s": time.process_time() - cpu})
-    except BaseException as error:
+        return count
+
+    return run
+
+
+def _timed_process(work, cfg: dict, threads: int, seconds: float, warmup_steps: int, seed: int, barrier, results):
+    """One process of a concurrency measurement: set up and warm up `work`, wait for the others, run it for
+    `seconds`; report what it did, its start and end, and the CPU time it got."""
+    try:
+        limit_threads(threads)
+        run = work(cfg, warmup_steps, seed)
+        barrier.wait(timeout=600)
+        start, cpu = time.monotonic(), time.process_time()
+        images = run(start + seconds)
+        results.put({"images": images, "start": start, "end": time.monotonic(), "cpu_s": time.process_time() - cpu})
+    except BaseException as error:  # reported by the parent as one line
         results.put({"error": f"{type(error).__name__}: {error}"})
 
 
 def run_concurrent(cfg: dict, trials: int, threads: int, seconds: float, warmup_steps: int = 1,
-                   target=_concurrent_trial) -> dict:
+                   work=_training_work) -> dict:
     """`trials` processes training `cfg` at once on one device: total and per-trial images/s, and `cpu_busy`, the
     CPU time they got over what the cores they asked for could give (well under 1: someone else held them)."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked into; spawn also matches Ray's workers
     barrier, results = context.Barrier(trials), context.Queue()
-    processes = [context.Process(target=target, daemon=True,
-                                 args=(cfg, threads, seconds, warmup_steps, seed, barrier, results))
+    processes = [context.Process(target=_timed_process, daemon=True,
+                                 args=(work, cfg, threads, seconds, warmup_steps, seed, barrier, results))
                  for seed in range(trials)]
     for process in processes:
         process.start()
@@ -403,7 +405,7 @@ def bench_concurrency(model, trainer, width, batch_size, counts, threads, second
                 # The same N processes doing plain matmuls, right after: what this machine gives N processes at all
                 # (a VM's second core may be a hyperthread, or shared with other VMs). `vs_machine` divides it out:
                 # ~1 means the trials scale as well as the hardware lets anything scale.
-                reference[entry].append(run_concurrent(cfg, *entry, seconds / 2, target=_reference_process))
+                reference[entry].append(run_concurrent(cfg, *entry, seconds / 2, work=_matmul_work))
     single, ref_single = measured[plan[0]], reference.get(plan[0])
     rows = []
     for (trials, threads_each), runs in measured.items():

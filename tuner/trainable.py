@@ -54,10 +54,12 @@ def finite_only(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
 
-def build(config: dict, arrays: dict):
-    """The trainer and its data for a trial config (also used by the driver to evaluate the best checkpoint)."""
+def build(config: dict, arrays: dict, gpu_share: float | None = None):
+    """The trainer and its data for a trial config (also used by the driver to evaluate the best checkpoint).
+    `gpu_share`: the fraction of a GPU Ray granted the trial, which caps its GPU memory before anything is allocated."""
     cfg = resolve(config)
     device = pick_device(cfg["device"])
+    limit_gpu_memory(device, gpu_share)
     data = make_splits(arrays, val_size=cfg["val_size"], train_subset=cfg["train_subset"], seed=cfg["seed"],
                        device=device)
     return build_trainer(cfg, device, steps_per_epoch(data.train, cfg["batch_size"])), data
@@ -66,8 +68,7 @@ def build(config: dict, arrays: dict):
 def train_trial(config: dict, arrays: dict) -> None:
     quiet_environment()  # this runs in a Ray worker process: its loggers are its own
     limit_threads(granted("CPU"))  # two 1-CPU trials on 2 cores: one thread each, no oversubscription
-    limit_gpu_memory(pick_device(resolve(config)["device"]), granted("GPU"))  # before the first allocation
-    trainer, data = build(config, arrays)
+    trainer, data = build(config, arrays, gpu_share=granted("GPU"))
     cfg = trainer.cfg
     trial_id = tune.get_context().get_trial_id()
     checkpoint = tune.get_checkpoint()
