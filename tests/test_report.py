@@ -1,5 +1,6 @@
-"""The gap report against MLflow records fabricated in the layout the search driver writes (see the module
-docstring of tuner/report.py): a parent run per search, a nested child run per trial with per-epoch metrics."""
+"""The gap report against MLflow records fabricated in the layout the search driver writes (see
+tuner/report/__init__.py): a parent run per search, a nested child run per trial with per-epoch metrics; and the
+one-rule helpers it shares with the search driver (ranking, tracking-store locations, tables)."""
 
 import math
 import os
@@ -15,7 +16,8 @@ pytest.importorskip("mlflow")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from tuner import figures, report  # noqa: E402
+from tuner import locations, ranking, text  # noqa: E402
+from tuner.report import cli, gaps, importance, store as report_store  # noqa: E402
 from tuner.config import DEFAULTS, resolve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,9 +139,9 @@ def test_cli_runs_and_prints_compact_table(store):
 
 
 def test_table_has_one_row_per_model_and_trainer_and_the_recorded_gap(store):
-    client = report.connect(store["uri"])
-    searches, best = report.collect(client)
-    rows = report.gap_rows(best, searches)
+    client = report_store.connect(store["uri"])
+    searches, best = gaps.collect(client)
+    rows = gaps.gap_rows(best, searches)
     # models and trainers in tuner.config's order
     assert [(r["model"], r["trainer"]) for r in rows] == [
         ("basiccnn", "backprop"), ("basiccnn", "dni"), ("vgg16", "backprop"), ("vgg16", "dgl")]
@@ -201,7 +203,7 @@ def test_report_is_logged_on_every_parent_run(store):
 
 
 def test_one_trainer_says_so_and_still_reports(store, capsys):
-    code = report.main(["--mlflow-uri", store["uri"], "--spaces", "dgl_vgg16", "--out", str(store["tmp"] / "one"),
+    code = cli.main(["--mlflow-uri", store["uri"], "--spaces", "dgl_vgg16", "--out", str(store["tmp"] / "one"),
                         "--no-log-artifacts"])
     out = capsys.readouterr().out
     assert code == 0
@@ -212,7 +214,7 @@ def test_one_trainer_says_so_and_still_reports(store, capsys):
 
 
 def test_unknown_space_is_one_line_listing_what_exists(store, capsys):
-    code = report.main(["--mlflow-uri", store["uri"], "--spaces", "dgl_vgg19"])
+    code = cli.main(["--mlflow-uri", store["uri"], "--spaces", "dgl_vgg19"])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err == ("error: --spaces: no searches in an experiment named 'dgl_vgg19'; "
@@ -221,7 +223,7 @@ def test_unknown_space_is_one_line_listing_what_exists(store, capsys):
 
 def test_empty_store_says_so(blank_db, tmp_path, capsys):
     uri, _ = new_store(blank_db, tmp_path)
-    code = report.main(["--mlflow-uri", uri, "--out", str(tmp_path / "out")])
+    code = cli.main(["--mlflow-uri", uri, "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out.strip()
     assert code == 0
     assert out == f"No searches in {uri} (no MLflow runs tagged dt.role=search): nothing to report."
@@ -233,7 +235,7 @@ def test_no_trial_with_results_says_so(blank_db, tmp_path, capsys):
     parent = client.create_run(exp, run_name="dgl_vgg16-1", tags={"dt.role": "search", "dt.status": "running"})
     client.create_run(exp, run_name="t0", tags={"dt.role": "trial", "dt.outcome": "running", "dt.trainer": "dgl",
                                                 "dt.model": "vgg16", "mlflow.parentRunId": parent.info.run_id})
-    code = report.main(["--mlflow-uri", uri, "--out", str(tmp_path / "out")])
+    code = cli.main(["--mlflow-uri", uri, "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 0
     assert "No trial has reported a validation accuracy yet (1 trial in 1 search): nothing to compare." in out
@@ -246,7 +248,7 @@ def test_no_trial_with_results_says_so(blank_db, tmp_path, capsys):
 def test_bad_uri_is_one_line_and_exit_2(uri, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    code = report.main(["--mlflow-uri", uri])
+    code = cli.main(["--mlflow-uri", uri])
     captured = capsys.readouterr()
     assert code == 2
     lines = captured.err.strip().splitlines()
@@ -256,23 +258,59 @@ def test_bad_uri_is_one_line_and_exit_2(uri, capsys, monkeypatch):
 
 def test_params_are_typed_back_like_the_config():
     for key, value in DEFAULTS.items():
-        assert report.parse_param(key, str(value)) == value and type(report.parse_param(key, str(value))) is type(value)
-    assert report.parse_param("num_blocks", "4") == 4
-    assert report.parse_param("lr", "1") == 1.0 and isinstance(report.parse_param("lr", "1"), float)
+        assert report_store.parse_param(key, str(value)) == value and type(report_store.parse_param(key, str(value))) is type(value)
+    assert report_store.parse_param("num_blocks", "4") == 4
+    assert report_store.parse_param("lr", "1") == 1.0 and isinstance(report_store.parse_param("lr", "1"), float)
 
 
-@pytest.mark.parametrize("use_sklearn", [True, False])
-def test_importance_finds_the_parameter_that_matters(use_sklearn):
-    if use_sklearn:
-        pytest.importorskip("sklearn")
+def test_importance_finds_the_parameter_that_matters():
     rng = random.Random(0)
     configs = [dict(lr=10 ** rng.uniform(-3, -0.5), weight_decay=10 ** rng.uniform(-5, -3),
                     aux_head=rng.choice(["mlp", "conv"])) for _ in range(16)]
     values = [0.9 - 0.3 * abs(math.log10(c["lr"]) + 1.3) + rng.uniform(0, 0.01) for c in configs]
-    scores, method = figures.param_importances(configs, values, ["lr", "weight_decay", "aux_head", "dropout"],
-                                               use_sklearn=use_sklearn)
+    scores, method = importance.param_importances(configs, values, ["lr", "weight_decay", "aux_head", "dropout"])
     assert set(scores) == {"lr", "weight_decay", "aux_head"}     # dropout never varies
     assert max(scores, key=scores.get) == "lr"
     assert sum(scores.values()) == pytest.approx(1.0)
-    assert ("fANOVA" in method) == use_sklearn
-    assert figures.param_importances(configs[:2], values[:2], ["lr"])[0] == {}
+    assert "fANOVA" in method
+    assert importance.param_importances(configs[:2], values[:2], ["lr"])[0] == {}
+
+
+def test_ranking_skips_diverged_and_non_finite_and_breaks_ties_by_trial_id():
+    trials = [("t3", 0.9, "completed"), ("t1", 0.9, "stopped"), ("t2", 0.95, "diverged"), ("t4", math.nan, "completed"),
+              ("t5", None, "running"), ("t0", 0.5, "completed")]
+
+    def score(t):
+        return ranking.final_score(t[1], t[2])
+
+    def trial_id(t):
+        return t[0]
+
+    assert [t[0] for t in ranking.rank(trials, score, trial_id)] == ["t1", "t3", "t0"]
+    assert [t[0] for t in ranking.rank(trials, score, trial_id, mode="min")] == ["t0", "t1", "t3"]
+    assert ranking.best_trial(list(reversed(trials)), score, trial_id)[0] == "t1"   # input order does not matter
+    assert ranking.best_trial(trials[2:3], score, trial_id) is None
+
+
+def test_the_report_and_the_search_summary_rank_with_the_same_rule():
+    import tuner.report.gaps
+    import tuner.search
+
+    assert tuner.search.rank is ranking.rank and tuner.report.gaps.best_trial is ranking.best_trial
+
+
+def test_sqlite_locations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert locations.sqlite_path("sqlite:///mlflow.db") == "mlflow.db"
+    assert locations.sqlite_path("sqlite:////srv/mlflow.db") == "/srv/mlflow.db"
+    assert locations.sqlite_path("http://host:5000") is None
+    assert locations.absolute_tracking_uri("sqlite:///a/mlflow.db") == f"sqlite:///{tmp_path}/a/mlflow.db"
+    assert locations.absolute_tracking_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
+    assert locations.absolute_tracking_uri("http://host:5000") == "http://host:5000"
+
+
+def test_tables_align_columns_and_escape_markdown():
+    assert text.text_table(("a", "bb"), [("long", "x")], indent="  ") == ["  a     bb", "  long  x"]
+    assert text.markdown_table(("a", "b"), [("x|y", "1")]) == ["| a | b |", "|---|---|", "| x\\|y | 1 |"]
+    assert [text.fmt_value(v) for v in (None, 0.000123456, 3, "mlp")] == ["-", "0.0001235", "3", "mlp"]
+    assert text.fmt_value(0.123456, digits=3) == "0.123"

@@ -1,7 +1,8 @@
 """One epoch, as every caller runs it: train on the training split, evaluate on validation, time it.
 
-The one place where metric names are made (`val_acc`, `block3_val_acc`, ...), shared by `tuner.train` (no Ray)
-and the Ray trainable, so a run and a trial report the same thing.
+Metric names (`val_acc`, `block3_val_acc`, ...) come from `tuner.metric_names`; this is the one place they are
+given to what the trainers measure, shared by `tuner.train` (no Ray) and the Ray trainable, so a run and a trial
+report the same thing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from models.trainers import Trainer
 from tuner.data import CifarData, Split
+from tuner.metric_names import block_metric, split_metric
 
 
 def steps_per_epoch(train: Split, batch_size: int) -> int:
@@ -24,11 +26,10 @@ def evaluate_split(trainer: Trainer, split: Split, prefix: str) -> dict:
     metrics = trainer.evaluate(split.batches(trainer.cfg["eval_batch_size"], train=False))
     renamed = {}
     for key, value in metrics.items():
-        if key.startswith("block"):
-            block, rest = key.split("_", 1)
-            renamed[f"{block}_{prefix}_{rest}"] = value
+        if key.startswith("block"):  # the trainer's `block3_acc`
+            renamed[block_metric(int(key[len("block"):].split("_", 1)[0]), prefix)] = value
         else:
-            renamed[f"{prefix}_{key}"] = value
+            renamed[split_metric(prefix, key)] = value
     return renamed
 
 

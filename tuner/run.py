@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tuner.cluster import quiet_environment
 from tuner.config import UserError, one_line
-from tuner.searches import (RECORD, SearchRecord, absolute_tracking_uri, driver_pid, new_name, resume_command,
-                            unfinished)
+from tuner.locations import absolute_tracking_uri, limit_mlflow_http
+from tuner.searches import RECORD, SearchRecord, driver_pid, new_name, resume_command, unfinished
 from tuner.spaces import Space, list_spaces, load_space
 
 
@@ -155,10 +155,7 @@ def code_version() -> str:
 
 def check_tracking_uri(uri: str) -> None:
     """One cheap query, with MLflow's HTTP retries turned down so an unreachable server fails in seconds."""
-    import os
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    limit_mlflow_http(max_retries=0, timeout_s=10)
     from mlflow.tracking import MlflowClient
 
     try:

@@ -11,7 +11,6 @@ and the searcher, ASHA's rungs and MLflow carry on where they stood.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 from collections import Counter
 from pathlib import Path
@@ -26,10 +25,12 @@ from tuner.config import one_line
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
 from tuner.outcome import error_line, trial_error_text, trial_outcome
+from tuner.ranking import final_score, rank
 from tuner.scheduler import make_scheduler
 from tuner.searcher import make_searcher
 from tuner.searches import SearchRecord, claim, install_ray_snapshot, resume_command, save_ray_snapshot
 from tuner.spaces import Space, make_sampler
+from tuner.text import fmt_value, text_table
 from tuner.tracking import (MLflowTracker, close_dangling_runs, delete_child_runs, find_parent_run, finish_parent_run,
                             log_trial_metric, reopen_run, start_parent_run)
 from tuner.trainable import build, load_checkpoint, train_trial
@@ -234,13 +235,10 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        value = metrics.get(space.metric)
-        if value is None or not math.isfinite(value):
-            value = None
-        rows.append((value, result, trial_outcome(metrics, result.error is not None)))
-    # ties broken by trial id, so that a search summarised twice (killed during the summary, resumed) picks the same
-    scored = sorted([r for r in rows if r[0] is not None], key=lambda r: str(r[1].metrics.get("trial_id")))
-    scored.sort(key=lambda r: r[0], reverse=space.mode == "max")
+        outcome = trial_outcome(metrics, result.error is not None)
+        rows.append((final_score(metrics.get(space.metric), outcome), result, outcome))
+    # the report ranks with the same rule (tuner/ranking.py)
+    scored = rank(rows, score=lambda r: r[0], trial_id=lambda r: r[1].metrics.get("trial_id"), mode=space.mode)
     print(f"\n{len(rows)} trials: " + ", ".join(f"{n} {o}" for o, n in Counter(r[2] for r in rows).items()))
     if not scored:
         print("No trial reported a finite validation score.")
@@ -249,16 +247,14 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
     table = [["trial", "outcome", "epochs", space.metric, *space.params]]
     for value, result, outcome in scored[:5]:
         table.append([result.metrics.get("trial_id", "?"), outcome, str(result.metrics.get("epoch", 0)),
-                      f"{value:.4f}", *(_fmt(result.config.get(k)) for k in space.params)])
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+                      f"{value:.4f}", *(fmt_value(result.config.get(k)) for k in space.params)])
+    print("\n".join(text_table(table[0], table[1:], indent="  ")))
     best_value, best, _ = scored[0]
     best_config = {k: best.config[k] for k in space.params if k in best.config}
     test_acc = best_test_accuracy(best, arrays)
     print(f"\nBest: trial {best.metrics.get('trial_id')}  {space.metric} {best_value:.4f}"
           + (f"  test_acc {test_acc:.4f} (from its last checkpoint)" if test_acc is not None else ""))
-    print("Best config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in best_config.items()))
+    print("Best config: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in best_config.items()))
     trial_id = best.metrics.get("trial_id")
     if test_acc is not None:
         log_trial_metric(client, record.parent_run_id, trial_id, "test_acc", test_acc)
@@ -274,10 +270,3 @@ def best_test_accuracy(result, arrays: dict) -> float | None:
     trainer, data = build(result.config, arrays)
     load_checkpoint(trainer, result.checkpoint)
     return evaluate_split(trainer, data.test, "test")["test_acc"]
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-

@@ -59,13 +59,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def absolute_tracking_uri(tracking_uri: str) -> str:
-    """`sqlite:///mlflow.db` is relative to the working directory; pin it, so a resumed search finds it again."""
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
-    return tracking_uri
-
-
 def resume_command(space_arg: str, folder: Path) -> str:
     return f"python -m tuner.run --space {space_arg} --resume {folder}"
 

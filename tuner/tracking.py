@@ -12,7 +12,6 @@ agree with the trials Ray restored (`reconcile`).
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -21,11 +20,12 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from tuner.config import DEFAULTS
+from tuner.locations import sqlite_path
+from tuner.metric_names import is_block_metric
 from tuner.outcome import error_line, finite_number, trial_error_text, trial_outcome
 
 # per-epoch metrics copied from a trial's result to its child run (Ray's own bookkeeping keys are left out)
 EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_s", "images_per_s")
-BLOCK_METRIC = re.compile(r"block\d+_(val|train)_acc")
 PARENT_STATUSES = {"running": "RUNNING", "finished": "FINISHED", "interrupted": "KILLED"}
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 
@@ -55,10 +55,10 @@ def log_trial_metric(client: MlflowClient, parent_run_id: str, trial_id: str,
 def artifact_location(tracking_uri: str) -> str | None:
     """Artifacts of a SQLite store go beside the database file (MLflow's default is ./mlruns under whatever the
     working directory happens to be); a tracking server decides for itself."""
-    if not tracking_uri.startswith("sqlite:///"):
+    database = sqlite_path(tracking_uri)
+    if database is None:
         return None
-    database = Path(tracking_uri[len("sqlite:///"):])
-    return (database.parent / "mlartifacts").resolve().as_uri()
+    return (Path(database).parent / "mlartifacts").resolve().as_uri()
 
 
 def start_parent_run(client: MlflowClient, experiment_name: str, run_name: str, tags: dict, params: dict,
@@ -251,7 +251,7 @@ class MLflowTracker(Callback):
         now = int(time.time() * 1000)
         # NaN/inf are skipped: MLflow stores them but they break its plots; divergence shows in dt.outcome
         metrics = [Metric(key, float(value), now, epoch) for key, value in result.items()
-                   if (key in EPOCH_METRICS or BLOCK_METRIC.fullmatch(key)) and finite_number(value)]
+                   if (key in EPOCH_METRICS or is_block_metric(key)) and finite_number(value)]
         self.client.log_batch(run_id, metrics=metrics)
         self._last_epoch[run_id] = epoch
 

@@ -1,19 +1,24 @@
-"""The report's figures, drawn from plain data (lists of (epoch, value) pairs, dicts), so each one can be read
-and tested without MLflow. Accuracies come in as fractions and are drawn in percent.
-
-Also `param_importances`: which hyperparameters mattered in a search, from the recorded trials alone.
+"""The report's figures. The plot_* functions draw from plain data (lists of (epoch, value) pairs, dicts), so each
+can be read and tested without MLflow; `make_figures` decides which ones the searches' data allows. Accuracies
+come in as fractions and are drawn in percent.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window: the report runs on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from tuner.config import MODELS, TRAINERS  # noqa: E402
+from tuner.metric_names import block_accuracies  # noqa: E402
+from tuner.report.gaps import in_order  # noqa: E402
+from tuner.report.importance import param_importances  # noqa: E402
+from tuner.text import plural  # noqa: E402
 
 # one colour per trainer, the same in every figure; backprop is the reference, so it is black
 TRAINER_COLORS = {"backprop": "black", "dgl": "tab:blue", "dni": "tab:orange", "cdni": "tab:green"}
@@ -32,11 +37,6 @@ DPI = 110
 
 def trainer_color(trainer: str) -> str:
     return TRAINER_COLORS.get(trainer, "tab:brown")
-
-
-def plural(n: int, noun: str) -> str:
-    suffix = "" if n == 1 else "es" if noun.endswith(("s", "ch", "sh", "x")) else "s"
-    return f"{n} {noun}{suffix}"
 
 
 def _save(fig, path) -> None:
@@ -169,102 +169,58 @@ def plot_importance(experiment: str, importances: dict, method: str, num_trials:
     _save(fig, path)
 
 
-# ---- hyperparameter importance ----
+# ---- which figures the data allows ----
 
-def _distribution(values: list):
-    """The optuna distribution a list of recorded values fits, or None if the values do not vary."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if len(set(values)) < 2:
-        return None
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        low, high = min(values), max(values)
-        return IntDistribution(low, high, log=low >= 1 and high > 10 * low)
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        low, high = float(min(values)), float(max(values))
-        # a span over 10x was almost certainly searched on a log scale (lr, weight_decay)
-        return FloatDistribution(low, high, log=low > 0 and high > 10 * low)
-    # None mixed with ints (num_blocks), strings, bools: categories, kept in a stable order
-    return CategoricalDistribution(sorted(set(values), key=repr))
+def _label(t) -> str:
+    return f"{t.trainer} ({t.trial_id})"
 
 
-def _have_sklearn() -> bool:
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def make_figures(searches: list, best: dict, out_dir: Path) -> tuple:
+    """Draw every figure the data allows; returns ([(path, caption)], [one-line notes on figures skipped])."""
+    made, skipped = [], []
+    for model in in_order([m for m, _ in best], MODELS):
+        trainers = in_order([t for m, t in best if m == model], TRAINERS)
+        series = {}
+        for trainer in trainers:
+            t = best[(model, trainer)]
+            series[trainer] = dict(label=f"{_label(t)}, final val {t.final_val_acc * 100:.2f}%", **t.histories)
+        path = out_dir / f"curves_{model}.png"
+        plot_curves(model, series, path)
+        made.append((path, f"{model}: loss and accuracy per epoch, best trial of each trainer"))
 
+        blocks = {}
+        for trainer in trainers:
+            t = best[(model, trainer)]
+            val = block_accuracies(t.metrics, "val")
+            if trainer != "backprop" and val:
+                blocks[trainer] = dict(label=_label(t), val=val, train=block_accuracies(t.metrics, "train"))
+        if blocks:
+            reference = best.get((model, "backprop"))
+            path = out_dir / f"blocks_{model}.png"
+            plot_blocks(model, blocks, reference.final_val_acc if reference else None,
+                        _label(reference) if reference else "backprop", path)
+            made.append((path, f"{model}: accuracy of each block's classifier at the final epoch"))
 
-def _ranks(values: list) -> list:
-    """Average ranks (ties share their mean rank), for Spearman's correlation."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
+    for experiment in in_order([s.experiment for s in searches], []):
+        in_experiment = [s for s in searches if s.experiment == experiment]
+        trials = sorted((t for s in in_experiment for t in s.trials), key=lambda t: t.start_ms)
+        if not any(t.final_val_acc is not None for t in trials):
+            skipped.append(f"{experiment}: no trial has a validation accuracy yet — no history or importance figure.")
+            continue
+        starts = sorted(min(t.start_ms for t in s.trials) for s in in_experiment if s.trials)[1:]
+        positions = [1 + sum(t.start_ms < start for t in trials) for start in starts]
+        path = out_dir / f"history_{experiment}.png"
+        plot_history(experiment, [(t.outcome, t.final_val_acc) for t in trials], path, tuple(positions))
+        made.append((path, f"{experiment}: final validation accuracy of each trial, in order of start"))
 
-
-def _association(xs: list, ys: list, categorical: bool) -> float:
-    """|Spearman rank correlation| for a numeric parameter; the correlation ratio (eta) for a categorical one."""
-    if categorical:
-        mean = sum(ys) / len(ys)
-        total = sum((y - mean) ** 2 for y in ys)
-        groups = {}
-        for x, y in zip(xs, ys):
-            groups.setdefault(repr(x), []).append(y)
-        between = sum(len(g) * (sum(g) / len(g) - mean) ** 2 for g in groups.values())
-        return math.sqrt(between / total) if total > 0 else 0.0
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
-    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
-    return abs(cov / (sx * sy)) if sx > 0 and sy > 0 else 0.0
-
-
-def param_importances(configs: list, values: list, keys: list, use_sklearn: bool | None = None):
-    """Importance of each of `keys` for `values` (one per config), as ({key: importance}, method).
-
-    Rebuilds an in-memory optuna study from the recorded trials and asks optuna's fANOVA, which needs
-    scikit-learn; without it, falls back to a per-parameter rank correlation (method says which).
-    Returns ({}, reason) when there is nothing to measure (under 3 trials, or no parameter varies).
-    """
-    import optuna
-
-    if len(values) < 3:
-        return {}, f"only {len(values)} completed trial(s); importance needs at least 3"
-    distributions = {}
-    for key in keys:
-        d = _distribution([c.get(key) for c in configs])
-        if d is not None:
-            distributions[key] = d
-    if not distributions:
-        return {}, "no searched hyperparameter varies across the completed trials"
-    if len(set(values)) < 2:
-        return {}, "every completed trial reached the same accuracy"
-    use_sklearn = _have_sklearn() if use_sklearn is None else use_sklearn
-    if not use_sklearn:
-        scores = {k: _association([c.get(k) for c in configs], values,
-                                  type(d).__name__ == "CategoricalDistribution")
-                  for k, d in distributions.items()}
-        total = sum(scores.values())
-        scores = {k: (s / total if total > 0 else 0.0) for k, s in scores.items()}
-        return dict(sorted(scores.items(), key=lambda kv: -kv[1])), "rank correlation (scikit-learn not installed)"
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    for config, value in zip(configs, values):
-        params = {k: config.get(k) for k in distributions}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scores = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    return dict(scores), "fANOVA (optuna)"
+        completed = [t for t in trials if t.outcome == "completed" and t.final_val_acc is not None]
+        keys = sorted({k for s in in_experiment for k in s.searched})
+        importances, method = param_importances([t.params for t in completed],
+                                                [t.final_val_acc for t in completed], keys)
+        if importances:
+            path = out_dir / f"importance_{experiment}.png"
+            plot_importance(experiment, importances, method, len(completed), path)
+            made.append((path, f"{experiment}: hyperparameter importance ({method})"))
+        else:
+            skipped.append(f"{experiment}: no importance figure — {method}.")
+    return made, skipped
