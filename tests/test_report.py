@@ -17,8 +17,9 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from tuner import locations, ranking, text  # noqa: E402
-from tuner.report import cli, gaps, importance, store as report_store  # noqa: E402
 from tuner.config import DEFAULTS, resolve  # noqa: E402
+from tuner.report import cli, gaps, importance  # noqa: E402
+from tuner.report import store as report_store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -258,7 +259,8 @@ def test_bad_uri_is_one_line_and_exit_2(uri, capsys, monkeypatch):
 
 def test_params_are_typed_back_like_the_config():
     for key, value in DEFAULTS.items():
-        assert report_store.parse_param(key, str(value)) == value and type(report_store.parse_param(key, str(value))) is type(value)
+        parsed = report_store.parse_param(key, str(value))
+        assert parsed == value and type(parsed) is type(value)
     assert report_store.parse_param("num_blocks", "4") == 4
     assert report_store.parse_param("lr", "1") == 1.0 and isinstance(report_store.parse_param("lr", "1"), float)
 

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from tuner.config import ConfigError, DEFAULTS, one_line
+from tuner.config import DEFAULTS, ConfigError, one_line
 from tuner.locations import sqlite_path
 from tuner.ranking import final_score
 
