@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m` does
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuner.data import BATCHES_FOLDER, META_FILE, TEST_FILES, TRAIN_FILES, DataError, _find_folder, check_folder
+from tuner.data import BATCHES_FOLDER, META_FILE, TEST_FILES, TRAIN_FILES, DataError, check_folder, find_folder
 
 
 def _read(path: Path) -> dict:
@@ -40,7 +40,7 @@ def _write(path: Path, entry: dict, keep: int) -> None:
 def write_subset(data_dir: str | Path, out: str | Path, train: int, test: int) -> Path:
     """Write out/cifar-10-batches-py with `train` training images (train/5 per batch) and `test` test images;
     return that folder. Raises DataError naming the bad folder or count."""
-    source = _find_folder(data_dir)
+    source = find_folder(data_dir)
     counts = check_folder(source)
     per_batch = train // len(TRAIN_FILES)
     if train < len(TRAIN_FILES) or train % len(TRAIN_FILES):

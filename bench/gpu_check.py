@@ -1,6 +1,6 @@
-"""The GPU check: what a session with a GPU runs, through bench/gpu_check.sh (the exact device call is at the top
-of that file); under 5 minutes on one H100 or H200. Every row is one JSON line on stdout and in
-OUT/gpu_check.jsonl, by its `bench` key:
+"""The GPU check: how fast the trainers run on one CUDA GPU, and whether a small Ray Tune search shares it well.
+Start it through bench/gpu_check.sh (its header says how); a few minutes on one data-centre GPU. Every row is one
+JSON line on stdout and in OUT/gpu_check.jsonl, by its `bench` key:
 
   peak         a large bf16 matrix product (8192^3): the TFLOP/s that model FLOP utilisation divides by
   flops        training FLOPs per image, counted by torch's FlopCounterMode (on the CPU, a batch of 4): the network
@@ -11,41 +11,35 @@ OUT/gpu_check.jsonl, by its `bench` key:
   variant      backprop at batch 512 with cudnn.benchmark on, and with compile=True: measured, not assumed
   concurrency  1, 2, 4 dgl trials (processes) sharing the GPU at batch 128: total images/s
   search       a 4-trial Ray Tune search (tuner.trainable.train_trial) at 0.25 GPU per trial, 2 epochs, on the
-               carried CIFAR-10 subset: per-trial images/s and val_acc, wall time, peak device memory in use
+               CIFAR-10 folder given with --data-dir (random images without one): per-trial images/s and val_acc,
+               wall time, peak device memory in use
   extra        dgl at batch 128 with compile=True, only if the time budget has room left
-  summary      the device, and the issue's targets: backprop MFU at batch 512 >= 0.35, dgl <= 1.3 x backprop
+  summary      the device, and the targets the trainers are held to: backprop MFU at batch 512 >= 0.35, dgl <= 1.3 x
+               backprop's time per image
 
-A section that fails leaves an {"bench": ..., "error": ...} row and the others still run: device time is scarce.
---dry-run: every step on the CPU and tiny (narrow vgg16, batch 8/16, a small fp32 matrix), to check the script
-where there is no GPU.
+A section that fails leaves an {"bench": ..., "error": ...} row and the others still run, so one run gives every
+number it can. --dry-run: every step on the CPU and tiny (narrow vgg16, batch 8/16, a small fp32 matrix), to check
+the script where there is no GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m bench.gpu_check` does
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.nn.functional as F
 
-from bench.throughput import (make_runner, report_collector, run_concurrent, synchronize, synthetic_arrays,
-                              synthetic_split, timed_epoch)
-from models.networks import build_network
-from models.trainers import build_trainer
+from bench.common import report_collector, synthetic_arrays
+from bench.concurrency import run_concurrent
+from bench.gpu_probes import DeviceMemoryPoller, measure, peak_tflops, training_flops_per_image
 from tuner.config import TRAINERS, resolve
 from tuner.data import DataError, load_arrays
 from tuner.outcome import error_line
@@ -79,104 +73,6 @@ class Rows:
 
     def find(self, **match) -> dict | None:
         return next((r for r in self.rows if all(r.get(k) == v for k, v in match.items())), None)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# measurements
-
-
-def peak_tflops(device, n: int, dtype) -> float:
-    """TFLOP/s of an n x n x n matrix product: mean of 10 after 3 warm-ups."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    synchronize(device)
-    return 2 * n**3 * 10 / (time.perf_counter() - start) / 1e12
-
-
-def training_flops_per_image(cfg: dict, batch: int = 4) -> tuple[float, float]:
-    """(network, trainer) training FLOPs per image, counted on the CPU: the network alone, forward + backward, and
-    one step of cfg's trainer. FlopCounterMode counts matrix products and convolutions, backward included (no
-    gradient for the input image, as in training), not the elementwise ops."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cpu_cfg = {**cfg, "device": "cpu", "compile": False}
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    network = build_network(cfg["model"], cfg["width"], 1)
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(network(x), y).backward()
-    network_flops = counter.get_total_flops() / batch
-    trainer = build_trainer(cpu_cfg, "cpu", steps_per_epoch=1)
-    with FlopCounterMode(display=False) as counter:
-        trainer.train_step(x, y)
-    return network_flops, counter.get_total_flops() / batch
-
-
-def host_syncs(runner, split, batch_size: int, steps: int, device) -> int | None:
-    """Times one epoch of `steps` steps made the host wait for the GPU (item(), tolist(), a copy to the host...), as
-    CUDA's sync debug mode reports them; None off CUDA. The trainers promise no wait inside an epoch: the metrics are
-    read once at its end (a few syncs), plus a NaN check every NAN_CHECK_EVERY steps."""
-    if device.type != "cuda":
-        return None
-    batches = itertools.islice(split.batches(batch_size, train=True, seed=0, epoch=99), steps)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            runner.train_epoch(batches)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
-
-
-def measure(cfg: dict, device, steps: int, warmup_steps: int, repeats: int) -> dict:
-    """images/s of one trainer alone on the device (median of `repeats`), its peak memory, its warm-up time."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    batch_size = cfg["batch_size"]
-    runner = make_runner(cfg["trainer"], cfg, device)
-    split = synthetic_split(steps * batch_size, device)
-    warmup = timed_epoch(runner, split, batch_size, warmup_steps, epoch=0)  # compile and autotuning happen here
-    ips = [t["images"] / t["wall_s"] for t in
-           (timed_epoch(runner, split, batch_size, steps, epoch=r + 1) for r in range(repeats))]
-    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    syncs = host_syncs(runner, split, batch_size, steps, device)
-    del runner, split
-    return {"images_per_s": round(statistics.median(ips), 1), "spread": [round(min(ips), 1), round(max(ips), 1)],
-            "warmup_s": round(warmup["wall_s"], 2), "peak_mem_gib": None if memory is None else round(memory, 2),
-            "host_syncs_per_epoch": syncs, "steps_per_epoch": steps}
-
-
-class DeviceMemoryPoller:
-    """The most GPU memory in use while it runs, all processes together (nvidia-smi, twice a second): Ray's GPU
-    fractions are a scheduling label, nothing isolates one trial's memory from another's."""
-
-    def __init__(self):
-        self.peak_mib, self._stop = None, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.5):
-            try:
-                text = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                      capture_output=True, text=True, timeout=5).stdout
-                used = max(int(v) for v in text.split())
-                self.peak_mib = max(self.peak_mib or 0, used)
-            except (OSError, ValueError, subprocess.SubprocessError):
-                pass
-
-    def __enter__(self):
-        if shutil.which("nvidia-smi"):
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -249,8 +145,8 @@ def section_search(rows: Rows, s: dict, device, data_dir: str | None, dry: bool)
         from ray import tune
         from ray.tune.logger import JsonLoggerCallback
     except ImportError as error:
-        rows.emit({"bench": "search", "skipped": f"ray is not importable here ({error}); carry it: "
-                                                 f"bash bench/make_gpu_carry.sh, see bench/gpu_check.sh"})
+        rows.emit({"bench": "search", "skipped": f"ray is not importable here ({error}); install the project "
+                                                 f"(pip install -e .) or see bench/gpu_check.sh"})
         return
     from tuner.cluster import init_ray
     from tuner.trainable import train_trial
@@ -313,11 +209,11 @@ def summary_row(rows: Rows, s: dict, device, started: float) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench_out/gpu_check", help="folder for gpu_check.jsonl")
-    parser.add_argument("--data-dir", help="the carried CIFAR-10 subset (bench/make_gpu_carry.sh)")
+    parser.add_argument("--data-dir", help="a CIFAR-10 folder for the search (e.g. bench/make_gpu_carry.sh's subset)")
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU, tiny")
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out: " + ", ".join(SECTIONS))
     parser.add_argument("--budget-s", type=float, default=180.0,
-                        help="seconds; the `extra` section (a DGL compile, ~1-2 min) starts only before this")
+                        help="seconds; the `extra` section (a DGL compile, minutes) starts only before this")
     args = parser.parse_args(argv)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if skip - set(SECTIONS):
@@ -328,7 +224,7 @@ def main(argv=None) -> int:
         print("error: no CUDA device is visible; run with --dry-run to check the script on the CPU", file=sys.stderr)
         return 2
     started, device, rows = time.time(), torch.device(s["device"]), Rows(Path(args.out))
-    # one thread on a CPU: on a shared 2-core machine a second OpenMP thread waits on a busy core at every op
+    # few threads on a CPU: on a small shared machine an extra OpenMP thread waits on a busy core at every op
     torch.set_num_threads(min(s["threads"], os.cpu_count() or 1))
 
     def section(name, run):

@@ -22,32 +22,37 @@ the process waited for a core that someone else held, and its numbers are slow f
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
-import itertools
 import json
-import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m bench.throughput` does
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.networks import build_network
+from bench.common import (
+    PlainLoop,
+    bench_config,
+    emit,
+    make_runner,
+    report_collector,
+    summary,
+    synthetic_arrays,
+    synthetic_split,
+    timed_epoch,
+)
+from bench.concurrency import bench_concurrency
 from models.trainers import build_trainer
-from tuner.config import MODELS, TRAINERS, ConfigError, check_value, resolve
+from tuner.config import MODELS, TRAINERS, ConfigError, check_value
 from tuner.data import Split
-from tuner.outcome import error_line
 from tuner.device import limit_threads, pick_device
+from tuner.outcome import error_line
 
 SECTIONS = ("trainers", "ray", "concurrency")
 
@@ -58,94 +63,6 @@ QUICK = dict(models=["basiccnn", "vgg16"], width=0.25, batch_size=128, steps=4, 
 FULL = dict(models=["basiccnn", "vgg16"], width=1.0, batch_size=128, steps=20, warmup_steps=3, repeats=3,
             threads=None, concurrency=[1, 2, 4], concurrency_s=20.0, concurrency_rounds=2, ray_epochs=4,
             ray_images=10240, ray_rounds=2)
-
-
-def emit(row: dict, out=None) -> dict:
-    line = json.dumps(row)
-    print(line, flush=True)
-    if out is not None:
-        with open(out, "a") as f:
-            f.write(line + "\n")
-    return row
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# what is timed
-
-
-def synthetic_split(n: int, device, seed: int = 0) -> Split:
-    """n random uint8 images and labels on the device: speed does not depend on what the pixels show."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    y = torch.randint(0, 10, (n,), generator=generator)
-    return Split(x.to(device), y.to(device))
-
-
-def synthetic_arrays(n_train: int, n_test: int, seed: int = 0) -> dict:
-    """The same, as numpy arrays in tuner.data.load_arrays' format (what a Ray trial is handed)."""
-    rng = np.random.default_rng(seed)
-    return {"train_x": rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8),
-            "train_y": rng.permutation(np.arange(n_train) % 10).astype(np.int64),
-            "test_x": rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8),
-            "test_y": np.arange(n_test, dtype=np.int64) % 10}
-
-
-def bench_config(trainer: str, model: str, width: float, batch_size: int, device: str, **extra) -> dict:
-    # epochs only sets the cosine schedule's length: long, so the learning rate stays away from 0 while timing
-    return resolve({"trainer": trainer, "model": model, "width": width, "batch_size": batch_size, "epochs": 100,
-                    "device": device, **extra}, where="bench")
-
-
-class PlainLoop:
-    """The baseline a trainer is measured against: the network, SGD, cross-entropy and nothing else — no metrics,
-    no schedule. bf16 autocast and channels_last on CUDA, as the trainers use; compiled when the config says so."""
-
-    def __init__(self, cfg: dict, device):
-        self.cfg, self.device = cfg, torch.device(device)
-        self.on_cuda = self.device.type == "cuda"
-        torch.manual_seed(cfg["seed"])
-        memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
-        self.network = build_network(cfg["model"], cfg["width"], 1).to(self.device, memory_format=memory_format)
-        self.forward = torch.compile(self.network) if cfg["compile"] else self.network
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                         nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
-
-    def train_epoch(self, batches) -> dict:
-        self.network.train()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.on_cuda else contextlib.nullcontext()
-        loss = torch.zeros(())
-        for x, y in batches:
-            if self.on_cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                loss = F.cross_entropy(self.forward(x).float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        return {"train_loss": loss.item()}  # one host sync at the end, as a trainer's epoch has
-
-
-def make_runner(name: str, cfg: dict, device):
-    """`plain` or one of the trainers, for the same config."""
-    if name == "plain":
-        return PlainLoop(cfg, device)
-    return build_trainer({**cfg, "trainer": name}, device, steps_per_epoch=1000)
-
-
-def synchronize(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_epoch(runner, split: Split, batch_size: int, steps: int, epoch: int) -> dict:
-    """`steps` training steps through runner.train_epoch, data pipeline included: images, wall and CPU seconds."""
-    device = split.x.device
-    batches = itertools.islice(split.batches(batch_size, train=True, seed=0, epoch=epoch), steps)
-    synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    runner.train_epoch(batches)
-    synchronize(device)
-    return {"images": steps * batch_size, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
 
 
 class _CountOps(TorchDispatchMode):
@@ -164,15 +81,6 @@ def ops_per_step(runner, split: Split, batch_size: int) -> int:
     with _CountOps() as counter:
         timed_epoch(runner, split, batch_size, 1, epoch=0)
     return counter.ops
-
-
-def summary(values: list[float], digits: int = 3) -> dict:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits)}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# sections
 
 
 def bench_trainers(models, trainers, width, batch_size, steps, warmup_steps, repeats, device, threads,
@@ -207,21 +115,6 @@ def bench_trainers(models, trainers, width, batch_size, steps, warmup_steps, rep
                                   "overhead_pct": round(100 * (statistics.median(cost) - 1), 1)}, out))
         del runners
     return rows
-
-
-def report_collector():
-    """A Tune callback that keeps every trial report as the driver receives it, with the trial's id and the
-    driver's clock (result files are off: tuner.cluster sets TUNE_DISABLE_AUTO_CALLBACK_LOGGERS)."""
-    from ray import tune
-
-    class Collect(tune.Callback):
-        def __init__(self):
-            self.reports = []
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.reports.append({**result, "trial_id": trial.trial_id, "received": time.time()})
-
-    return Collect()
 
 
 def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device, threads, out=None) -> list[dict]:
@@ -297,137 +190,6 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
            # per epoch: the trial's report and checkpoint (torch.save, then Ray copies it into the storage path)
            "tune_cost_per_epoch_s": summary(flat(trials, 2)), "checkpoint_mb": round(checkpoint_mb, 2)}
     return [emit(row, out)]
-
-
-def _training_work(cfg: dict, warmup_steps: int, seed: int):
-    """A trial's work: its trainer, warmed up; returns run(deadline) -> images trained until then."""
-    device = pick_device(cfg["device"])
-    batch_size = cfg["batch_size"]
-    trainer = build_trainer(cfg, device, steps_per_epoch=1000)
-    split = synthetic_split(8 * batch_size, device, seed)
-    timed_epoch(trainer, split, batch_size, warmup_steps, epoch=0)
-
-    def run(deadline: float) -> int:
-        steps = 0
-
-        def batches():
-            nonlocal steps
-            for epoch in itertools.count(1):
-                for batch in split.batches(batch_size, train=True, seed=seed, epoch=epoch):
-                    if time.monotonic() >= deadline:
-                        return
-                    steps += 1
-                    yield batch
-
-        trainer.train_epoch(batches())  # ends with a host sync: the GPU's queue is drained before it returns
-        return steps * batch_size
-
-    return run
-
-
-REFERENCE_N = 512  # the reference matmul: 3 x 1 MB fp32, a CPU core's own arithmetic more than its memory
-
-
-def _matmul_work(cfg: dict, warmup_steps: int, seed: int):
-    """The machine's own scaling, no trainer: square matmuls in a loop ("images" counts matmuls)."""
-    a, b = torch.randn(REFERENCE_N, REFERENCE_N), torch.randn(REFERENCE_N, REFERENCE_N)
-    for _ in range(10):
-        a @ b
-
-    def run(deadline: float) -> int:
-        count = 0
-        while time.monotonic() < deadline:
-            a @ b
-            count += 1
-        return count
-
-    return run
-
-
-def _timed_process(work, cfg: dict, threads: int, seconds: float, warmup_steps: int, seed: int, barrier, results):
-    """One process of a concurrency measurement: set up and warm up `work`, wait for the others, run it for
-    `seconds`; report what it did, its start and end, and the CPU time it got."""
-    try:
-        limit_threads(threads)
-        run = work(cfg, warmup_steps, seed)
-        barrier.wait(timeout=600)
-        start, cpu = time.monotonic(), time.process_time()
-        images = run(start + seconds)
-        results.put({"images": images, "start": start, "end": time.monotonic(), "cpu_s": time.process_time() - cpu})
-    except BaseException as error:  # reported by the parent as one line
-        results.put({"error": f"{type(error).__name__}: {error}"})
-
-
-def run_concurrent(cfg: dict, trials: int, threads: int, seconds: float, warmup_steps: int = 1,
-                   work=_training_work) -> dict:
-    """`trials` processes training `cfg` at once on one device: total and per-trial images/s, and `cpu_busy`, the
-    CPU time they got over what the cores they asked for could give (well under 1: someone else held them)."""
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked into; spawn also matches Ray's workers
-    barrier, results = context.Barrier(trials), context.Queue()
-    processes = [context.Process(target=_timed_process, daemon=True,
-                                 args=(work, cfg, threads, seconds, warmup_steps, seed, barrier, results))
-                 for seed in range(trials)]
-    for process in processes:
-        process.start()
-    reports = [results.get(timeout=600 + seconds) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-    errors = [r["error"] for r in reports if "error" in r]
-    if errors:
-        raise RuntimeError(f"a concurrent trial failed: {errors[0]}")
-    wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    cores = min(trials * threads, os.cpu_count() or 1)
-    return {"total_images_per_s": round(sum(r["images"] for r in reports) / wall, 1),
-            "per_trial_images_per_s": [round(r["images"] / (r["end"] - r["start"]), 1) for r in reports],
-            "cpu_busy": round(sum(r["cpu_s"] for r in reports) / (wall * cores), 2),
-            "images_per_cpu_s": round(sum(r["images"] for r in reports) / sum(r["cpu_s"] for r in reports), 1)}
-
-
-def bench_concurrency(model, trainer, width, batch_size, counts, threads, seconds, rounds, device,
-                      out=None) -> list[dict]:
-    """Total images/s with N trials sharing the device, N in `counts`, each with `threads` CPU threads; on a
-    multi-core CPU also one trial given every core, the alternative to running trials side by side.
-
-    `rounds` times over, so that each ratio pairs measurements taken a minute apart at most (a shared machine's speed
-    drifts more than that between the start and the end of the section); rows give the median, min and max."""
-    cfg = bench_config(trainer, model, width, batch_size, str(device))
-    plan = [(1, threads)] + [(n, threads) for n in counts if n != 1]  # one trial first: the baseline
-    cores = os.cpu_count() or 1
-    on_cpu = torch.device(device).type == "cpu"
-    if on_cpu and cores > threads:
-        plan.append((1, cores))
-    measured = {entry: [] for entry in plan}
-    reference = {entry: [] for entry in plan if on_cpu and entry[1] == threads}
-    for _ in range(rounds):
-        for entry in plan:
-            measured[entry].append(run_concurrent(cfg, *entry, seconds))
-            if entry in reference:
-                # The same N processes doing plain matmuls, right after: what this machine gives N processes at all
-                # (a VM's second core may be a hyperthread, or shared with other VMs). `vs_machine` divides it out:
-                # ~1 means the trials scale as well as the hardware lets anything scale.
-                reference[entry].append(run_concurrent(cfg, *entry, seconds / 2, work=_matmul_work))
-    single, ref_single = measured[plan[0]], reference.get(plan[0])
-    rows = []
-    for (trials, threads_each), runs in measured.items():
-        ratio = lambda key, base, these=runs: summary([r[key] / b[key] for r, b in zip(these, base)])  # noqa: E731
-        # vs_one_trial: total images/s over one trial's; per_cpu_s_vs_one_trial: the same per CPU-second the trials
-        # got, which a busy neighbour does not change: ~1 means N trials on N free cores give N times the images
-        row = {"bench": "concurrency", "model": model, "trainer": trainer, "width": width, "batch_size": batch_size,
-               "device": str(device), "trials": trials, "threads_per_trial": threads_each, "seconds": seconds,
-               "rounds": rounds, "total_images_per_s": summary([r["total_images_per_s"] for r in runs], 1),
-               "per_trial_images_per_s": runs[-1]["per_trial_images_per_s"],
-               "cpu_busy": round(statistics.median(r["cpu_busy"] for r in runs), 2),
-               "images_per_cpu_s": round(statistics.median(r["images_per_cpu_s"] for r in runs), 1),
-               "vs_one_trial": ratio("total_images_per_s", single),
-               "per_cpu_s_vs_one_trial": ratio("images_per_cpu_s", single)}
-        if (trials, threads_each) in reference:
-            machine = [r["total_images_per_s"] / b["total_images_per_s"]
-                       for r, b in zip(reference[(trials, threads_each)], ref_single)]
-            trial = [r["total_images_per_s"] / b["total_images_per_s"] for r, b in zip(runs, single)]
-            row["machine_vs_one_process"] = summary(machine)
-            row["vs_machine"] = summary([t / m for t, m in zip(trial, machine)])
-        rows.append(emit(row, out))
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def forward_macs(modules, size: int = 32) -> tuple[list[int], int]:
 
 
 def test_training_flops_match_the_modules():
-    from bench.gpu_check import training_flops_per_image
+    from bench.gpu_probes import training_flops_per_image
     from models.trainers import build_trainer
     from tuner.config import resolve
 

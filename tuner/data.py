@@ -107,7 +107,8 @@ class _CheckedCIFAR10(CIFAR10):
         return True
 
 
-def _find_folder(data_dir: str | Path) -> Path:
+def find_folder(data_dir: str | Path) -> Path:
+    """The cifar-10-batches-py folder `data_dir` names (it, or the folder holding it); DataError if neither."""
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir}: no such folder; {HOW_TO_FIX}")
@@ -133,7 +134,7 @@ def load_arrays(data_dir: str | Path | None, download_root: str | Path = "./data
                 raise DataError(f"no CIFAR-10 in {download_root / BATCHES_FOLDER} and the download failed "
                                 f"({type(e).__name__}: {e}); {HOW_TO_FIX}") from None
         data_dir = download_root
-    folder = _find_folder(data_dir)
+    folder = find_folder(data_dir)
     try:
         train, test = _CheckedCIFAR10(folder, train=True), _CheckedCIFAR10(folder, train=False)
     except DataError:
