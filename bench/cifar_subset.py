@@ -1,11 +1,10 @@
-"""A small CIFAR-10 folder cut from a full one, in the original pickle layout, for a device machine that reaches
-no network and takes at most 64 MiB with a call (bench/gpu_check.sh's search).
+"""A small CIFAR-10 folder cut from a full one, in the original pickle layout: a few MiB to copy to a machine that
+cannot download the dataset (bench/make_gpu_carry.sh uses it for bench/gpu_check.sh's search).
 
-    python -m bench.cifar_subset --data-dir /work/shared/data --out bench_out/gpu_carry --train 5000 --test 1000
+    python -m bench.cifar_subset --data-dir /path/to/cifar10 --out bench_out/gpu_carry --train 5000 --test 1000
 
 Train: the first train/5 images of each data_batch_i (the original order, so classes stay roughly balanced);
-test: the first `test` images of test_batch (in the rebuilt copy at /work/shared/data, rows 0-999 are the
-lossless ones). tuner.data.load_arrays reads the result like any CIFAR-10 folder (~3 KB per image).
+test: the first `test` images of test_batch. tuner.data.load_arrays reads the result like any CIFAR-10 folder.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ def _write(path: Path, entry: dict, keep: int) -> None:
     if "filenames" in entry:
         entry["filenames"] = list(entry["filenames"][:keep])
     with open(path, "wb") as f:
-        # protocol 4, not the original's 2: protocol 2 writes numpy's bytes as latin-1 text, 1.45x the size
+        # protocol 4, not the original's 2: protocol 2 writes numpy's bytes as latin-1 text, much larger
         pickle.dump(entry, f, protocol=4)
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from models.networks import build_network
-from models.trainers import build_trainer
+from models.trainers import build_trainer, seed_process
 from tuner.config import resolve
 from tuner.data import Split
 
@@ -62,7 +62,7 @@ class PlainLoop:
     def __init__(self, cfg: dict, device):
         self.cfg, self.device = cfg, torch.device(device)
         self.on_cuda = self.device.type == "cuda"
-        torch.manual_seed(cfg["seed"])
+        seed_process(cfg["seed"], self.device)  # as a trainer does: the same initial weights
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
         self.network = build_network(cfg["model"], cfg["width"], 1).to(self.device, memory_format=memory_format)
         self.forward = torch.compile(self.network) if cfg["compile"] else self.network

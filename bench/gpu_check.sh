@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6 (bench/gpu_check.py says what it measures): one prepared run for a session that has a
-# device machine, under 5 minutes on one H100 or H200. The device image has torch but not Ray, and a call takes
-# at most 64 MiB, which Ray's wheel alone exceeds; so, once, here (~5 minutes; see that script):
+# The GPU check (bench/gpu_check.py says what it measures): run it on a machine with a CUDA GPU, from the repository
+# root; a few minutes on one data-centre GPU.
 #
-#     bash bench/make_gpu_carry.sh          # -> bench_out/gpu_carry: CIFAR-10 subset + Ray bundle, ~52 MiB
+#     bash bench/gpu_check.sh                  # with the project installed (.venv/bin/python, else python3)
+#     bash bench/gpu_check.sh --skip search    # further arguments go to bench/gpu_check.py
 #
-# then one call of the device tool (the venv is not carried: the machine's python3 holds torch):
-#
-#     run(command="bash bench/gpu_check.sh", carry=["bench_out/gpu_carry"], timeout_s=420)
+# For the search row it needs Ray and CIFAR-10. On a GPU machine with torch but no network to install from, build
+# the bundle bench/make_gpu_carry.sh writes on a machine that has both, copy bench_out/gpu_carry/ over, and this
+# script uses it (DT_GPU_CARRY=DIR points elsewhere). Without it the search row says it was skipped; the rest runs.
 #
 # Results: $OUT/gpu_check.jsonl (one JSON object a line; the last is the summary with the targets) and
-# $OUT/gpu_check.log. Without the carry folder the search row says it was skipped and everything else still runs.
+# $OUT/gpu_check.log; OUT defaults to bench_out/gpu_check.
 #
-# Here, without a GPU, every step tiny on the CPU (what tests/test_bench.py runs):
+# Without a GPU, every step tiny on the CPU (what tests/test_bench.py runs):
 #     bash bench/gpu_check.sh --dry-run        or        DT_GPU_CHECK_DRY=1 bash bench/gpu_check.sh
-# Further arguments go to bench/gpu_check.py (e.g. --skip search,extra).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=${DT_GPU_CHECK_DRY:-0}

@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
-# Builds bench_out/gpu_carry/ (ignored by git): what bench/gpu_check.sh needs on a device machine, which reaches
-# no network and takes at most 64 MiB of working tree + carried paths with a call. Run it here, once:
+# Builds bench_out/gpu_carry/ (ignored by git): what bench/gpu_check.sh needs on a GPU machine that has torch but
+# cannot install packages or download CIFAR-10. Run it on a machine with this project installed, then copy the
+# folder to the same place in the checkout on the GPU machine:
 #
-#     bash bench/make_gpu_carry.sh            # ~5 minutes on 2 cores (the xz step); ~50 MiB
-#     bash bench/make_gpu_carry.sh --no-ray   # only the CIFAR-10 subset (~18 MiB): the search is then skipped
+#     CIFAR10_DIR=/path/to/cifar10 bash bench/make_gpu_carry.sh   # a few minutes (the xz step)
+#     bash bench/make_gpu_carry.sh --no-ray                        # only the CIFAR-10 subset: the search is skipped
 #
 # It holds
 #   cifar-10-batches-py/  5,000 train + 1,000 test CIFAR-10 images in the original layout (bench/cifar_subset.py),
-#                         from $CIFAR10_DIR or /work/shared/data
-#   site.tar.xz           Ray and the packages it needs that the device image lacks (KINDS.md lists what it has:
-#                         torch, numpy, pandas, pyarrow, pyyaml, requests, aiohttp, msgpack, protobuf, ... but no
-#                         ray, jsonschema, tensorboardX or pydantic), for its Python 3.12 on x86-64. Ray's wheel
-#                         alone is 79 MB, over the 64 MiB limit, so the wheels are unpacked, Ray's Java jars
-#                         (ray/jars, 33 MB, unused by Python) dropped, and the rest re-packed with xz (~33 MB).
+#                         cut from the CIFAR-10 folder $CIFAR10_DIR (default ./data)
+#   site.tar.xz           Ray and the packages it needs beyond torch's (jsonschema, tensorboardX, pydantic and
+#                         theirs) as wheels for CPython 3.12 on x86-64 Linux, unpacked, without Ray's Java jars
+#                         (unused from Python), re-packed with xz to keep the bundle small.
 #                         gpu_check.sh unpacks it to /tmp/dt-site and puts that on PYTHONPATH.
-# Optuna and MLflow are not brought: the check drives Tune directly (tune.Tuner over tuner.trainable.train_trial),
-# which is the path whose speed matters; the searcher and the tracker run in the driver, not in the trials.
+# Optuna and MLflow are not included: the check drives Tune directly (tune.Tuner over tuner.trainable.train_trial),
+# the path whose speed matters; the searcher and the tracker run in the driver, not in the trials.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 CARRY=bench_out/gpu_carry
-DATA=${CIFAR10_DIR:-/work/shared/data}
+DATA=${CIFAR10_DIR:-./data}
 mkdir -p "$CARRY"
 
 rm -rf "$CARRY/cifar-10-batches-py"

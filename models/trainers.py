@@ -34,8 +34,32 @@ NAN_CHECK_EVERY = 50  # steps; one host sync this often lets a diverged run stop
 
 
 def _hits(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-    """Correct predictions of each head: 4 ops whatever the number of heads (3 per head before; VGG16's DGL has 13)."""
+    """Correct predictions of each head, in 4 ops whatever the number of heads (bench/README.md)."""
     return torch.stack(logits).argmax(2).eq(y).sum(1)
+
+
+# What a trainer sets for the whole process: torch keeps these nowhere narrower. Named, so a reader sees them.
+
+def seed_process(seed: int, device: torch.device) -> None:
+    """Seed torch's global RNG, which parameter init and dropout draw from and a checkpoint saves and restores. A
+    per-trainer torch.Generator cannot replace it: torch.nn layers initialise from the global RNG (their
+    constructors take no generator), and dropout draws from it too.
+
+    On a CPU also flush denormal floats to zero, a per-process switch: DNI's synthetic gradients sink into denormals,
+    which x86 computes far more slowly (bench/README.md); float32 training loses nothing it could use. GPUs handle
+    them at full speed."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    torch.manual_seed(seed)
+
+
+def allow_recompiles(num_blocks: int) -> None:
+    """Raise dynamo's process-wide recompile limit to 4 entries per block. To dynamo every block is the same
+    nn.Sequential code with its own shapes (one cache entry per block and mode); under the default limit a deep
+    network's later blocks silently ran uncompiled (bench/README.md). Only ever raised, never lowered."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, name, max(getattr(config, name), 4 * num_blocks))
 
 
 class Trainer:
@@ -44,12 +68,7 @@ class Trainer:
     def __init__(self, cfg: dict, device: torch.device | str, steps_per_epoch: int):
         self.cfg, self.device = cfg, torch.device(device)
         self.on_cuda = self.device.type == "cuda"
-        if self.device.type == "cpu":
-            # Denormal floats take microcode paths ~100x slower on x86. DNI's synthetic gradients sink into them after
-            # a few steps (vgg16 at width 0.25: 185 -> 30 img/s, bench/README.md); flushed to zero, nothing is lost
-            # that float32 training could use. GPUs handle them at full speed.
-            torch.set_flush_denormal(True)
-        torch.manual_seed(cfg["seed"])
+        seed_process(cfg["seed"], self.device)
         self.network = build_network(cfg["model"], cfg["width"], self.num_blocks(cfg), cfg["dropout"])
         self.parts = nn.ModuleDict({"network": self.network})  # everything with parameters, for state_dict
         param_groups = self.build()                              # one list of parameters per optimizer
@@ -58,11 +77,7 @@ class Trainer:
         self.optimizers = [make_optimizer(params, cfg) for params in param_groups]
         self.schedulers = [make_scheduler(opt, cfg, steps_per_epoch) for opt in self.optimizers]
         if cfg["compile"]:
-            # to dynamo every block is the same nn.Sequential code with its own shapes: one cache entry per block and
-            # mode (train / eval). Under the default limit of 8, VGG16's 13 DGL blocks ran 5 of them uncompiled.
-            config = torch._dynamo.config
-            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
-            setattr(config, name, max(getattr(config, name), 4 * len(self.network.blocks)))
+            allow_recompiles(len(self.network.blocks))
         self.blocks = [self.compiled(block) for block in self.network.blocks]  # compiled views; state stays in parts
         self.epoch = 0
 
