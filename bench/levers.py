@@ -15,6 +15,8 @@ import time
 
 from tuner.config import resolve
 from tuner.device import limit_threads
+from tuner.metric_names import block_accuracies
+from tuner.text import markdown_table
 from tuner.train import train
 
 # name -> overrides on top of the shared budget; "dgl (write-up)" is the write-up's setting
@@ -54,23 +56,20 @@ def main(argv=None) -> int:
         metrics = train(cfg, args.data_dir, log=lambda line: print(f"  {line}", file=sys.stderr))
         row = {"lever": name, "val_acc": metrics["val_acc"], "train_acc": metrics["train_acc"],
                "epochs": metrics["epochs"], "wall_s": round(time.perf_counter() - start, 1),
-               "blocks": [round(v, 3) for k, v in sorted(metrics.items(), key=lambda kv: _block_index(kv[0]))
-                          if k.startswith("block") and k.endswith("_val_acc")]}
+               "blocks": [round(v, 3) for v in block_accuracies(metrics, "val")]}
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(f"\n{args.model} width {args.width}, {args.subset} training images, {args.epochs} epochs, "
           f"lr {args.lr}, validation on {args.val_size} held-out images\n")
-    print("| configuration | val_acc | train_acc | gap to backprop (pts) | wall s |")
-    print("| --- | --- | --- | --- | --- |")
     reference = next((r["val_acc"] for r in rows if r["lever"] == "backprop"), None)
-    for r in rows:
-        gap = "ref" if r["lever"] == "backprop" or reference is None else f"{100 * (r['val_acc'] - reference):+.1f}"
-        print(f"| {r['lever']} | {r['val_acc']:.4f} | {r['train_acc']:.4f} | {gap} | {r['wall_s']} |")
+
+    def gap(r) -> str:
+        return "ref" if r["lever"] == "backprop" or reference is None else f"{100 * (r['val_acc'] - reference):+.1f}"
+
+    table = [(r["lever"], f"{r['val_acc']:.4f}", f"{r['train_acc']:.4f}", gap(r), str(r["wall_s"])) for r in rows]
+    header = ("configuration", "val_acc", "train_acc", "gap to backprop (pts)", "wall s")
+    print("\n".join(markdown_table(header, table)))
     return 0
-
-
-def _block_index(key: str) -> int:
-    return int(key[5:].split("_", 1)[0]) if key.startswith("block") else -1
 
 
 if __name__ == "__main__":
