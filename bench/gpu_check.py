@@ -46,9 +46,10 @@ from bench.throughput import (make_runner, report_collector, run_concurrent, syn
                               synthetic_split, timed_epoch)
 from models.networks import build_network
 from models.trainers import build_trainer
-from tuner.config import TRAINERS, resolve
+from models.trainers import TRAINERS
+from tuner.schema import resolve
 from tuner.data import DataError, load_arrays
-from tuner.outcome import error_line
+from tuner.errors import error_line
 
 GPU = dict(device="cuda", model="vgg16", width=1.0, batch_sizes=[128, 512], steps=20, warmup_steps=5, repeats=3,
            peak_n=8192, peak_dtype=torch.bfloat16, concurrency=[1, 2, 4], concurrency_s=8.0,
@@ -104,9 +105,9 @@ def training_flops_per_image(cfg: dict, batch: int = 4) -> tuple[float, float]:
     gradient for the input image, as in training), not the elementwise ops."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cpu_cfg = {**cfg, "device": "cpu", "compile": False}
+    cpu_cfg = cfg.updated(device="cpu", compile=False)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    network = build_network(cfg["model"], cfg["width"], 1)
+    network = build_network(cfg.model, cfg.width, 1)
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(network(x), y).backward()
     network_flops = counter.get_total_flops() / batch
@@ -138,8 +139,8 @@ def measure(cfg: dict, device, steps: int, warmup_steps: int, repeats: int) -> d
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    batch_size = cfg["batch_size"]
-    runner = make_runner(cfg["trainer"], cfg, device)
+    batch_size = cfg.batch_size
+    runner = make_runner(cfg.trainer, cfg, device)
     split = synthetic_split(steps * batch_size, device)
     warmup = timed_epoch(runner, split, batch_size, warmup_steps, epoch=0)  # compile and autotuning happen here
     ips = [t["images"] / t["wall_s"] for t in
@@ -191,7 +192,7 @@ def section_trainers(rows: Rows, s: dict, device, peak: float | None) -> None:
                    "network_train_gflops_per_image": round(network_flops / 1e9, 4),
                    "trainer_train_gflops_per_image": round(trainer_flops / 1e9, 4)})
         for batch_size in s["batch_sizes"]:
-            measured = measure({**cfg, "batch_size": batch_size}, device, s["steps"], s["warmup_steps"], s["repeats"])
+            measured = measure(cfg.updated(batch_size=batch_size), device, s["steps"], s["warmup_steps"], s["repeats"])
             utilisation = {}
             if peak:
                 utilisation = {"mfu": round(network_flops * measured["images_per_s"] / (peak * 1e12), 4),
@@ -217,7 +218,7 @@ def section_variants(rows: Rows, s: dict, device, dry: bool) -> None:
         rows.emit({**common, "variant": "compile", "skipped": "dry run"})
     else:
         rows.emit({**common, "variant": "compile",
-                   **measure({**cfg, "compile": True}, device, s["steps"], s["warmup_steps"], s["repeats"])})
+                   **measure(cfg.updated(compile=True), device, s["steps"], s["warmup_steps"], s["repeats"])})
 
 
 def section_concurrency(rows: Rows, s: dict, device) -> None:
@@ -228,7 +229,7 @@ def section_concurrency(rows: Rows, s: dict, device) -> None:
         measured = run_concurrent(cfg, trials, threads=1, seconds=s["concurrency_s"])
         single = single or measured["total_images_per_s"]
         rows.emit({"bench": "concurrency", "trainer": "dgl", "model": s["model"], "width": s["width"],
-                   "batch_size": cfg["batch_size"], "device": str(device), "trials": trials,
+                   "batch_size": cfg.batch_size, "device": str(device), "trials": trials,
                    "seconds": s["concurrency_s"], **measured,
                    "vs_one_trial": round(measured["total_images_per_s"] / single, 3)})
 
@@ -355,7 +356,7 @@ def main(argv=None) -> int:
         cfg = resolve({"trainer": "dgl", "model": s["model"], "width": s["width"], "epochs": 100,
                        "batch_size": s["batch_sizes"][0], "compile": True})
         section("extra", lambda: rows.emit({"bench": "extra", "variant": "compile", "trainer": "dgl",
-                                            "batch_size": cfg["batch_size"], "device": str(device),
+                                            "batch_size": cfg.batch_size, "device": str(device),
                                             **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"])}))
     summary_row(rows, s, device, started)
     return 0

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from tuner.config import resolve
+from tuner.schema import resolve
 from tuner.device import limit_threads
 from tuner.train import train
 

@@ -42,12 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.networks import build_network
-from models.trainers import build_trainer
-from tuner.config import MODELS, TRAINERS, ConfigError, check_value, resolve
+from models.networks import CFGS, build_network
+from models.trainers import TRAINERS, build_trainer
 from tuner.data import Split
-from tuner.outcome import error_line
 from tuner.device import limit_threads, pick_device
+from tuner.errors import ConfigError, error_line
+from tuner.schema import check_value, resolve
 
 SECTIONS = ("trainers", "ray", "concurrency")
 
@@ -103,12 +103,12 @@ class PlainLoop:
     def __init__(self, cfg: dict, device):
         self.cfg, self.device = cfg, torch.device(device)
         self.on_cuda = self.device.type == "cuda"
-        torch.manual_seed(cfg["seed"])
+        torch.manual_seed(cfg.seed)
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
-        self.network = build_network(cfg["model"], cfg["width"], 1).to(self.device, memory_format=memory_format)
-        self.forward = torch.compile(self.network) if cfg["compile"] else self.network
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                         nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
+        self.network = build_network(cfg.model, cfg.width, 1).to(self.device, memory_format=memory_format)
+        self.forward = torch.compile(self.network) if cfg.compile else self.network
+        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
 
     def train_epoch(self, batches) -> dict:
         self.network.train()
@@ -129,7 +129,7 @@ def make_runner(name: str, cfg: dict, device):
     """`plain` or one of the trainers, for the same config."""
     if name == "plain":
         return PlainLoop(cfg, device)
-    return build_trainer({**cfg, "trainer": name}, device, steps_per_epoch=1000)
+    return build_trainer(cfg.updated(trainer=name), device, steps_per_epoch=1000)
 
 
 def synchronize(device) -> None:
@@ -301,8 +301,8 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
 
 def _training_work(cfg: dict, warmup_steps: int, seed: int):
     """A trial's work: its trainer, warmed up; returns run(deadline) -> images trained until then."""
-    device = pick_device(cfg["device"])
-    batch_size = cfg["batch_size"]
+    device = pick_device(cfg.device)
+    batch_size = cfg.batch_size
     trainer = build_trainer(cfg, device, steps_per_epoch=1000)
     split = synthetic_split(8 * batch_size, device, seed)
     timed_epoch(trainer, split, batch_size, warmup_steps, epoch=0)
@@ -439,7 +439,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="CPU-sized defaults: " + json.dumps(QUICK))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
-    parser.add_argument("--models", help="comma-separated: " + ", ".join(MODELS))
+    parser.add_argument("--models", help="comma-separated: " + ", ".join(CFGS))
     parser.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated: " + ", ".join(TRAINERS))
     parser.add_argument("--width", type=float)
     parser.add_argument("--batch-size", type=int)
@@ -476,7 +476,7 @@ def settings(args) -> dict:
         if value is not None:
             chosen[key] = value
     if isinstance(chosen["models"], str):
-        chosen["models"] = _names(chosen["models"], MODELS, "--models")
+        chosen["models"] = _names(chosen["models"], CFGS, "--models")
     if isinstance(chosen["concurrency"], str):
         try:
             chosen["concurrency"] = [int(n) for n in chosen["concurrency"].split(",")]
