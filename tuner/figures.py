@@ -188,6 +188,12 @@ def _distribution(values: list):
     return CategoricalDistribution(sorted(set(values), key=repr))
 
 
+def _holds(distribution, value) -> bool:
+    if hasattr(distribution, "choices"):
+        return value in distribution.choices
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and distribution.low <= value <= distribution.high
+
+
 def _have_sklearn() -> bool:
     try:
         import sklearn  # noqa: F401
@@ -229,12 +235,13 @@ def _association(xs: list, ys: list, categorical: bool) -> float:
     return abs(cov / (sx * sy)) if sx > 0 and sy > 0 else 0.0
 
 
-def param_importances(configs: list, values: list, keys: list, use_sklearn: bool | None = None):
+def param_importances(configs: list, values: list, keys: list, use_sklearn: bool | None = None, known=None):
     """Importance of each of `keys` for `values` (one per config), as ({key: importance}, method).
 
     Rebuilds an in-memory optuna study from the recorded trials and asks optuna's fANOVA, which needs
     scikit-learn; without it, falls back to a per-parameter rank correlation (method says which).
     Returns ({}, reason) when there is nothing to measure (under 3 trials, or no parameter varies).
+    `known`: key -> the distribution the search sampled it from (its space); otherwise one is fitted to the values.
     """
     import optuna
 
@@ -243,8 +250,9 @@ def param_importances(configs: list, values: list, keys: list, use_sklearn: bool
     distributions = {}
     for key in keys:
         d = _distribution([c.get(key) for c in configs])
-        if d is not None:
-            distributions[key] = d
+        if d is not None:  # a conditional key also holds its default, which may lie outside what was sampled
+            exact = (known or {}).get(key)
+            distributions[key] = exact if exact is not None and all(_holds(exact, c.get(key)) for c in configs) else d
     if not distributions:
         return {}, "no searched hyperparameter varies across the completed trials"
     if len(set(values)) < 2:
