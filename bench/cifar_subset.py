@@ -17,7 +17,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m` does
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuner.data import BATCHES_FOLDER, META_FILE, TEST_FILES, TRAIN_FILES, DataError, check_folder, find_folder
+from tuner.data import BATCHES_FOLDER, META_FILE, TEST_FILES, TRAIN_FILES, check_folder, find_folder
+from tuner.errors import DataError
 
 
 def _read(path: Path) -> dict:

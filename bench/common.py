@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from models.networks import build_network
 from models.trainers import build_trainer, seed_process
-from tuner.config import resolve
+from tuner.schema import resolve
 from tuner.data import Split
 
 
@@ -62,12 +62,12 @@ class PlainLoop:
     def __init__(self, cfg: dict, device):
         self.cfg, self.device = cfg, torch.device(device)
         self.on_cuda = self.device.type == "cuda"
-        seed_process(cfg["seed"], self.device)  # as a trainer does: the same initial weights
+        seed_process(cfg.seed, self.device)  # as a trainer does: the same initial weights
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
-        self.network = build_network(cfg["model"], cfg["width"], 1).to(self.device, memory_format=memory_format)
-        self.forward = torch.compile(self.network) if cfg["compile"] else self.network
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                         nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
+        self.network = build_network(cfg.model, cfg.width, 1).to(self.device, memory_format=memory_format)
+        self.forward = torch.compile(self.network) if cfg.compile else self.network
+        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
 
     def train_epoch(self, batches) -> dict:
         self.network.train()
@@ -88,7 +88,7 @@ def make_runner(name: str, cfg: dict, device):
     """`plain` or one of the trainers, for the same config."""
     if name == "plain":
         return PlainLoop(cfg, device)
-    return build_trainer({**cfg, "trainer": name}, device, steps_per_epoch=1000)
+    return build_trainer(cfg.updated(trainer=name), device, steps_per_epoch=1000)
 
 
 def synchronize(device) -> None:

@@ -18,8 +18,8 @@ from tuner.device import limit_threads, pick_device
 
 def _training_work(cfg: dict, warmup_steps: int, seed: int):
     """A trial's work: its trainer, warmed up; returns run(deadline) -> images trained until then."""
-    device = pick_device(cfg["device"])
-    batch_size = cfg["batch_size"]
+    device = pick_device(cfg.device)
+    batch_size = cfg.batch_size
     trainer = build_trainer(cfg, device, steps_per_epoch=1000)
     split = synthetic_split(8 * batch_size, device, seed)
     timed_epoch(trainer, split, batch_size, warmup_steps, epoch=0)

@@ -40,9 +40,11 @@ import torch
 from bench.common import report_collector, synthetic_arrays
 from bench.concurrency import run_concurrent
 from bench.gpu_probes import DeviceMemoryPoller, measure, peak_tflops, training_flops_per_image
-from tuner.config import TRAINERS, resolve
-from tuner.data import DataError, load_arrays
-from tuner.outcome import error_line
+from models.trainers import TRAINERS
+from tuner.schema import resolve
+from tuner.data import load_arrays
+from tuner.errors import DataError
+from tuner.errors import error_line
 
 GPU = dict(device="cuda", model="vgg16", width=1.0, batch_sizes=[128, 512], steps=20, warmup_steps=5, repeats=3,
            peak_n=8192, peak_dtype=torch.bfloat16, concurrency=[1, 2, 4], concurrency_s=8.0,
@@ -87,7 +89,7 @@ def section_trainers(rows: Rows, s: dict, device, peak: float | None) -> None:
                    "network_train_gflops_per_image": round(network_flops / 1e9, 4),
                    "trainer_train_gflops_per_image": round(trainer_flops / 1e9, 4)})
         for batch_size in s["batch_sizes"]:
-            measured = measure({**cfg, "batch_size": batch_size}, device, s["steps"], s["warmup_steps"], s["repeats"])
+            measured = measure(cfg.updated(batch_size=batch_size), device, s["steps"], s["warmup_steps"], s["repeats"])
             utilisation = {}
             if peak:
                 utilisation = {"mfu": round(network_flops * measured["images_per_s"] / (peak * 1e12), 4),
@@ -113,7 +115,7 @@ def section_variants(rows: Rows, s: dict, device, dry: bool) -> None:
         rows.emit({**common, "variant": "compile", "skipped": "dry run"})
     else:
         rows.emit({**common, "variant": "compile",
-                   **measure({**cfg, "compile": True}, device, s["steps"], s["warmup_steps"], s["repeats"])})
+                   **measure(cfg.updated(compile=True), device, s["steps"], s["warmup_steps"], s["repeats"])})
 
 
 def section_concurrency(rows: Rows, s: dict, device) -> None:
@@ -124,7 +126,7 @@ def section_concurrency(rows: Rows, s: dict, device) -> None:
         measured = run_concurrent(cfg, trials, threads=1, seconds=s["concurrency_s"])
         single = single or measured["total_images_per_s"]
         rows.emit({"bench": "concurrency", "trainer": "dgl", "model": s["model"], "width": s["width"],
-                   "batch_size": cfg["batch_size"], "device": str(device), "trials": trials,
+                   "batch_size": cfg.batch_size, "device": str(device), "trials": trials,
                    "seconds": s["concurrency_s"], **measured,
                    "vs_one_trial": round(measured["total_images_per_s"] / single, 3)})
 
@@ -251,7 +253,7 @@ def main(argv=None) -> int:
         cfg = resolve({"trainer": "dgl", "model": s["model"], "width": s["width"], "epochs": 100,
                        "batch_size": s["batch_sizes"][0], "compile": True})
         section("extra", lambda: rows.emit({"bench": "extra", "variant": "compile", "trainer": "dgl",
-                                            "batch_size": cfg["batch_size"], "device": str(device),
+                                            "batch_size": cfg.batch_size, "device": str(device),
                                             **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"])}))
     summary_row(rows, s, device, started)
     return 0

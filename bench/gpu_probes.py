@@ -38,9 +38,9 @@ def training_flops_per_image(cfg: dict, batch: int = 4) -> tuple[float, float]:
     gradient for the input image, as in training), not the elementwise ops."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cpu_cfg = {**cfg, "device": "cpu", "compile": False}
+    cpu_cfg = cfg.updated(device="cpu", compile=False)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    network = build_network(cfg["model"], cfg["width"], 1)
+    network = build_network(cfg.model, cfg.width, 1)
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(network(x), y).backward()
     network_flops = counter.get_total_flops() / batch
@@ -72,8 +72,8 @@ def measure(cfg: dict, device, steps: int, warmup_steps: int, repeats: int) -> d
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    batch_size = cfg["batch_size"]
-    runner = make_runner(cfg["trainer"], cfg, device)
+    batch_size = cfg.batch_size
+    runner = make_runner(cfg.trainer, cfg, device)
     split = synthetic_split(steps * batch_size, device)
     warmup = timed_epoch(runner, split, batch_size, warmup_steps, epoch=0)  # compile and autotuning happen here
     ips = [t["images"] / t["wall_s"] for t in

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from tuner.config import resolve
+from tuner.schema import resolve
 from tuner.device import limit_threads
 from tuner.metric_names import block_accuracies
 from tuner.text import markdown_table

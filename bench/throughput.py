@@ -49,10 +49,13 @@ from bench.common import (
 )
 from bench.concurrency import bench_concurrency
 from models.trainers import build_trainer
-from tuner.config import MODELS, TRAINERS, ConfigError, check_value
+from models.networks import CFGS
+from models.trainers import TRAINERS
+from tuner.errors import ConfigError
+from tuner.schema import check_value
 from tuner.data import Split
 from tuner.device import limit_threads, pick_device
-from tuner.outcome import error_line
+from tuner.errors import error_line
 
 SECTIONS = ("trainers", "ray", "concurrency")
 
@@ -201,7 +204,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="CPU-sized defaults: " + json.dumps(QUICK))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
-    parser.add_argument("--models", help="comma-separated: " + ", ".join(MODELS))
+    parser.add_argument("--models", help="comma-separated: " + ", ".join(CFGS))
     parser.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated: " + ", ".join(TRAINERS))
     parser.add_argument("--width", type=float)
     parser.add_argument("--batch-size", type=int)
@@ -238,7 +241,7 @@ def settings(args) -> dict:
         if value is not None:
             chosen[key] = value
     if isinstance(chosen["models"], str):
-        chosen["models"] = _names(chosen["models"], MODELS, "--models")
+        chosen["models"] = _names(chosen["models"], CFGS, "--models")
     if isinstance(chosen["concurrency"], str):
         try:
             chosen["concurrency"] = [int(n) for n in chosen["concurrency"].split(",")]

@@ -68,26 +68,26 @@ class Trainer:
     def __init__(self, cfg: dict, device: torch.device | str, steps_per_epoch: int):
         self.cfg, self.device = cfg, torch.device(device)
         self.on_cuda = self.device.type == "cuda"
-        seed_process(cfg["seed"], self.device)
-        self.network = build_network(cfg["model"], cfg["width"], self.num_blocks(cfg), cfg["dropout"])
+        seed_process(cfg.seed, self.device)
+        self.network = build_network(cfg.model, cfg.width, self.num_blocks(cfg), cfg.dropout)
         self.parts = nn.ModuleDict({"network": self.network})  # everything with parameters, for state_dict
         param_groups = self.build()                              # one list of parameters per optimizer
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
         self.parts.to(self.device, memory_format=memory_format)
         self.optimizers = [make_optimizer(params, cfg) for params in param_groups]
         self.schedulers = [make_scheduler(opt, cfg, steps_per_epoch) for opt in self.optimizers]
-        if cfg["compile"]:
+        if cfg.compile:
             allow_recompiles(len(self.network.blocks))
         self.blocks = [self.compiled(block) for block in self.network.blocks]  # compiled views; state stays in parts
         self.epoch = 0
 
     def compiled(self, module: nn.Module) -> nn.Module:
         """torch.compile'd when the config says so (a view sharing the module's parameters), else the module."""
-        return torch.compile(module) if self.cfg["compile"] else module
+        return torch.compile(module) if self.cfg.compile else module
 
     # --- what a method defines -----------------------------------------------------------------------------------
     def num_blocks(self, cfg) -> int | None:
-        return cfg["num_blocks"]
+        return cfg.num_blocks
 
     def build(self) -> list[list[nn.Parameter]]:
         raise NotImplementedError
@@ -108,7 +108,7 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.on_cuda else contextlib.nullcontext()
 
     def ce(self, logits, y):
-        return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg["label_smoothing"])
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
 
     def _input(self, x):
         return x.contiguous(memory_format=torch.channels_last) if self.on_cuda else x
@@ -225,7 +225,7 @@ class DGL(Trainer):
     def build(self):
         cfg = self.cfg
         self.heads = nn.ModuleList(
-            aux_head(cfg["aux_head"], channels, size, cfg["aux_width"], cfg["aux_depth"], cfg["aux_pool"])
+            aux_head(cfg.aux_head, channels, size, cfg.aux_width, cfg.aux_depth, cfg.aux_pool)
             for channels, size in self.network.block_shapes[:-1])
         self.heads.append(self.network.classifier)  # the last block's "aux" is the network's own classifier
         self.parts["heads"] = self.heads
@@ -235,13 +235,13 @@ class DGL(Trainer):
     def train_step(self, x, y):
         h, all_logits, last = x, [], len(self.stages) - 1
         for i, (stage, opt) in enumerate(zip(self.stages, self.optimizers)):
-            kind = "pred" if i == last else self.cfg["local_loss"]
+            kind = "pred" if i == last else self.cfg.local_loss
             with self.amp():
                 # detached: no gradient flows back into earlier blocks; with the pure similarity loss the head is
                 # only a probe
                 out, logits = stage(h.detach(), probe=kind == "sim")
-            loss = local_loss(kind, out, logits.float(), y, sim_weight=self.cfg["sim_weight"],
-                              label_smoothing=self.cfg["label_smoothing"])
+            loss = local_loss(kind, out, logits.float(), y, sim_weight=self.cfg.sim_weight,
+                              label_smoothing=self.cfg.label_smoothing)
             if kind == "sim":
                 loss = loss + self.ce(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -317,4 +317,4 @@ TRAINERS = {"backprop": Backprop, "dgl": DGL, "dni": DNI, "cdni": CDNI}
 
 
 def build_trainer(cfg: dict, device, steps_per_epoch: int) -> Trainer:
-    return TRAINERS[cfg["trainer"]](cfg, device, steps_per_epoch)
+    return TRAINERS[cfg.trainer](cfg, device, steps_per_epoch)

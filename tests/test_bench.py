@@ -111,11 +111,11 @@ def forward_macs(modules, size: int = 32) -> tuple[list[int], int]:
 def test_training_flops_match_the_modules():
     from bench.gpu_probes import training_flops_per_image
     from models.trainers import build_trainer
-    from tuner.config import resolve
+    from tuner.schema import resolve
 
     cfg = resolve({"trainer": "backprop", "model": "vgg11", "width": 0.125, "num_blocks": 4, "aux_width": 64})
     network_flops, backprop_flops = training_flops_per_image(cfg)
-    dgl = build_trainer({**cfg, "trainer": "dgl"}, "cpu", steps_per_epoch=1)
+    dgl = build_trainer(cfg.updated(trainer="dgl"), "cpu", steps_per_epoch=1)
     size, network, first_convs = 32, [], []
     for block in dgl.network.blocks:
         macs, size = forward_macs(block.modules(), size)
@@ -127,7 +127,7 @@ def test_training_flops_match_the_modules():
     # backprop: everywhere but the image; DGL: nowhere into a block's (detached) input, but through its heads
     assert network_flops == pytest.approx(2 * sum(network) * 3 - 2 * first_convs[0], rel=1e-6)
     assert backprop_flops == pytest.approx(network_flops, rel=1e-6)  # backprop does exactly the network's work
-    _, dgl_flops = training_flops_per_image({**cfg, "trainer": "dgl"})
+    _, dgl_flops = training_flops_per_image(cfg.updated(trainer="dgl"))
     assert dgl_flops == pytest.approx(2 * sum(network) * 3 - 2 * sum(first_convs) + 6 * heads, rel=1e-6)
 
 

@@ -8,7 +8,7 @@ import torch
 from torchvision.datasets import CIFAR10
 
 from fakedata import learnable_arrays, write_cifar_folder
-from tuner.config import ConfigError
+from tuner.errors import ConfigError
 from tuner.data import (DataError, Split, augment, load_arrays, make_splits, normalise, stratified_split,
                         stratified_subset)
 

@@ -4,6 +4,7 @@ Unit tests drive the searcher and the tracker by hand (no Ray cluster); the slow
 Tuner with ASHA on a toy function trainable and checks what Optuna and MLflow ended up holding.
 """
 
+import json
 import math
 import pickle
 import secrets
@@ -14,8 +15,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuner.config import DEFAULTS
 from tuner.outcome import trial_outcome
+from tuner.schema import KEYS, resolve
 from tuner.searcher import HonestOptunaSearch, make_searcher
 from tuner.tracking import MLflowTracker, close_dangling_runs, finish_parent_run, reopen_run, start_parent_run
 
@@ -139,7 +140,7 @@ def _steps(client, run_id, key):
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def test_tracker_is_idempotent_across_a_driver_restart(client, uri):
+def test_tracker_is_idempotent_across_a_driver_restart(client, uri, tmp_path):
     parent = _parent(client, "restart")
     trial = FakeTrial("toy_00000", {"trainer": "dgl", "model": "basiccnn", "lr": 0.1})
     tracker = MLflowTracker(uri, parent, {"dt.trainer": "backprop", "dt.model": "vgg11"})
@@ -163,7 +164,9 @@ def test_tracker_is_idempotent_across_a_driver_restart(client, uri):
     tags = run.data.tags
     assert (tags["dt.role"], tags["dt.trial_id"], tags["dt.outcome"]) == ("trial", "toy_00000", "completed")
     assert (tags["dt.trainer"], tags["dt.model"]) == ("dgl", "basiccnn")  # the trial's config wins over base tags
-    assert set(run.data.params) == set(DEFAULTS) and run.data.params["lr"] == "0.1"
+    assert set(run.data.params) == set(KEYS) and run.data.params["lr"] == "0.1"
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))).read_text())
+    assert logged == resolve(trial.config).model_dump()  # the resolved config, exactly (params are strings)
     assert _steps(client, run.info.run_id, "val_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
     assert _steps(client, run.info.run_id, "block1_val_acc") == [(1, 0.05), (2, 0.1)]
     assert "val_loss" not in run.data.metrics  # NaN skipped
@@ -321,7 +324,7 @@ def test_search_with_asha_optuna_and_mlflow(ray_cluster, client, uri, tmp_path):
     for trial_id, run in runs.items():
         assert run.data.tags["dt.outcome"] == outcome[trial_id]
         assert run.info.status == ("FINISHED" if outcome[trial_id] in ("completed", "stopped") else "FAILED")
-        assert set(DEFAULTS) <= set(run.data.params)
+        assert set(KEYS) <= set(run.data.params)
         if "epoch" in last[trial_id]:
             finite_epochs = last[trial_id]["epoch"] - (outcome[trial_id] == "diverged")
             assert [s for s, _ in _steps(client, run.info.run_id, "val_acc")] == list(range(1, finite_epochs + 1))

@@ -10,7 +10,8 @@ from models.heads import SyntheticGradient, aux_head
 from models.losses import sim_loss, similarity_matrix
 from models.networks import CFGS, build_network, num_units
 from models.trainers import DGL, DNI, build_trainer
-from tuner.config import ConfigError, resolve
+from tuner.errors import ConfigError
+from tuner.schema import resolve
 
 
 @pytest.mark.parametrize("name", list(CFGS))

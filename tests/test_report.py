@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("mlflow")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from tuner import locations, ranking, text  # noqa: E402
-from tuner.config import DEFAULTS, resolve  # noqa: E402
+from tuner.schema import resolve  # noqa: E402
 from tuner.report import cli, gaps, importance  # noqa: E402
 from tuner.report import store as report_store  # noqa: E402
 
@@ -58,6 +59,11 @@ def fabricate_search(client, space, trainer, model, trials, searched=("lr", "wei
         "dt.role": "search", "dt.space": space, "dt.trainer": trainer, "dt.model": model,
         "dt.storage": f"/tmp/ray/{space}", "dt.status": "running", "dt.code_version": "abc1234"}).info.run_id
     client.log_batch(parent, params=[Param(k, str(v)) for k, v in fixed.items()])
+    ranges = {"lr": (1e-3, 1.0), "weight_decay": (1e-5, 1e-2)}  # loguniform: the report must read log from here
+    client.log_text(parent, yaml.safe_dump({
+        "trainer": trainer, "model": model, "fixed": {"epochs": 8}, "num_samples": len(trials),
+        "search": {k: {"type": "loguniform", "low": ranges[k][0], "high": ranges[k][1]} for k in searched}}),
+        "space.yaml")
     logged = []
     for i, spec in enumerate(trials):
         trial_id = f"{space[:4]}_{i:05d}"
@@ -73,14 +79,15 @@ def fabricate_search(client, space, trainer, model, trials, searched=("lr", "wei
         for epoch, acc in enumerate(val, start=1):
             ts = t_start + 1000 * epoch
             values = {"val_acc": acc, "train_acc": min(1.0, acc + 0.03 * epoch / len(val)),
-                      "val_loss": 2.3 * (1 - acc) + 0.1, "train_loss": 2.3 * (1 - acc), "lr": config["lr"],
+                      "val_loss": 2.3 * (1 - acc) + 0.1, "train_loss": 2.3 * (1 - acc), "lr": config.lr,
                       "epoch_s": 30.0, "images_per_s": 1500.0}
             if trainer == "dgl":
                 for b in range(1, num_blocks + 1):   # deeper blocks are better; block K is the network's own head
                     values[f"block{b}_val_acc"] = acc * (0.6 + 0.4 * b / num_blocks)
                     values[f"block{b}_train_acc"] = values["train_acc"] * (0.65 + 0.35 * b / num_blocks)
             metrics += [Metric(k, v, ts, epoch) for k, v in values.items()]
-        client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in config.items()])
+        client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in config.model_dump().items()])
+        client.log_dict(run_id, config.model_dump(), "config.json")
         status = {"running": None, "diverged": "FAILED", "failed": "FAILED"}.get(spec["outcome"], "FINISHED")
         if status:
             client.set_terminated(run_id, status, end_time=t_start + 1000 * (len(val) + 1))
@@ -143,7 +150,7 @@ def test_table_has_one_row_per_model_and_trainer_and_the_recorded_gap(store):
     client = report_store.connect(store["uri"])
     searches, best = gaps.collect(client)
     rows = gaps.gap_rows(best, searches)
-    # models and trainers in tuner.config's order
+    # models and trainers in the registries' order
     assert [(r["model"], r["trainer"]) for r in rows] == [
         ("basiccnn", "backprop"), ("basiccnn", "dni"), ("vgg16", "backprop"), ("vgg16", "dgl")]
     by = {(r["model"], r["trainer"]): r for r in rows}
@@ -257,12 +264,15 @@ def test_bad_uri_is_one_line_and_exit_2(uri, capsys, monkeypatch):
     assert captured.out == ""
 
 
-def test_params_are_typed_back_like_the_config():
-    for key, value in DEFAULTS.items():
-        parsed = report_store.parse_param(key, str(value))
-        assert parsed == value and type(parsed) is type(value)
-    assert report_store.parse_param("num_blocks", "4") == 4
-    assert report_store.parse_param("lr", "1") == 1.0 and isinstance(report_store.parse_param("lr", "1"), float)
+def test_configs_and_space_are_read_back_exactly(store):
+    client, search = store["client"], store["searches"]["dgl_vgg16"]
+    trial = search["trials"][0]
+    config = resolve({"trainer": "dgl", "model": "vgg16", "epochs": 8, "lr": trial["lr"],
+                      "weight_decay": trial["weight_decay"]}).model_dump()
+    back = report_store.logged_config(client, trial["run_id"])
+    assert back == config and all(type(back[k]) is type(v) for k, v in config.items())
+    dimensions = report_store.logged_dimensions(client, search["parent"])
+    assert list(dimensions) == ["lr", "weight_decay"] and all(d.log for d in dimensions.values())
 
 
 def test_importance_finds_the_parameter_that_matters():

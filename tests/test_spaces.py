@@ -7,8 +7,10 @@ import optuna
 import pytest
 import yaml
 
-from tuner.config import ConfigError, resolve
-from tuner.spaces import SPACES_DIR, SpaceError, find_space, list_spaces, load_space, make_sampler
+from tuner.errors import ConfigError, SpaceError
+from tuner.schema import resolve
+from tuner.space import make_sampler
+from tuner.space_file import SPACES_DIR, find_space, list_spaces, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -19,7 +21,7 @@ SHIPPED = ["bp_vgg16", "dgl_vgg16", "dni_vgg16", "cdni_vgg16", "bp_basiccnn", "d
 def sample(space, asks=20):
     """`asks` trials of a real Optuna study driven by the space's sampler and define-by-run function."""
     study = optuna.create_study(sampler=make_sampler(space), direction="maximize")
-    for point in space.searcher["points_to_evaluate"]:
+    for point in space.searcher.points_to_evaluate:
         study.enqueue_trial(point)
     trials = []
     for i in range(asks):
@@ -39,11 +41,11 @@ def test_every_required_space_is_shipped():
 def test_shipped_space_loads_and_samples_within_its_conditions(name):
     space = load_space(name)
     config = space.base_config()
-    assert (config["trainer"], config["model"]) == (space.trainer, space.model)
+    assert (config.trainer, config.model) == (space.trainer, space.model)
     assert space.text == (SPACES_DIR / f"{name}.yaml").read_text()
-    assert space.scheduler["type"] == "fifo" or space.scheduler["max_t"] <= config["epochs"]
+    assert space.scheduler.type == "fifo" or space.scheduler.max_t <= config.epochs
     trials = sample(space)
-    for point, params in zip(space.searcher["points_to_evaluate"], trials):
+    for point, params in zip(space.searcher.points_to_evaluate, trials):
         assert {k: params[k] for k in point} == point  # the points come first, as given
     for params in trials:
         for param in space.params.values():
@@ -65,7 +67,7 @@ def test_full_scale_spaces_are_full_scale():
     for name in SHIPPED[:8]:
         space = load_space(name)
         config = space.base_config()
-        assert config["width"] == 1.0 and config["train_subset"] is None and space.resources["gpu"] > 0
+        assert config.width == 1.0 and config.train_subset is None and space.resources.gpu > 0
     assert {"lr", "weight_decay", "aux_width", "aux_depth"} <= set(load_space("dgl_vgg16").params)
 
 
@@ -73,8 +75,8 @@ def test_quick_spaces_are_small():
     for name in ("dgl_quick", "bp_quick"):
         space = load_space(name)
         config = space.base_config()
-        assert config["width"] <= 0.25 and config["train_subset"] <= 5000 and config["epochs"] <= 3
-        assert space.resources == {"cpu": 1, "gpu": 0} and space.max_concurrent == 2
+        assert config.width <= 0.25 and config.train_subset <= 5000 and config.epochs <= 3
+        assert space.resources.model_dump() == {"cpu": 1, "gpu": 0} and space.max_concurrent == 2
 
 
 def test_define_by_run_survives_pickling_and_works_with_ray():
@@ -83,8 +85,8 @@ def test_define_by_run_survives_pickling_and_works_with_ray():
     optuna_search = pytest.importorskip("ray.tune.search.optuna")
     searcher = optuna_search.OptunaSearch(space=space.define_by_run, metric=space.metric, mode=space.mode,
                                           sampler=make_sampler(space),
-                                          points_to_evaluate=space.searcher["points_to_evaluate"])
-    point, first = space.searcher["points_to_evaluate"][0], searcher.suggest("trial-0")
+                                          points_to_evaluate=space.searcher.points_to_evaluate)
+    point, first = space.searcher.points_to_evaluate[0], searcher.suggest("trial-0")
     assert {k: first[k] for k in point} == point
     assert set(first) >= {k for k, p in space.params.items() if not p.when}
 
@@ -93,13 +95,13 @@ def test_with_overrides_caps_and_copies():
     space = load_space("dgl_vgg16")
     small = space.with_overrides(max_epochs=4, num_samples=2, train_subset=500, seed=7, cpus=1, gpus=0,
                                  max_concurrent=1)
-    assert small.base_config()["epochs"] == 4
-    assert small.scheduler["max_t"] == 4 and small.scheduler["grace_period"] <= 4
-    assert small.fixed["seed"] == small.searcher["seed"] == 7
-    assert (small.num_samples, small.max_concurrent, small.resources) == (2, 1, {"cpu": 1, "gpu": 0})
+    assert small.base_config().epochs == 4
+    assert small.scheduler.max_t == 4 and small.scheduler.grace_period <= 4
+    assert small.fixed["seed"] == small.searcher.seed == 7
+    assert (small.num_samples, small.max_concurrent, small.resources.model_dump()) == (2, 1, {"cpu": 1, "gpu": 0})
     assert small.fixed["train_subset"] == 500
-    assert space.base_config()["epochs"] == 100 and space.scheduler["max_t"] == 100  # the original is untouched
-    assert space.with_overrides(max_epochs=1000).base_config()["epochs"] == 100  # a cap never raises the budget
+    assert space.base_config().epochs == 100 and space.scheduler.max_t == 100  # the original is untouched
+    assert space.with_overrides(max_epochs=1000).base_config().epochs == 100  # a cap never raises the budget
     for bad in ({"max_epochs": 0}, {"train_subset": 3}, {"gpus": -1}, {"num_samples": True}):
         with pytest.raises(SpaceError):
             space.with_overrides(**bad)

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fakedata import learnable_arrays
 from models.trainers import build_trainer
-from tuner.config import resolve
+from tuner.schema import resolve
 from tuner.data import make_splits
 from tuner.epoch import run_epoch, steps_per_epoch
 
@@ -22,7 +22,7 @@ def data():
 def make(data, **overrides):
     cfg = resolve({"model": "basiccnn", "width": 0.125, "aux_width": 64, "batch_size": 32, "lr": 0.05,
                    "epochs": 2, "val_size": 400, **overrides})
-    return build_trainer(cfg, "cpu", steps_per_epoch(data.train, cfg["batch_size"]))
+    return build_trainer(cfg, "cpu", steps_per_epoch(data.train, cfg.batch_size))
 
 
 CASES = [dict(trainer=t) for t in ("backprop", "dgl", "dni", "cdni")] + [

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tuner.config import UserError, one_line
+from tuner.errors import ClusterError, one_line
 
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",         # no network calls for usage statistics
@@ -63,10 +63,6 @@ def quiet_environment() -> None:
     for name in ("ray", "ray.tune", "ray.train", "ray.air", "ray.data", "ray._private", "mlflow", "optuna",
                  "alembic", "ray.train._internal.storage"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-class ClusterError(UserError):
-    """Ray could not be started or joined, or the cluster cannot hold this search; one line for the user."""
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:

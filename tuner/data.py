@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
-from tuner.config import ConfigError, UserError
+from models.networks import NUM_CLASSES
+from tuner.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,8 @@ TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 META_FILE = "batches.meta"
 ALL_FILES = TRAIN_FILES + TEST_FILES + (META_FILE,)
-NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)
 HOW_TO_FIX = f"pass --data-dir DIR (a folder holding {BATCHES_FOLDER})"
-
-
-class DataError(UserError):
-    """The data folder is missing or malformed; the message is the one line a user sees."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def steps_per_epoch(train: Split, batch_size: int) -> int:
 
 def evaluate_split(trainer: Trainer, split: Split, prefix: str) -> dict:
     """`prefix`_loss, `prefix`_acc and per-block `block{i}_{prefix}_acc`."""
-    metrics = trainer.evaluate(split.batches(trainer.cfg["eval_batch_size"], train=False))
+    metrics = trainer.evaluate(split.batches(trainer.cfg.eval_batch_size, train=False))
     renamed = {}
     for key, value in metrics.items():
         if key.startswith("block"):  # the trainer's `block3_acc`
@@ -41,13 +41,13 @@ def run_epoch(trainer: Trainer, data: CifarData) -> dict:
     synchronize()
     start = time.perf_counter()
     epoch = trainer.epoch
-    batches = data.train.batches(cfg["batch_size"], train=True, seed=cfg["seed"], epoch=epoch, augment=cfg["augment"])
+    batches = data.train.batches(cfg.batch_size, train=True, seed=cfg.seed, epoch=epoch, augment=cfg.augment)
     train_metrics = trainer.train_epoch(batches)
     synchronize()
     train_seconds = time.perf_counter() - start
     metrics = {"epoch": trainer.epoch, "lr": lr, **train_metrics, **evaluate_split(trainer, data.val, "val")}
     metrics["epoch_s"] = time.perf_counter() - start
-    images = min(len(data.train), steps_per_epoch(data.train, cfg["batch_size"]) * cfg["batch_size"])
+    images = min(len(data.train), steps_per_epoch(data.train, cfg.batch_size) * cfg.batch_size)
     metrics["images_per_s"] = images / max(train_seconds, 1e-9)
     metrics["diverged"] = not all(math.isfinite(metrics[k]) for k in ("train_loss", "val_loss"))
     return metrics

@@ -39,11 +39,3 @@ def trial_error_text(trial) -> str:
     if not path or not Path(path).is_file():
         return ""
     return ANSI_ESCAPE.sub("", Path(path).read_text(errors="replace"))  # Ray colours the worker's name
-
-
-def error_line(text: str, limit: int = 500) -> str:
-    """The last line of a traceback that names the exception ("RuntimeError: ..."), shortened to `limit`."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", line)]
-    line = (named or lines or ["unknown error"])[-1]
-    return line if len(line) <= limit else line[:limit - 1] + "…"

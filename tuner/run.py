@@ -14,14 +14,11 @@ import sys
 from pathlib import Path
 
 from tuner.cluster import quiet_environment
-from tuner.config import UserError, one_line
+from tuner.errors import SetupError, UserError, one_line
 from tuner.locations import absolute_tracking_uri, limit_mlflow_http
 from tuner.searches import RECORD, SearchRecord, driver_pid, new_name, resume_command, unfinished
-from tuner.spaces import Space, list_spaces, load_space
-
-
-class SetupError(UserError):
-    """Storage, tracking or resume problem found before any trial runs; one line for the user."""
+from tuner.space import Space
+from tuner.space_file import list_spaces, load_space
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,16 +100,16 @@ OVERRIDE_FLAGS = ("num_samples", "max_epochs", "train_subset", "seed", "cpus_per
 def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, address: str | None) -> str:
     cfg = space.base_config()
     sched = space.scheduler
-    asha = (f"ASHA (max_t {sched['max_t']}, grace {sched['grace_period']}, reduction {sched['reduction_factor']})"
-            if sched["type"] == "asha" else "no early stopping")
-    subset = cfg["train_subset"] or "all"
+    asha = (f"ASHA (max_t {sched.max_t}, grace {sched.grace_period}, reduction {sched.reduction_factor})"
+            if sched.type == "asha" else "no early stopping")
+    subset = cfg.train_subset or "all"
     return "\n".join([
         f"{'Resuming' if resume else 'Search'} {record.name}: {space.trainer} on {space.model} "
-        f"(width {cfg['width']}), {space.num_samples} trials x up to {cfg['epochs']} epochs, {asha}",
-        f"  searching {', '.join(space.params) or 'nothing'} with {space.searcher['type']} "
-        f"(seed {space.searcher.get('seed')}); objective: {space.mode} {space.metric} on {cfg['val_size']} "
+        f"(width {cfg.width}), {space.num_samples} trials x up to {cfg.epochs} epochs, {asha}",
+        f"  searching {', '.join(space.params) or 'nothing'} with {space.searcher.type} "
+        f"(seed {space.searcher.seed}); objective: {space.mode} {space.metric} on {cfg.val_size} "
         f"held-out training images; train subset: {subset}",
-        f"  per trial: {space.resources['cpu']:g} CPU, {space.resources['gpu']:g} GPU; "
+        f"  per trial: {space.resources.cpu:g} CPU, {space.resources.gpu:g} GPU; "
         f"at most {space.max_concurrent or 'unlimited'} at once; Ray: {address or 'local'}",
         f"  trials and checkpoints: {folder}",
         f"  MLflow: {record.mlflow_uri}, experiment '{record.experiment}'",

@@ -21,15 +21,15 @@ from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, TuneC
 from ray.tune.logger import JsonLoggerCallback
 
 from tuner.cluster import check_cluster, init_ray
-from tuner.config import one_line
+from tuner.errors import SetupError, error_line, one_line
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
-from tuner.outcome import error_line, trial_error_text, trial_outcome
+from tuner.outcome import trial_error_text, trial_outcome
 from tuner.ranking import final_score, rank
 from tuner.scheduler import make_scheduler
 from tuner.searcher import make_searcher
 from tuner.searches import SearchRecord, claim, install_ray_snapshot, resume_command, save_ray_snapshot
-from tuner.spaces import Space, make_sampler
+from tuner.space import Space, make_sampler
 from tuner.text import fmt_value, text_table
 from tuner.tracking import (MLflowTracker, close_dangling_runs, delete_child_runs, find_parent_run, finish_parent_run,
                             log_trial_metric, reopen_run, start_parent_run)
@@ -40,7 +40,7 @@ PROGRESS_EVERY_S = 10
 
 
 def trainable_for(space: Space, arrays: dict):
-    resources = {"cpu": space.resources["cpu"], "gpu": space.resources["gpu"]}
+    resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
     return tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), resources)
 
 
@@ -108,14 +108,14 @@ class FailureNotices(Callback):
 
 def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, max_failures: int) -> tune.Tuner:
     base = space.base_config()
-    constants = {k: v for k, v in base.items() if k not in space.params}
+    constants = {k: v for k, v in base.model_dump().items() if k not in space.params}
 
     def define_by_run(trial):
         space.define_by_run(trial)
         return constants  # Ray merges these fixed values into each suggested config
 
     searcher = make_searcher(define_by_run, make_sampler(space), space.metric, space.mode,
-                             space.searcher.get("points_to_evaluate"), space.max_concurrent)
+                             space.searcher.points_to_evaluate, space.max_concurrent)
     tracker = MLflowTracker(record.mlflow_uri, record.parent_run_id,
                             {"dt.trainer": space.trainer, "dt.model": space.model})
     return tune.Tuner(
@@ -144,13 +144,11 @@ def open_parent_run(client: MlflowClient, space: Space, folder: Path, record: Se
             return
     tags = {"dt.space": space.name, "dt.trainer": space.trainer, "dt.model": space.model, "dt.storage": str(folder),
             "dt.code_version": code_version()}
-    fixed = {k: v for k, v in space.base_config().items() if k not in space.params}
+    fixed = {k: v for k, v in space.base_config().model_dump().items() if k not in space.params}
     record.parent_run_id = start_parent_run(client, record.experiment, record.name, tags, fixed, space.text)
 
 
 def restore_tuner(space: Space, folder: Path, arrays: dict) -> tune.Tuner:
-    from tuner.run import SetupError
-
     try:
         # unfinished trials continue from their checkpoints; errored ones used up their retries and stay failed
         return tune.Tuner.restore(str(folder), trainable=trainable_for(space, arrays), resume_unfinished=True,
@@ -174,8 +172,6 @@ def _sigterm_as_ctrl_c(signum, frame) -> None:
 
 
 def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, args) -> int:
-    from tuner.run import SetupError
-
     # a reboot or `kill` stops the search as gracefully as Ctrl-C (set again after ray.init, which replaces it)
     signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     arrays = load_arrays(args.data_dir)  # once, in the driver; trials share it through Ray's object store

@@ -19,10 +19,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from tuner.config import DEFAULTS
+from tuner.errors import error_line
 from tuner.locations import sqlite_path
 from tuner.metric_names import is_block_metric
-from tuner.outcome import error_line, finite_number, trial_error_text, trial_outcome
+from tuner.outcome import finite_number, trial_error_text, trial_outcome
+from tuner.schema import resolve
 
 # per-epoch metrics copied from a trial's result to its child run (Ray's own bookkeeping keys are left out)
 EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_s", "images_per_s")
@@ -210,8 +211,11 @@ class MLflowTracker(Callback):
                 if key in config:
                     tags[f"dt.{key}"] = str(config[key])
             run_id = self.client.create_run(self._experiment_id, run_name=trial_id, tags=tags).info.run_id
-            # the trial's effective config: the trainable fills unset keys from DEFAULTS the same way
-            _log_params(self.client, run_id, {**DEFAULTS, **config})
+            # the trial's effective config, resolved as the trainable resolves it: params to filter runs by,
+            # config.json to read it back exactly (params are strings)
+            effective = resolve(config).model_dump()
+            _log_params(self.client, run_id, effective)
+            self.client.log_dict(run_id, effective, "config.json")
             self._last_epoch[run_id] = 0
         self._run_ids[trial_id] = run_id
         return run_id, run is None

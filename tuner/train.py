@@ -14,10 +14,11 @@ import sys
 import time
 
 from models.trainers import build_trainer
-from tuner.config import ConfigError, parse_assignment, resolve
-from tuner.data import DataError, load_arrays, make_splits
+from tuner.data import load_arrays, make_splits
 from tuner.device import limit_threads, pick_device
 from tuner.epoch import evaluate_split, run_epoch, steps_per_epoch
+from tuner.errors import ConfigError, DataError
+from tuner.schema import TrialConfig, parse_assignment, resolve
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,13 +29,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-subset", type=int, help="a stratified, seeded subset of the training split")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--data-dir", help="a folder holding cifar-10-batches-py (default: ./data, downloaded)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="any config key (tuner/config.py)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="any config key (tuner/schema.py)")
     parser.add_argument("--test", action="store_true", help="also evaluate the test set at the end")
     parser.add_argument("--threads", type=float, default=None, help="torch CPU threads (default: all cores)")
     return parser.parse_args(argv)
 
 
-def config_from_args(args) -> dict:
+def config_from_args(args) -> TrialConfig:
     overrides = dict(parse_assignment(item) for item in args.set)
     flags = {"trainer": args.trainer, "model": args.model, "epochs": args.epochs,
              "train_subset": args.train_subset, "seed": args.seed}
@@ -46,15 +47,15 @@ def config_from_args(args) -> dict:
     return resolve(overrides, where="tuner.train")
 
 
-def train(cfg: dict, data_dir: str | None, with_test: bool = False, log=print) -> dict:
-    device = pick_device(cfg["device"])
-    data = make_splits(load_arrays(data_dir), val_size=cfg["val_size"], train_subset=cfg["train_subset"],
-                       seed=cfg["seed"], device=device)
-    trainer = build_trainer(cfg, device, steps_per_epoch(data.train, cfg["batch_size"]))
-    log(f"{cfg['trainer']} on {cfg['model']} (width {cfg['width']}), {len(data.train)} train / {len(data.val)} val "
-        f"images, {cfg['epochs']} epochs on {device}")
+def train(cfg: TrialConfig, data_dir: str | None, with_test: bool = False, log=print) -> dict:
+    device = pick_device(cfg.device)
+    data = make_splits(load_arrays(data_dir), val_size=cfg.val_size, train_subset=cfg.train_subset,
+                       seed=cfg.seed, device=device)
+    trainer = build_trainer(cfg, device, steps_per_epoch(data.train, cfg.batch_size))
+    log(f"{cfg.trainer} on {cfg.model} (width {cfg.width}), {len(data.train)} train / {len(data.val)} val "
+        f"images, {cfg.epochs} epochs on {device}")
     start, metrics = time.perf_counter(), {}
-    for _ in range(cfg["epochs"]):
+    for _ in range(cfg.epochs):
         metrics = run_epoch(trainer, data)
         log(f"epoch {metrics['epoch']:3d}  train_loss {metrics['train_loss']:.4f}  train_acc {metrics['train_acc']:.4f}"
             f"  val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  {metrics['images_per_s']:.0f} img/s")
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({"trainer": cfg["trainer"], "model": cfg["model"], **metrics}))
+    print(json.dumps({"trainer": cfg.trainer, "model": cfg.model, **metrics}))
     return 0
 
 

@@ -23,7 +23,7 @@ from ray import tune
 
 from models.trainers import build_trainer
 from tuner.cluster import quiet_environment
-from tuner.config import resolve
+from tuner.schema import TrialConfig, resolve
 from tuner.data import make_splits
 from tuner.device import limit_gpu_memory, limit_threads, pick_device
 from tuner.epoch import run_epoch, steps_per_epoch
@@ -58,11 +58,11 @@ def build(config: dict, arrays: dict, gpu_share: float | None = None):
     """The trainer and its data for a trial config (also used by the driver to evaluate the best checkpoint).
     `gpu_share`: the fraction of a GPU Ray granted the trial, which caps its GPU memory before anything is allocated."""
     cfg = resolve(config)
-    device = pick_device(cfg["device"])
+    device = pick_device(cfg.device)
     limit_gpu_memory(device, gpu_share)
-    data = make_splits(arrays, val_size=cfg["val_size"], train_subset=cfg["train_subset"], seed=cfg["seed"],
+    data = make_splits(arrays, val_size=cfg.val_size, train_subset=cfg.train_subset, seed=cfg.seed,
                        device=device)
-    return build_trainer(cfg, device, steps_per_epoch(data.train, cfg["batch_size"])), data
+    return build_trainer(cfg, device, steps_per_epoch(data.train, cfg.batch_size)), data
 
 
 def train_trial(config: dict, arrays: dict) -> None:
@@ -75,14 +75,14 @@ def train_trial(config: dict, arrays: dict) -> None:
     if checkpoint is not None:
         load_checkpoint(trainer, checkpoint)
         print(f"trial {trial_id}: resumed from its epoch-{trainer.epoch} checkpoint", flush=True)
-    tags = {"trainer": cfg["trainer"], "model": cfg["model"]}
-    while trainer.epoch < cfg["epochs"]:
+    tags = {"trainer": cfg.trainer, "model": cfg.model}
+    while trainer.epoch < cfg.epochs:
         inject_fault(trial_id, cfg, trainer.epoch + 1)
         metrics = {**run_epoch(trainer, data), **tags}
         if metrics["diverged"]:
             tune.report(finite_only(metrics))  # no checkpoint: a diverged state is worth nothing
             return
-        metrics["finished"] = trainer.epoch >= cfg["epochs"]
+        metrics["finished"] = trainer.epoch >= cfg.epochs
         with tempfile.TemporaryDirectory(prefix="dt-ckpt-") as directory:
             save_checkpoint(trainer, directory)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
@@ -98,14 +98,14 @@ def train_trial(config: dict, arrays: dict) -> None:
 STALL_S = 300
 
 
-def inject_fault(trial_id: str, cfg: dict, epoch: int) -> None:
+def inject_fault(trial_id: str, cfg: TrialConfig, epoch: int) -> None:
     spec = os.environ.get("DT_FAULT")
     if not spec:
         return
     for fault in filter(None, (part.strip() for part in spec.split(";"))):
         action, match, at_epoch, *times = fault.split(":")
         key, value = match.split("=", 1)
-        if str(cfg[key]) != value or epoch != int(at_epoch.removeprefix("epoch=")):
+        if str(getattr(cfg, key)) != value or epoch != int(at_epoch.removeprefix("epoch=")):
             continue
         marker_dir = Path(os.environ["DT_FAULT_DIR"])
         fired = len(list(marker_dir.glob(f"{trial_id}-{action}-*")))

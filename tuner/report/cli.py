@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tuner.config import ConfigError, one_line
+from tuner.errors import ConfigError, one_line
 from tuner.locations import limit_mlflow_http
 from tuner.report import __doc__ as REPORT_DOC
 from tuner.report.figures import make_figures

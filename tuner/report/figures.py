@@ -14,9 +14,8 @@ matplotlib.use("Agg")  # files only, never a window: the report runs on headless
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from tuner.config import MODELS, TRAINERS  # noqa: E402
 from tuner.metric_names import block_accuracies  # noqa: E402
-from tuner.report.gaps import in_order  # noqa: E402
+from tuner.report.gaps import MODELS, TRAINERS, in_order  # noqa: E402
 from tuner.report.importance import param_importances  # noqa: E402
 from tuner.text import plural  # noqa: E402
 
@@ -215,8 +214,9 @@ def make_figures(searches: list, best: dict, out_dir: Path) -> tuple:
 
         completed = [t for t in trials if t.outcome == "completed" and t.final_val_acc is not None]
         keys = sorted({k for s in in_experiment for k in s.searched})
-        importances, method = param_importances([t.params for t in completed],
-                                                [t.final_val_acc for t in completed], keys)
+        importances, method = param_importances(
+            [t.params for t in completed], [t.final_val_acc for t in completed], keys,
+            known={k: d.distribution() for s in in_experiment for k, d in s.dimensions.items()})
         if importances:
             path = out_dir / f"importance_{experiment}.png"
             plot_importance(experiment, importances, method, len(completed), path)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import time
 
-from tuner.config import DEFAULTS, MODELS, TRAINERS
+from models.networks import CFGS
+from models.trainers import TRAINERS as TRAINER_CLASSES
 from tuner.ranking import best_trial
 from tuner.report.store import Trial, load_searches, metric_history
+from tuner.schema import KEYS
 
+# tables and figures list models and trainers in the registries' order
+MODELS = tuple(CFGS)
+TRAINERS = tuple(TRAINER_CLASSES)
 CURVE_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc", "epoch_s")
 # shown for a trial whose search did not record which keys it searched (no best.* params, nothing varies)
 FALLBACK_KEYS = ("lr", "weight_decay")
@@ -50,12 +55,12 @@ def wall_seconds(trial: Trial) -> float | None:
 
 
 def _fallback_keys(trainer: str) -> list:
-    aux = [] if trainer == "backprop" else sorted(k for k in DEFAULTS if k.startswith("aux_"))
+    aux = [] if trainer == "backprop" else sorted(k for k in KEYS if k.startswith("aux_"))
     return list(FALLBACK_KEYS) + aux
 
 
 def gap_rows(best: dict, searches: list) -> list:
-    """One row per model x trainer, in the order of tuner.config's MODELS and TRAINERS."""
+    """One row per model x trainer, in the order of the model and trainer registries (models/)."""
     searched = {s.run_id: s.searched for s in searches}
     rows = []
     for model in in_order([m for m, _ in best], MODELS):

@@ -23,9 +23,17 @@ def _distribution(values: list):
     return CategoricalDistribution(sorted(set(values), key=repr))
 
 
-def param_importances(configs: list, values: list, keys: list):
+def _holds(distribution, value) -> bool:
+    if hasattr(distribution, "choices"):
+        return value in distribution.choices
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return numeric and distribution.low <= value <= distribution.high
+
+
+def param_importances(configs: list, values: list, keys: list, known: dict | None = None):
     """Importance of each of `keys` for `values` (one per config), as ({key: importance}, method); importances sum
-    to 1. Returns ({}, reason) when there is nothing to measure (under 3 trials, or no parameter varies)."""
+    to 1. Returns ({}, reason) when there is nothing to measure (under 3 trials, or no parameter varies).
+    `known`: key -> the distribution the search sampled it from (its space); otherwise one is fitted to the values."""
     import optuna
 
     if len(values) < 3:
@@ -33,8 +41,9 @@ def param_importances(configs: list, values: list, keys: list):
     distributions = {}
     for key in keys:
         d = _distribution([c.get(key) for c in configs])
-        if d is not None:
-            distributions[key] = d
+        if d is not None:  # a conditional key also holds its default, which may lie outside what was sampled
+            exact = (known or {}).get(key)
+            distributions[key] = exact if exact is not None and all(_holds(exact, c.get(key)) for c in configs) else d
     if not distributions:
         return {}, "no searched hyperparameter varies across the completed trials"
     if len(set(values)) < 2:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tuner.config import DEFAULTS, ConfigError, one_line
+from tuner.errors import ConfigError, SpaceError, one_line
 from tuner.locations import sqlite_path
 from tuner.ranking import final_score
+from tuner.schema import KEYS
+from tuner.space_file import load_space
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 SEARCH_FILTER = "tags.`dt.role` = 'search'"
@@ -25,7 +30,7 @@ class Trial:
     trainer: str
     model: str
     outcome: str             # running | completed | stopped | diverged | failed
-    params: dict             # the trial's flat config, typed back from MLflow's strings
+    params: dict             # the trial's flat config, as its config.json artifact holds it
     metrics: dict            # latest value of each metric: for per-epoch metrics, the last epoch logged
     start_ms: int
     end_ms: int | None
@@ -45,6 +50,7 @@ class Search:
     experiment: str
     status: str              # dt.status: running | finished | interrupted
     searched: list           # the hyperparameters this search varied
+    dimensions: dict = field(default_factory=dict)  # name -> Dimension, from the search's space.yaml
     trials: list = field(default_factory=list)
 
 
@@ -55,6 +61,7 @@ def connect(uri: str):
     # after the import, which sets MLflow's own levels: schema migrations are logged at INFO, not for the reader
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report reads config.json per trial
     path = sqlite_path(uri)
     # MLflow would silently create an empty database; a missing file is almost always a wrong path
     if path and path != ":memory:" and not os.path.exists(path):
@@ -77,20 +84,32 @@ def _all_pages(fetch, **kwargs) -> list:
             return items
 
 
-def parse_param(key: str, text: str):
-    """A param MLflow stored as a string, back to the type of the key's default in tuner.config."""
-    if text in ("None", "none", "null"):
-        return None
-    default = DEFAULTS.get(key)
-    if isinstance(default, bool) or text in ("True", "False"):
-        return text.lower() in ("true", "1")
-    # int before float so that num_blocks=4 stays 4; a float key stays a float even when written as "1"
-    for cast in (float,) if isinstance(default, float) else (int, float):
+def read_artifact(client, run_id: str, name: str) -> str | None:
+    """The text of a run's artifact, None if the run has none by that name."""
+    with tempfile.TemporaryDirectory(prefix="dt-report-") as folder:
         try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+            return Path(client.download_artifacts(run_id, name, folder)).read_text()
+        except Exception:  # MLflow raises different errors per store for a missing artifact
+            return None
+
+
+def logged_config(client, run_id: str) -> dict:
+    """A trial's resolved config, exactly as the tracker wrote it (config.json); {} if it has none."""
+    text = read_artifact(client, run_id, "config.json")
+    return json.loads(text) if text else {}
+
+
+def logged_dimensions(client, run_id: str) -> dict:
+    """name -> Dimension of a search's space.yaml artifact; {} if it has none or it no longer loads."""
+    text = read_artifact(client, run_id, "space.yaml")
+    if not text:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="dt-report-") as folder:
+        (Path(folder) / "space.yaml").write_text(text)
+        try:
+            return load_space(str(Path(folder) / "space.yaml")).params
+        except (SpaceError, ConfigError):
+            return {}
 
 
 def metric_history(client, run_id: str, key: str) -> list:
@@ -101,9 +120,9 @@ def metric_history(client, run_id: str, key: str) -> list:
     return [(s, v) for s, v in sorted(by_step.items()) if math.isfinite(v)]
 
 
-def _trial_from_run(run, experiment: str) -> Trial:
+def _trial_from_run(client, run, experiment: str) -> Trial:
     tags = run.data.tags
-    params = {k: parse_param(k, v) for k, v in run.data.params.items()}
+    params = logged_config(client, run.info.run_id)
     status_outcome = {"RUNNING": "running", "FAILED": "failed", "KILLED": "failed"}.get(run.info.status, "completed")
     return Trial(
         run_id=run.info.run_id, trial_id=tags.get("dt.trial_id") or run.info.run_name,
@@ -119,7 +138,7 @@ def _searched_keys(parent, trials: list) -> list:
     keys = sorted(k[len("best."):] for k in parent.data.params if k.startswith("best."))
     if keys or len(trials) < 2:
         return keys
-    return sorted(k for k in DEFAULTS if len({repr(t.params.get(k)) for t in trials}) > 1)
+    return sorted(k for k in KEYS if len({repr(t.params.get(k)) for t in trials}) > 1)
 
 
 def load_searches(client, spaces: list | None = None) -> list:
@@ -138,13 +157,15 @@ def load_searches(client, spaces: list | None = None) -> list:
     children = _all_pages(client.search_runs, experiment_ids=ids, filter_string=TRIAL_FILTER) if ids else []
     trials_by_parent = {}
     for run in children:
-        trial = _trial_from_run(run, experiments[run.info.experiment_id])
+        trial = _trial_from_run(client, run, experiments[run.info.experiment_id])
         trials_by_parent.setdefault(trial.parent_run_id, []).append(trial)
     searches = []
     for p in sorted(parents, key=lambda p: (experiments[p.info.experiment_id], p.info.start_time or 0)):
         trials = sorted(trials_by_parent.get(p.info.run_id, []), key=lambda t: t.start_ms)
+        dimensions = logged_dimensions(client, p.info.run_id)
         searches.append(Search(run_id=p.info.run_id, name=p.info.run_name,
                                experiment=experiments[p.info.experiment_id],
                                status=p.data.tags.get("dt.status", p.info.status.lower()),
-                               searched=_searched_keys(p, trials), trials=trials))
+                               searched=list(dimensions) or _searched_keys(p, trials), trials=trials,
+                               dimensions=dimensions))
     return searches

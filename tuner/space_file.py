@@ -1,0 +1,280 @@
+"""Search-space files: a YAML file -> a validated `Space` -> what Ray Tune and Optuna need.
+
+The shape of a file is the pydantic model tuner.schema.SpaceFile (documented key by key in
+search_spaces/example.yaml). This module adds what a schema cannot say: duplicate YAML keys, values that must fit
+the config key they belong to, the `when:` graph, points inside their ranges. Everything is checked before a search
+starts: a bad file raises SpaceError with one line `<file>: <key path>: <what is wrong>; allowed: ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tuner.errors import SpaceError
+from tuner.schema import KEYS, Asha, Fifo, OptunaTPE, Resources, SpaceFile, TrialConfig, fmt, resolve
+from tuner.space import NOT_SEARCHABLE, Dimension, Space, SpaceProblems, label, number_problem, same
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# sections in the order a reader checks them: of two mistakes, the first in this order is reported
+CHECK_ORDER = ("trainer", "model", "fixed", "search", "scheduler", "searcher", "resources", "max_concurrent", "metric",
+               "mode", "description", "num_samples")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (YAML silently keeps the last) and reads 1e-5 as a number
+    (YAML 1.1 reads it as text: only 1.0e-5 is a float)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key_node.value}'", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _shape_problem(file: SpaceProblems, error: dict, data: dict):
+    """One of pydantic's errors about the file's shape, as today's one line."""
+    path, holder, node, union = _locate(data, error["loc"])
+    kind, key = error["type"], path.rsplit(".", 1)[-1]
+    if kind == "missing":
+        file.fail(path, "required key is missing")
+    if kind == "extra_forbidden":
+        file.fail(path, "unknown key", ", ".join(holder.model_fields))
+    if union is not None:  # a mapping whose 'type' picks its schema
+        tags = ", ".join(typing.get_args(member.model_fields["type"].annotation)[0] for member in union)
+        if kind == "union_tag_invalid":
+            file.fail(f"{path}.type", f"unknown type {fmt(node['type'])}", tags)
+        if path.startswith("search.") and not isinstance(node, dict):
+            file.fail(path, f"must be a distribution {{type: ...}}, got {fmt(node)} (fixed values go under fixed)")
+        got = "no 'type' key" if isinstance(node, dict) else fmt(node)
+        file.fail(path, f"must be a mapping with a 'type' key, got {got}", tags)
+    if kind == "list_type":
+        file.fail(path, f"must be a list of mappings, got {fmt(node)}")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        file.fail(path, f"must be a mapping, got {fmt(node)}")
+    field = holder.model_fields[key]
+    if kind == "literal_error":
+        file.fail(path, f"got {fmt(node)}", ", ".join(a for t in _unwrap(field.annotation) for a in typing.get_args(t)))
+    if field.annotation is bool:
+        file.fail(path, f"must be true or false, got {fmt(node)}")
+    low = next(m for m in field.metadata if hasattr(m, "ge") or hasattr(m, "gt"))
+    integer = field.annotation in (int, int | None)
+    file.fail(path, number_problem(node, getattr(low, "ge", getattr(low, "gt", 0)), hasattr(low, "gt"), integer))
+
+
+def _unwrap(annotation) -> list:
+    """The types an annotation allows, Annotated and None stripped; a discriminated union as its members."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, type(int | None)) \
+        else (annotation,)
+    result = []
+    for member in members:
+        while typing.get_origin(member) is typing.Annotated:
+            member = typing.get_args(member)[0]
+        if typing.get_origin(member) is typing.Union:
+            result += typing.get_args(member)
+        elif member is not type(None):
+            result.append(member)
+    return result
+
+
+def _locate(data, loc: tuple):
+    """pydantic's error location -> (key path as the user writes it, the model that holds the last key,
+    the value found there, the members of the tagged union expected there or None)."""
+    parts, holder, node, expected = [], SpaceFile, data, [SpaceFile]
+    for part in loc:
+        models = [t for t in expected if isinstance(t, type) and issubclass(t, BaseModel)]
+        union = models if len(models) > 1 else None
+        if union and isinstance(part, str) and not (isinstance(node, dict) and part in node) \
+                and any(part in typing.get_args(m.model_fields["type"].annotation) for m in union):
+            expected = [m for m in union if part in typing.get_args(m.model_fields["type"].annotation)]
+            continue  # pydantic names the union member it tried; the user never wrote that
+        if isinstance(part, int):
+            parts[-1] += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            expected = [typing.get_args(t)[0] for t in expected if typing.get_origin(t) is list]
+        elif models and part in models[0].model_fields:
+            holder, parts = models[0], parts + [part]
+            node = node.get(part) if isinstance(node, dict) else None
+            expected = _unwrap(holder.model_fields[part].annotation)
+        elif any(typing.get_origin(t) is dict for t in expected):
+            parts.append(part)
+            node = node.get(part) if isinstance(node, dict) else None
+            expected = _unwrap([typing.get_args(t)[1] for t in expected if typing.get_origin(t) is dict][0])
+        elif models:  # a key the model does not have
+            holder, parts, node = models[0], parts + [part], None
+        # else: a label pydantic gives a plain union's member (int | float): not part of the path
+    models = [t for t in expected if isinstance(t, type) and issubclass(t, BaseModel)]
+    return ".".join(parts), holder, node, (models if len(models) > 1 else None)
+
+
+def list_spaces() -> list[str]:
+    return sorted(path.stem for path in SPACES_DIR.glob("*.yaml"))
+
+
+def find_space(name_or_path: str) -> Path:
+    """A path to an existing file, or the name of a shipped space (search_spaces/<name>.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.name == name_or_path and (SPACES_DIR / f"{name_or_path}.yaml").is_file():
+        return SPACES_DIR / f"{name_or_path}.yaml"
+    raise SpaceError(f"{name_or_path}: no such search space file or name; allowed: a YAML file path or one of "
+                     f"{', '.join(list_spaces())}")
+
+
+def load_space(name_or_path: str) -> Space:
+    """Read and validate a space (a shipped name or a path). Raises SpaceError with a one-line message."""
+    path = find_space(name_or_path)
+    file = SpaceProblems(label(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        file.fail(f"line {mark.line + 1}" if mark else "file", f"YAML syntax error: {error.problem}")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        file.fail("file", f"cannot be read: {error}")
+    if not isinstance(data, dict):
+        file.fail("top level", f"must be a mapping, got {fmt(data)}", ", ".join(SpaceFile.model_fields))
+    try:
+        spec = SpaceFile.model_validate(data)
+    except ValidationError as error:  # the keys the user mistyped first, as a reader checks a mapping
+        errors = sorted(error.errors(), key=lambda e: (
+            ("extra_forbidden", "missing").index(e["type"]) if e["type"] in ("extra_forbidden", "missing") else 2,
+            CHECK_ORDER.index(e["loc"][0]) if e["loc"] and e["loc"][0] in CHECK_ORDER else 0))
+        _shape_problem(file, errors[0], data)
+
+    fixed = {"trainer": file.value("trainer", spec.trainer, "trainer"),
+             "model": file.value("model", spec.model, "model")}
+    for key, value in file.mapping(_or(spec.fixed, {}), "fixed", KEYS).items():
+        if key in ("trainer", "model"):
+            file.fail(f"fixed.{key}", f"set {key} at the top level, not in fixed")
+        fixed[key] = file.value(key, value, f"fixed.{key}")
+    config = resolve(fixed)
+
+    params = _dimensions(file, spec.search, data["search"], fixed)
+    metric, description = _or(spec.metric, "val_acc"), _or(spec.description, "")
+    if not isinstance(metric, str) or not metric:
+        file.fail("metric", f"must be the name of a reported metric, got {fmt(metric)}", "a string, e.g. val_acc")
+    if not isinstance(description, str):
+        file.fail("description", f"must be a string, got {fmt(description)}")
+    return Space(name=path.stem, path=path, text=text, trainer=fixed["trainer"], model=fixed["model"], fixed=fixed,
+                 params=params, scheduler=_scheduler(file, spec.scheduler or Fifo(), config),
+                 searcher=_searcher(file, spec.searcher or OptunaTPE(), params, config),
+                 num_samples=spec.num_samples, max_concurrent=spec.max_concurrent,
+                 resources=spec.resources or Resources(), metric=metric, mode=spec.mode or "max",
+                 description=" ".join(description.split()))
+
+
+def _or(value, default):
+    # an absent key and an explicit `key:` (null) both mean the default
+    return default if value is None else value
+
+
+def _dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dict:
+    if not file.mapping(raw, "search", KEYS):
+        file.fail("search", "names no hyperparameter", "one or more keys of tuner.schema.TrialConfig")
+    params = {}
+    for key, spec in search.items():
+        path, kind = f"search.{key}", spec.type
+        if key in NOT_SEARCHABLE:
+            file.fail(path, f"'{key}' cannot be searched", "keys other than " + ", ".join(NOT_SEARCHABLE))
+        if key in fixed:
+            file.fail(path, f"'{key}' is also in fixed; a key is either fixed or searched")
+        # a sampled value must be a valid config value: float distributions for float keys, int for int keys
+        annotation = TrialConfig.model_fields[key].annotation
+        allowed = {float: ("uniform", "loguniform", "choice"), int: ("int", "choice"),
+                   int | None: ("int", "choice")}.get(annotation, ("choice",))
+        default = TrialConfig.model_fields[key].default
+        if kind not in allowed:
+            file.fail(f"{path}.type", f"'{kind}' does not fit '{key}' (default {fmt(default)})", ", ".join(allowed))
+        if kind == "choice":
+            if not isinstance(spec.values, list) or not spec.values:
+                file.fail(f"{path}.values", f"must be a non-empty list, got {fmt(spec.values)}")
+            values = tuple(file.value(key, v, f"{path}.values[{i}]") for i, v in enumerate(spec.values))
+            if len({json.dumps(v) for v in values}) < len(values):
+                file.fail(f"{path}.values", "lists a value twice")
+            params[key] = Dimension(key, kind, values=values)
+            continue
+        low, high = (file.value(key, getattr(spec, end), f"{path}.{end}") for end in ("low", "high"))
+        for end in ("low", "high"):
+            if getattr(spec, end) is None:  # check_value lets null through for keys like num_blocks
+                file.fail(f"{path}.{end}", "must be an integer, got null")
+        step, log = getattr(spec, "step", 1), getattr(spec, "log", kind == "loguniform")
+        if not low < high:
+            file.fail(f"{path}.low", f"must be < high (got low={fmt(low)}, high={fmt(high)})")
+        if log and low <= 0:
+            file.fail(f"{path}.low", f"must be > 0 on a log scale (got {fmt(low)})")
+        if kind == "int":
+            if log and step != 1:
+                file.fail(f"{path}.step", f"must be 1 with log: true (got {step})")
+            if (high - low) % step:
+                file.fail(f"{path}.high", f"high - low must be a multiple of step (got {low}, {high}, step {step})")
+        params[key] = Dimension(key, kind, low=low, high=high, step=step if kind == "int" else None, log=log)
+
+    for key, spec in search.items():  # conditions, now that every param is known
+        when = file.mapping(_or(spec.when, {}), f"search.{key}.when", [k for k in params if k != key])
+        for parent, values in when.items():
+            path, choices = f"search.{key}.when.{parent}", params[parent].values
+            if params[parent].type != "choice":
+                file.fail(path, f"'{parent}' is not a choice param",
+                          ", ".join(k for k, p in params.items() if p.type == "choice" and k != key) or "none here")
+            values = tuple(file.value(parent, v, path) for v in (values if isinstance(values, list) else [values]))
+            if not values:
+                file.fail(path, "lists no value", ", ".join(map(fmt, choices)))
+            for value in values:
+                if not params[parent].contains(value):
+                    file.fail(path, f"{fmt(value)} is not a choice of '{parent}'", ", ".join(map(fmt, choices)))
+            params[key] = params[key].conditioned(parent, values)
+    ordered = {}  # parents before children, otherwise file order
+    while len(ordered) < len(params):
+        ready = [k for k, p in params.items() if k not in ordered and all(parent in ordered for parent in p.when)]
+        if not ready:
+            file.fail("search", "'when' conditions form a cycle: " + ", ".join(k for k in params if k not in ordered))
+        ordered.update((k, params[k]) for k in ready)
+    return ordered
+
+
+def _scheduler(file: SpaceProblems, spec, config: TrialConfig):
+    if spec.type == "fifo":
+        return spec
+    max_t = _or(spec.max_t, config.epochs)
+    if max_t > config.epochs:
+        file.fail("scheduler.max_t",
+                  f"must be <= the trial's epoch budget, fixed.epochs={config.epochs} (got {max_t})")
+    if spec.grace_period > max_t:
+        file.fail("scheduler.grace_period", f"must be <= max_t={max_t} (got {spec.grace_period})")
+    return Asha(max_t=max_t, grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
+
+
+def _searcher(file: SpaceProblems, spec, params: dict, config: TrialConfig):
+    seed = spec.seed if "seed" in spec.model_fields_set else config.seed  # an explicit null is an error
+    checked = []
+    for i, point in enumerate(_or(spec.points_to_evaluate, [])):
+        path = f"searcher.points_to_evaluate[{i}]"
+        point = {key: file.value(key, value, f"{path}.{key}")
+                 for key, value in file.mapping(point, path, list(params)).items()}
+        for key, value in point.items():
+            if not params[key].contains(value):
+                file.fail(f"{path}.{key}", f"{fmt(value)} is outside the searched range", params[key].describe())
+            for parent, values in params[key].when.items():
+                if parent in point and not any(same(point[parent], v) for v in values):
+                    file.fail(f"{path}.{key}", f"'{key}' is only sampled when {parent} in "
+                              f"[{', '.join(map(fmt, values))}], but the point sets {parent}={fmt(point[parent])}")
+        checked.append(point)
+    return spec.model_copy(update={"seed": file.value("seed", seed, "searcher.seed"), "points_to_evaluate": checked})
