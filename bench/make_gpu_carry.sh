@@ -14,7 +14,7 @@
 #                         alone is 79 MB, over the 64 MiB limit, so the wheels are unpacked, Ray's Java jars
 #                         (ray/jars, 33 MB, unused by Python) dropped, and the rest re-packed with xz (~33 MB).
 #                         gpu_check.sh unpacks it to /tmp/dt-site and puts that on PYTHONPATH.
-# Optuna and MLflow are not brought: the check drives Tune directly (tune.Tuner over tuner.trainable.train_trial),
+# Optuna and MLflow are not brought: the check drives Tune directly (tune.Tuner over tuner.trial.train_trial),
 # which is the path whose speed matters; the searcher and the tracker run in the driver, not in the trials.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 """Interrupted searches resume with nothing lost or duplicated; trials survive faults.
 
 The slow tests run the CLI in subprocesses on a generated CIFAR folder and interrupt it at moments chosen from
-real state, never from sleeps: the trainable's test hook (DT_FAULT, tuner/trainable.py) stalls a chosen trial at a
+real state, never from sleeps: the trial's test hook (DT_FAULT, tuner/trial.py) stalls a chosen trial at a
 chosen epoch and leaves a marker file holding its worker's pid; what the search has made durable is read from
 the resume snapshot (resume_state/ray_state.pkl) and from MLflow.
 """
@@ -20,7 +20,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fakedata import learnable_arrays, write_cifar_folder
-from tuner.searches import RAY_SNAPSHOT, RESUME_DIR, SearchRecord, claim, install_ray_snapshot, save_ray_snapshot
+from tuner.ray_adaptations.asha import STATE_FILE, PersistentASHA
+from tuner.ray_adaptations.snapshots import RAY_SNAPSHOT, install_ray_snapshot, save_ray_snapshot
+from tuner.search_folder import RESUME_DIR, SearchRecord, claim
+from tuner.settings import SearchSettings
 from tuner.tracking import MLflowTracker, start_parent_run
 
 ENDED = ("completed", "stopped", "diverged", "failed")
@@ -214,7 +217,8 @@ def test_tracker_makes_mlflow_agree_with_the_restored_trials(tmp_path, monkeypat
 def test_an_unfinished_search_is_not_started_over(tmp_path):
     space = write_space(tmp_path)
     folder = tmp_path / "runs" / "tiny-20260101-000000"
-    SearchRecord(name=folder.name, space="tiny", space_path=str(space), overrides={}, mlflow_uri="sqlite:///x.db",
+    settings = SearchSettings(space=str(space), storage=str(folder.parent), mlflow_uri="sqlite:///x.db")
+    SearchRecord(name=folder.name, space="tiny", space_path=str(space), settings=settings,
                  experiment="tiny").save(folder)  # status running: its driver was killed
     result = run_cli(*cli_args(space, tmp_path), cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
@@ -327,7 +331,7 @@ def test_killed_then_interrupted_search_resumes_with_nothing_lost_or_duplicated(
     assert resumed["second"][stalled] == [2] and resumed["third"][stalled] == [2]
 
     # Optuna: told about every trial once, no config suggested twice; its values are MLflow's
-    from tuner.searcher import HonestOptunaSearch
+    from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch
 
     searcher = HonestOptunaSearch()
     searcher.restore_from_dir(str(folder))
@@ -341,13 +345,13 @@ def test_killed_then_interrupted_search_resumes_with_nothing_lost_or_duplicated(
 
     # ASHA: every rung value is the trial's logged value at that epoch (nothing forgotten across the two restores),
     # and the trials it stopped are the ones MLflow calls stopped
-    asha = json.loads((folder / RESUME_DIR / "asha_state.json").read_text())
-    for rung in asha["rungs"]:
-        reached = {t: dict(points)[rung["milestone"]] for t, points in histories.items()
-                   if len(points) >= rung["milestone"]}
-        assert rung["recorded"] == pytest.approx(reached), rung["milestone"]
+    asha = PersistentASHA(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2, metric="val_acc", mode="max")
+    asha.restore(str(folder / RESUME_DIR / STATE_FILE))
+    for milestone, recorded in asha.rungs():
+        reached = {t: dict(points)[milestone] for t, points in histories.items() if len(points) >= milestone}
+        assert recorded == pytest.approx(reached), milestone
     stopped = {t for t, run in runs.items() if run.data.tags["dt.outcome"] == "stopped"}
-    assert stopped <= set(asha["stopped"]) and set(asha["stopped"]) - stopped <= {
+    assert stopped <= asha.stopped and asha.stopped - stopped <= {
         t for t, points in histories.items() if len(points) == 4}
 
 
