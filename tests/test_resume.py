@@ -173,6 +173,22 @@ def test_ray_state_is_copied_whole_and_put_back(tmp_path):
     assert (folder / "search.json").read_text() == "ours"
 
 
+def test_search_json_holds_the_settings_as_they_are(tmp_path, monkeypatch):
+    from tuner.run import locate_resume, parse_args, settings_from_flags
+
+    monkeypatch.chdir(tmp_path)
+    flags = ["--space", "dgl_quick", "--num-samples", "3", "--data-dir", "data", "--max-failures", "5"]
+    settings = settings_from_flags(parse_args(flags))
+    assert settings.data_dir == str(tmp_path / "data") and settings.storage == str(tmp_path / "runs")
+    assert settings.mlflow_uri == f"sqlite:///{tmp_path}/mlflow.db"  # absolute: resumable from anywhere
+    folder = tmp_path / "runs" / "dgl_quick-20260101-000000"
+    SearchRecord(name=folder.name, space="dgl_quick", space_path="", settings=settings,
+                 experiment="dgl_quick").save(folder)
+    assert json.loads((folder / "search.json").read_text())["settings"]["num_samples"] == 3
+    found, record = locate_resume("latest", tmp_path / "runs", "dgl_quick")
+    assert found == folder and record.settings == settings and record.mlflow_uri == settings.mlflow_uri
+
+
 class FakeTrial:
     def __init__(self, trial_id, status, last_result=None):
         self.trial_id, self.status, self.config = trial_id, status, {"lr": 0.1}

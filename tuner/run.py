@@ -76,7 +76,7 @@ def locate_resume(resume: str, storage: Path, space_name: str) -> tuple[Path, Se
         folder = Path(resume).expanduser().resolve()
     try:
         record = SearchRecord.load(folder)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, KeyError):
         raise SetupError(f"--resume {folder}: not a search folder (no readable search.json)") from None
     if record.status == "finished":
         raise SetupError(f"--resume {folder}: that search already finished")

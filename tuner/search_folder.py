@@ -95,7 +95,7 @@ def unfinished(storage: Path, space: str) -> list[Path]:
     for record_file in storage.glob(f"*/{RECORD}"):
         try:
             record = SearchRecord.load(record_file.parent)
-        except (ValueError, TypeError, OSError):
+        except (ValueError, TypeError, KeyError, OSError):  # not a search's record, or one of an older layout
             continue
         if record.space == space and record.status != "finished":
             found.append((record.created, record_file.parent))
