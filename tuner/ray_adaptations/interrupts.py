@@ -2,8 +2,7 @@
 
 - A terminal sends Ctrl-C's SIGINT to its whole process group, Ray's workers included, where it raises
   KeyboardInterrupt wherever the trial happens to be (a traceback on the console, a trial that looks crashed).
-  Each worker ignores SIGINT (environment.WORKER_SETUP); Tune's handler in the driver stops
-  the search.
+  Each worker ignores SIGINT (environment.WORKER_SETUP); Tune's handler in the driver stops the search.
 - On a stopped search Tune asks each trial's actor to stop, and that request waits behind the epoch in progress;
   Tune kills the actor only 10 s later (TuneController._actor_force_cleanup_timeout, hard-coded). A trial keeps
   nothing of an unfinished epoch (it checkpoints after each one, and Tune drops the results of a trial it is
@@ -18,6 +17,7 @@ import importlib
 import signal
 
 from ray.tune.execution.tune_controller import TuneController
+
 
 def ignore_sigint() -> None:
     """environment.WORKER_SETUP runs this in each worker process as it starts, in its main thread."""
