@@ -10,7 +10,7 @@ JSON line on stdout and in OUT/gpu_check.jsonl, by its `bench` key:
                host_syncs_per_epoch, the times a 20-step epoch made the host wait for the GPU (sync debug mode)
   variant      backprop at batch 512 with cudnn.benchmark on, and with compile=True: measured, not assumed
   concurrency  1, 2, 4 dgl trials (processes) sharing the GPU at batch 128: total images/s
-  search       a 4-trial Ray Tune search (tuner.trainable.train_trial) at 0.25 GPU per trial, 2 epochs, on the
+  search       a 4-trial Ray Tune search (tuner.trial.train_trial) at 0.25 GPU per trial, 2 epochs, on the
                CIFAR-10 folder given with --data-dir (random images without one): per-trial images/s and val_acc,
                wall time, peak device memory in use
   extra        dgl at batch 128 with compile=True, only if the time budget has room left
@@ -151,7 +151,7 @@ def section_search(rows: Rows, s: dict, device, data_dir: str | None, dry: bool)
                                                  f"(pip install -e .) or see bench/gpu_check.sh"})
         return
     from tuner.cluster import init_ray
-    from tuner.trainable import train_trial
+    from tuner.trial import train_trial
 
     arrays, source = search_arrays(data_dir, dry)
     base = resolve({"trainer": "dgl", "model": s["model"], "width": s["search_width"], "epochs": 2,

@@ -13,7 +13,7 @@
 #                         theirs) as wheels for CPython 3.12 on x86-64 Linux, unpacked, without Ray's Java jars
 #                         (unused from Python), re-packed with xz to keep the bundle small.
 #                         gpu_check.sh unpacks it to /tmp/dt-site and puts that on PYTHONPATH.
-# Optuna and MLflow are not included: the check drives Tune directly (tune.Tuner over tuner.trainable.train_trial),
+# Optuna and MLflow are not included: the check drives Tune directly (tune.Tuner over tuner.trial.train_trial),
 # the path whose speed matters; the searcher and the tracker run in the driver, not in the trials.
 set -euo pipefail
 cd "$(dirname "$0")/.."

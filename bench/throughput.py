@@ -9,7 +9,7 @@ Rows, by their `bench` key:
                round the trainers take turns, so a busy neighbour slows all of them alike.
   vs_backprop  each method's time per image over backprop's on the same network, paired round by round: the cost of
                aux heads / synthetic-gradient modules. `plain` over backprop is the cost of our trainer machinery.
-  ray          the same trainer inside a Ray Tune trial (tuner.trainable.train_trial, its reported images_per_s on
+  ray          the same trainer inside a Ray Tune trial (tuner.trial.train_trial, its reported images_per_s on
                warm epochs) against the same trainer outside Ray and the plain loop, same threads, same data; and
                what Tune adds to every epoch (report + checkpoint), in seconds.
   concurrency  total images/s with 1, 2, 4 trials at once on one device, each its own process, as Ray runs them;
@@ -129,7 +129,7 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
     from tuner.cluster import init_ray
     from tuner.data import make_splits
     from tuner.epoch import run_epoch
-    from tuner.trainable import train_trial
+    from tuner.trial import train_trial
 
     val_size = max(100, images // 10)
     arrays = synthetic_arrays(images + val_size, 100)

@@ -31,6 +31,6 @@ def lr_factor(step: int, cfg: dict, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def make_scheduler(optimizer, cfg: dict, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_lr_schedule(optimizer, cfg: dict, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per batch. LambdaLR's state_dict holds the step count, so a checkpoint resumes the schedule."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from models.heads import SyntheticGradient, aux_head
 from models.losses import local_loss
 from models.networks import build_network
-from models.optim import make_optimizer, make_scheduler
+from models.optim import make_lr_schedule, make_optimizer
 
 NAN_CHECK_EVERY = 50  # steps; one host sync this often lets a diverged run stop early without a sync per step
 
@@ -75,7 +75,7 @@ class Trainer:
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
         self.parts.to(self.device, memory_format=memory_format)
         self.optimizers = [make_optimizer(params, cfg) for params in param_groups]
-        self.schedulers = [make_scheduler(opt, cfg, steps_per_epoch) for opt in self.optimizers]
+        self.schedulers = [make_lr_schedule(opt, cfg, steps_per_epoch) for opt in self.optimizers]
         if cfg.compile:
             allow_recompiles(len(self.network.blocks))
         self.blocks = [self.compiled(block) for block in self.network.blocks]  # compiled views; state stays in parts

@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tuner.outcome import trial_outcome
+from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch, make_searcher
 from tuner.schema import KEYS, resolve
-from tuner.searcher import HonestOptunaSearch, make_searcher
 from tuner.tracking import MLflowTracker, close_dangling_runs, finish_parent_run, reopen_run, start_parent_run
 
 State = optuna.trial.TrialState

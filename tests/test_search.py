@@ -95,7 +95,7 @@ def test_tiny_search_end_to_end(tmp_path, fake_data):
 
     # what Optuna was told: completed -> COMPLETE, stopped by ASHA -> PRUNED, diverged -> FAIL
     import optuna
-    from tuner.searcher import HonestOptunaSearch
+    from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch
 
     folder = Path(parent.data.tags["dt.storage"])
     searcher = HonestOptunaSearch()

@@ -1,8 +1,7 @@
 """Starting or joining Ray, quietly; and the checks a search on a cluster of several machines needs first.
 
-Out of the box Ray 2.60 tries to send usage statistics (this is an offline research tool), prints a line per
-checkpoint and per trial start, and writes a new "output engine" table that ignores our progress reporter.
-These settings must be in the environment before Ray starts, and are inherited by its workers.
+Ray starts with the environment tuner/ray_adaptations/environment.py sets (quieter logs, no usage statistics, the
+experiment state written at every step), and its workers ignore the terminal's Ctrl-C.
 
 On a cluster (`--address`), three things go wrong late and obscurely unless checked first (recipe: docs/cluster.md):
   - token authentication, on by default: a machine without the head's token is refused after ~20 s of retries
@@ -22,27 +21,11 @@ import os
 import secrets
 import socket
 import sys
-import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
 from tuner.errors import ClusterError, one_line
-
-QUIET_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",         # no network calls for usage statistics
-    "RAY_AIR_NEW_OUTPUT": "0",              # the classic progress table, which honours max_report_frequency
-    "RAY_DEDUP_LOGS": "1",
-    "RAY_DEDUP_LOGS_ALLOW_REGEX": "resumed from its epoch",  # each resumed trial's line (trainable.py), never merged
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers per trial: MLflow is the record
-    "RAY_TRAIN_V2_ENABLED": "0",
-    "PYTHONWARNINGS": "ignore::DeprecationWarning",
-    # snapshot the experiment state after every event, not every ~10 s: a killed driver then loses no finished
-    # trial (the snapshot is a few small pickles; measured cost is in the README)
-    "TUNE_GLOBAL_CHECKPOINT_S": "0",
-    # a crashed trial is one line on the console (tuner.search.FailureNotices); its traceback goes to its error file
-    # and to MLflow (error.txt), not over the progress table
-    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
-}
+from tuner.ray_adaptations.environment import WORKER_SETUP, prepare_environment
 
 DEFAULT_PORT = 6379           # Ray's GCS port when an address names none
 PROBE_TIMEOUT_S = 5           # a TCP connect to the head; ray.init itself would retry for minutes
@@ -50,24 +33,11 @@ NODE_ANSWER_TIMEOUT_S = 60    # the storage check's tiny task on each node
 DOCS = "docs/cluster.md"
 
 
-def quiet_environment() -> None:
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # with a tracking server (http://), MLflow prints two lines of links for every run it ends, i.e. every trial
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    # on by default since Ray 2.5x and correct to keep on; its start-up notice is not something the user must act on
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    for name in ("ray", "ray.tune", "ray.train", "ray.air", "ray.data", "ray._private", "mlflow", "optuna",
-                 "alembic", "ray.train._internal.storage"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """A local Ray (address None) or an existing cluster (`--address`)."""
-    quiet_environment()
+    prepare_environment()
     import ray
 
     if ray.is_initialized():
@@ -75,7 +45,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         probe_address(address)
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
-                  configure_logging=True)
+                  configure_logging=True, runtime_env=WORKER_SETUP)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -290,7 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("--storage", help="the --storage folder a search would use")
     p.add_argument("--mlflow-uri", help="the --mlflow-uri a search would use")
     args = p.parse_args(argv)
-    quiet_environment()
+    prepare_environment()
     try:
         probe_address(args.address)
         print(f"{args.address}: the head answers and accepts this machine's token")

@@ -8,15 +8,17 @@ the test set -> summary.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from tuner.cluster import quiet_environment
 from tuner.errors import SetupError, UserError, one_line
 from tuner.locations import absolute_tracking_uri, limit_mlflow_http
-from tuner.searches import RECORD, SearchRecord, driver_pid, new_name, resume_command, unfinished
+from tuner.ray_adaptations.environment import prepare_environment
+from tuner.search_folder import RECORD, SearchRecord, driver_pid, new_name, resume_command, unfinished
+from tuner.settings import SearchSettings
 from tuner.space import Space
 from tuner.space_file import list_spaces, load_space
 
@@ -44,26 +46,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_space(args) -> Space:
-    space = load_space(args.space)
-    return space.with_overrides(num_samples=args.num_samples, max_epochs=args.max_epochs,
-                                train_subset=args.train_subset, seed=args.seed, cpus=args.cpus_per_trial,
-                                gpus=args.gpus_per_trial, max_concurrent=args.max_concurrent)
+def settings_from_flags(args: argparse.Namespace) -> SearchSettings:
+    """The flags that say what the search does (not --dry-run/--resume/--fresh, which say what to do with it);
+    paths made absolute, so a search resumed from another folder finds the same files."""
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else None
+
+    return SearchSettings(
+        space=args.space, storage=absolute(args.storage), mlflow_uri=absolute_tracking_uri(args.mlflow_uri),
+        experiment_name=args.name, data_dir=absolute(args.data_dir), address=args.address,
+        max_failures=args.max_failures, num_samples=args.num_samples, max_epochs=args.max_epochs,
+        train_subset=args.train_subset, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent)
 
 
-def locate_resume(args, space_name: str) -> tuple[Path, SearchRecord]:
-    """The unfinished search that --resume means: the latest of this space, or the folder given."""
-    if args.resume == "latest":
-        storage = Path(args.storage).expanduser().resolve()
+def resolve_space(settings: SearchSettings) -> Space:
+    space = load_space(settings.space)
+    return space.with_overrides(num_samples=settings.num_samples, max_epochs=settings.max_epochs,
+                                train_subset=settings.train_subset, seed=settings.seed, cpus=settings.cpus_per_trial,
+                                gpus=settings.gpus_per_trial, max_concurrent=settings.max_concurrent)
+
+
+def locate_resume(resume: str, storage: Path, space_name: str) -> tuple[Path, SearchRecord]:
+    """The unfinished search that --resume means: the latest of this space under `storage`, or the folder given."""
+    if resume == "latest":
         candidates = unfinished(storage, space_name)
         if not candidates:
             raise SetupError(f"--resume: no unfinished search of '{space_name}' under {storage}")
         folder = candidates[-1]
     else:
-        folder = Path(args.resume).expanduser().resolve()
+        folder = Path(resume).expanduser().resolve()
     try:
         record = SearchRecord.load(folder)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, KeyError):
         raise SetupError(f"--resume {folder}: not a search folder (no readable search.json)") from None
     if record.status == "finished":
         raise SetupError(f"--resume {folder}: that search already finished")
@@ -75,26 +90,21 @@ def locate_resume(args, space_name: str) -> tuple[Path, SearchRecord]:
     return folder, record
 
 
-def new_search(args, space: Space) -> tuple[Path, SearchRecord]:
+def new_search(settings: SearchSettings, space: Space, fresh: bool) -> tuple[Path, SearchRecord]:
     """A folder and record for a new search. Touches nothing on disk."""
-    storage = Path(args.storage).expanduser().resolve()
+    storage = Path(settings.storage)
     pending = unfinished(storage, space.name)
-    if pending and not args.fresh:
+    if pending and not fresh:
         pid = driver_pid(pending[-1])
         if pid:
             raise SetupError(f"a search of '{space.name}' is running now at {pending[-1]} (driver pid {pid}); "
                              f"start another beside it with --fresh")
         raise SetupError(f"an unfinished search of '{space.name}' is at {pending[-1]}; continue it with "
-                         f"`{resume_command(args.space, pending[-1])}` or start another with --fresh")
+                         f"`{resume_command(settings.space, pending[-1])}` or start another with --fresh")
     name = new_name(space.name)
-    overrides = {k: v for k, v in vars(args).items() if k in OVERRIDE_FLAGS and v is not None}
-    record = SearchRecord(name=name, space=space.name, space_path=str(space.path), overrides=overrides,
-                          mlflow_uri=absolute_tracking_uri(args.mlflow_uri), experiment=args.name or space.name)
+    record = SearchRecord(name=name, space=space.name, space_path=str(space.path), settings=settings,
+                          experiment=settings.experiment_name or space.name)
     return storage / name, record
-
-
-OVERRIDE_FLAGS = ("num_samples", "max_epochs", "train_subset", "seed", "cpus_per_trial", "gpus_per_trial",
-                  "max_concurrent", "data_dir")
 
 
 def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, address: str | None) -> str:
@@ -141,15 +151,6 @@ def preflight(folder: Path, mlflow_uri: str) -> None:
     check_tracking_uri(mlflow_uri)
 
 
-def code_version() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def check_tracking_uri(uri: str) -> None:
     """One cheap query, with MLflow's HTTP retries turned down so an unreachable server fails in seconds."""
     limit_mlflow_http(max_retries=0, timeout_s=10)
@@ -162,29 +163,30 @@ def check_tracking_uri(uri: str) -> None:
 
 
 def main(argv=None) -> int:
-    quiet_environment()
+    prepare_environment()
     args = parse_args(argv)
     folder = None
     try:
         check_storage_flag(args.storage)
+        settings = settings_from_flags(args)
         if args.resume:
-            folder, record = locate_resume(args, load_space(args.space).name)
-            # a resumed search keeps what it started with; flags given now are not silently mixed in
-            for key, value in record.overrides.items():
-                setattr(args, key, value)
-            args.mlflow_uri, args.name = record.mlflow_uri, record.experiment
-            space = resolve_space(args)
+            folder, record = locate_resume(args.resume, Path(settings.storage), load_space(args.space).name)
+            # a resumed search keeps what it started with; flags given now are not silently mixed in. Only where
+            # Ray runs may differ (a cluster restarted at another address), and the space as named now.
+            settings = dataclasses.replace(record.settings, space=args.space, address=args.address)
+            record.settings = settings
+            space = resolve_space(settings)
         else:
-            space = resolve_space(args)
-            folder, record = new_search(args, space)
-        print(plan_text(space, folder, record, bool(args.resume), args.address), flush=True)
+            space = resolve_space(settings)
+            folder, record = new_search(settings, space, args.fresh)
+        print(plan_text(space, folder, record, bool(args.resume), settings.address), flush=True)
         if args.dry_run:
             print("\n" + space.describe())
             print("\n--dry-run: nothing was started.")
             return 0
         preflight(folder, record.mlflow_uri)
         from tuner.search import run_search  # heavy imports (Ray, torch) only once the plan stands
-        return run_search(space, folder, record, bool(args.resume), args)
+        return run_search(space, folder, record, bool(args.resume), settings)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -196,4 +198,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # the interpreter's last garbage collections walk every object Ray, torch and MLflow made: seconds spent (also
+    # after Ctrl-C) freeing memory the process is about to give back anyway
+    gc.freeze()
+    sys.exit(exit_code)

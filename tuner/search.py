@@ -3,37 +3,40 @@
 Interruptions. Ctrl-C (or SIGTERM) stops the search gracefully: Ray saves its state, the runs of the trials in
 flight are ended KILLED with dt.outcome 'running' (they continue on --resume), the parent run is tagged
 interrupted and the resume command printed; exit code 130. A killed driver (SIGKILL, a crash) leaves the state
-of the last controller step in which anything happened to a trial (SnapshotOnEvents). `--resume` restores it:
-finished and failed trials stay as they ended, trials in flight continue from their last epoch checkpoint,
-and the searcher, ASHA's rungs and MLflow carry on where they stood.
+of the last controller step in which anything happened to a trial. `--resume` restores it: finished and failed
+trials stay as they ended, trials in flight continue from their last epoch checkpoint, and the searcher, ASHA's
+rungs and MLflow carry on where they stood. What this takes beyond Ray's public API is in tuner/ray_adaptations.
 """
 
 from __future__ import annotations
 
-import logging
-import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from ray.tune.logger import JsonLoggerCallback
 
 from tuner.cluster import check_cluster, init_ray
-from tuner.errors import SetupError, error_line, one_line
+from tuner.errors import SetupError, one_line
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
-from tuner.outcome import trial_error_text, trial_outcome
+from tuner.outcome import trial_outcome
 from tuner.ranking import final_score, rank
-from tuner.scheduler import make_scheduler
-from tuner.searcher import make_searcher
-from tuner.searches import SearchRecord, claim, install_ray_snapshot, resume_command, save_ray_snapshot
+from tuner.ray_adaptations.asha import make_trial_scheduler
+from tuner.ray_adaptations.honest_optuna import make_searcher
+from tuner.ray_adaptations.interrupts import sigterm_as_ctrl_c, stop_trials_at_once
+from tuner.ray_adaptations.notices import FailureNotices, hide_interrupt_notices
+from tuner.ray_adaptations.snapshots import SnapshotOnEvents, install_ray_snapshot
+from tuner.search_folder import SearchRecord, claim, resume_command
+from tuner.settings import SearchSettings
 from tuner.space import Space, make_sampler
 from tuner.text import fmt_value, text_table
 from tuner.tracking import (MLflowTracker, close_dangling_runs, delete_child_runs, find_parent_run, finish_parent_run,
                             log_trial_metric, reopen_run, start_parent_run)
-from tuner.trainable import build, load_checkpoint, train_trial
+from tuner.trial import build_trial, load_checkpoint, train_trial
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_EVERY_S = 10
@@ -51,61 +54,6 @@ def progress_reporter(space: Space):
                             max_report_frequency=PROGRESS_EVERY_S, sort_by_metric=True, max_progress_rows=12)
 
 
-class SnapshotOnEvents(Callback):
-    """After each controller step in which something happened to a trial, copy Ray's experiment state whole
-    (tuner/searches.py says why). TUNE_GLOBAL_CHECKPOINT_S=0 (tuner/cluster.py) makes Ray write that state at
-    every step, so the copy is never behind the last event."""
-
-    def __init__(self):
-        self._reset()
-
-    def _reset(self) -> None:
-        self._dirty = True
-        self._num_trials = 0
-        self._copied = None  # (path, mtime) of the staging state last copied
-
-    def __getstate__(self) -> dict:
-        return {}  # pickled into tuner.pkl: a restored search starts afresh
-
-    def __setstate__(self, state: dict) -> None:
-        self._reset()
-
-    def _touch(self, *args, **info) -> None:
-        self._dirty = True
-
-    on_trial_start = on_trial_result = on_trial_complete = on_trial_error = on_trial_recover = _touch
-    on_trial_save = on_checkpoint = _touch
-
-    def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        if not trials or (not self._dirty and len(trials) == self._num_trials):
-            return
-        storage = trials[0].storage
-        staging = Path(storage.experiment_driver_staging_path)
-        states = sorted(staging.glob("experiment_state-*.json"))
-        if not states:
-            return
-        written = (states[-1], states[-1].stat().st_mtime_ns)
-        if written == self._copied:
-            return  # Ray has not written its state since the last copy; try again after the next step
-        save_ray_snapshot(staging, Path(storage.experiment_fs_path))
-        self._dirty, self._num_trials, self._copied = False, len(trials), written
-
-
-class FailureNotices(Callback):
-    """One line on the console for a trial that crashed, in place of Ray's traceback (TUNE_PRINT_ALL_TRIAL_ERRORS=0 in
-    tuner/cluster.py): what it raised, and where the whole traceback is (also in MLflow, as the run's error.txt)."""
-
-    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        print(f"trial {trial.trial_id} crashed ({error_line(trial_error_text(trial))}); retrying from its last "
-              f"checkpoint", flush=True)
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        # the copy in the search's folder: the one beside Ray's session files goes with them
-        kept = Path(trial.storage.trial_fs_path) / Path(trial.error_file or "error.txt").name
-        print(f"trial {trial.trial_id} failed ({error_line(trial_error_text(trial))}); traceback in {kept} and in "
-              f"MLflow (error.txt)", flush=True)
-
-
 def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, max_failures: int) -> tune.Tuner:
     base = space.base_config()
     constants = {k: v for k, v in base.model_dump().items() if k not in space.params}
@@ -120,7 +68,7 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
                             {"dt.trainer": space.trainer, "dt.model": space.model})
     return tune.Tuner(
         trainable_for(space, arrays),
-        tune_config=TuneConfig(search_alg=searcher, scheduler=make_scheduler(space),
+        tune_config=TuneConfig(search_alg=searcher, scheduler=make_trial_scheduler(space),
                                num_samples=space.num_samples, metric=space.metric, mode=space.mode,
                                trial_dirname_creator=lambda trial: trial.trial_id,
                                trial_name_creator=lambda trial: trial.trial_id),
@@ -134,9 +82,16 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
     )
 
 
-def open_parent_run(client: MlflowClient, space: Space, folder: Path, record: SearchRecord, resume: bool) -> None:
-    from tuner.run import code_version
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
+
+def open_parent_run(client: MlflowClient, space: Space, folder: Path, record: SearchRecord, resume: bool) -> None:
     if resume:  # the run it opened; found by name if the driver died before it could write the id down
         record.parent_run_id = record.parent_run_id or find_parent_run(client, record.experiment, record.name) or ""
         if record.parent_run_id:
@@ -157,34 +112,19 @@ def restore_tuner(space: Space, folder: Path, arrays: dict) -> tune.Tuner:
         raise SetupError(f"--resume {folder}: Ray cannot restore this search ({one_line(error)})") from None
 
 
-class _RayInterruptNotices(logging.Filter):
-    """Ray's own notices on Ctrl-C point at Tuner.restore() and list the trials in flight as if they had failed, and
-    a trial that never started has no metrics to fetch; run_search says what applies here instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        return not message.startswith(("Experiment has been interrupted", "Trials did not complete",
-                                       "Failed to fetch metrics"))
-
-
-def _sigterm_as_ctrl_c(signum, frame) -> None:
-    signal.raise_signal(signal.SIGINT)
-
-
-def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, args) -> int:
-    # a reboot or `kill` stops the search as gracefully as Ctrl-C (set again after ray.init, which replaces it)
-    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
-    arrays = load_arrays(args.data_dir)  # once, in the driver; trials share it through Ray's object store
-    init_ray(args.address)
-    check_cluster(folder.parent, record.mlflow_uri, args.address)  # several nodes: shared storage, a real server
+def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, settings: SearchSettings) -> int:
+    sigterm_as_ctrl_c()  # a reboot or `kill` stops the search as gracefully as Ctrl-C
+    arrays = load_arrays(settings.data_dir)  # once, in the driver; trials share it through Ray's object store
+    init_ray(settings.address)
+    check_cluster(folder.parent, record.mlflow_uri, settings.address)  # several nodes: shared storage, a real server
     lock = claim(folder)  # held until this process ends, whatever ends it
     if lock is None:
         raise SetupError(f"{folder}: another driver is running this search")
     record.status = "running"
     record.save(folder)  # from here on the search exists, and --resume continues it (or starts it anew)
-    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
-    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
-        logging.getLogger(name).addFilter(_RayInterruptNotices())
+    sigterm_as_ctrl_c()  # again: ray.init replaced it
+    hide_interrupt_notices()
+    stop_trials_at_once()
     client = MlflowClient(record.mlflow_uri)
     open_parent_run(client, space, folder, record, resume)
     record.save(folder)
@@ -193,10 +133,10 @@ def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, a
     else:
         if resume:  # the driver died before any trial started: start the search anew, in its own folder and run
             delete_child_runs(client, record.parent_run_id)
-        tuner = new_tuner(space, folder, record, arrays, args.max_failures)
+        tuner = new_tuner(space, folder, record, arrays, settings.max_failures)
     results = tuner.fit()
     if len(results) < space.num_samples or not all(_ended(result) for result in results):
-        return interrupted(results, space, folder, record, client, args)
+        return interrupted(results, space, folder, record, client)
     summary = summarize(results, space, arrays, client, record)
     close_dangling_runs(client, record.parent_run_id)  # a safety net: every trial ended, so no run may stay open
     finish_parent_run(client, record.parent_run_id, "finished", summary)
@@ -205,7 +145,7 @@ def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, a
     return 0
 
 
-def interrupted(results, space: Space, folder: Path, record: SearchRecord, client: MlflowClient, args) -> int:
+def interrupted(results, space: Space, folder: Path, record: SearchRecord, client: MlflowClient) -> int:
     """Ctrl-C: Ray saved the state; end the runs of the trials in flight as KILLED (undecided, see the module
     docstring), mark the parent and the record interrupted, and say how to continue."""
     close_dangling_runs(client, record.parent_run_id, status="KILLED", outcome=None)
@@ -214,7 +154,7 @@ def interrupted(results, space: Space, folder: Path, record: SearchRecord, clien
     record.status = "interrupted"
     record.save(folder)
     print(f"\nInterrupted: {ended} of {space.num_samples} trials ended; the trials in flight continue from their "
-          f"last epoch checkpoint. Continue with:\n  {resume_command(args.space, folder)}", flush=True)
+          f"last epoch checkpoint. Continue with:\n  {resume_command(record.settings.space, folder)}", flush=True)
     return 130
 
 
@@ -263,6 +203,6 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
 def best_test_accuracy(result, arrays: dict) -> float | None:
     if result.checkpoint is None:
         return None
-    trainer, data = build(result.config, arrays)
+    trainer, data = build_trial(result.config, arrays)
     load_checkpoint(trainer, result.checkpoint)
     return evaluate_split(trainer, data.test, "test")["test_acc"]

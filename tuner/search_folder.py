@@ -1,9 +1,10 @@
 """The record of each search on disk, so that an interrupted one can be found and resumed.
 
 Each search is one Ray experiment folder `<storage>/<space>-<YYYYmmdd-HHMMSS>/`. Beside Ray's own state we keep
-  - `search.json`: which space, its overrides, the MLflow parent run, and whether the search finished;
+  - `search.json`: the settings it was started with, the MLflow parent run, and whether the search finished;
   - `.driver.lock`: held (flock) by the driver while it runs, so a search is never driven twice at once;
-  - `resume_state/`: ASHA's rungs and `ray_state.pkl`, a whole copy of Ray's experiment state (see below).
+  - `resume_state/`: ASHA's state and `ray_state.pkl`, a whole copy of Ray's experiment state
+    (tuner/ray_adaptations says why each is needed).
 Our state lives in a subfolder because Ray, on restore, copies the top-level .json/.pkl files of the experiment
 folder to its staging area and from then on copies them back at every snapshot, over whatever we wrote since.
 """
@@ -13,17 +14,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
+
+from tuner.errors import SetupError  # noqa: F401  (raised by callers of this module's checks)
+from tuner.settings import SearchSettings
 
 RECORD = "search.json"
 LOCK = ".driver.lock"
 RESUME_DIR = "resume_state"
-RAY_SNAPSHOT = "ray_state.pkl"
-# Ray's experiment state: the trials, the searcher, the searcher's wrapper (how many trials it has suggested)
-RAY_STATE_PREFIXES = ("experiment_state-", "searcher-state-", "search_gen_state-", "callback-states-")
 
 
 @dataclass
@@ -31,8 +32,7 @@ class SearchRecord:
     name: str
     space: str                 # the space's name
     space_path: str
-    overrides: dict            # the command-line overrides it was started with (reapplied on resume)
-    mlflow_uri: str
+    settings: SearchSettings   # what it was started with; a resumed search keeps them (but for --address)
     experiment: str            # MLflow experiment name
     parent_run_id: str = ""
     status: str = "running"    # running | interrupted | finished ("running" after a killed driver, too)
@@ -42,19 +42,28 @@ class SearchRecord:
         """Atomically: a crash mid-write must not leave a half-written record."""
         atomic_write(Path(folder) / RECORD, json.dumps(asdict(self), indent=2).encode())
 
+    @property
+    def mlflow_uri(self) -> str:
+        return self.settings.mlflow_uri
+
     @classmethod
     def load(cls, folder: Path) -> "SearchRecord":
-        return cls(**json.loads((Path(folder) / RECORD).read_text()))
+        saved = json.loads((Path(folder) / RECORD).read_text())
+        return cls(**{**saved, "settings": SearchSettings(**saved["settings"])})
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write, flush to disk, then rename over `path`: a reader (or a resumed search) sees the old or the new file,
     never a torn one, whatever moment the writer is killed at."""
+    atomic_save(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_save(path: Path, write: Callable[[Path], object]) -> None:
+    """atomic_write for a writer that takes a path (e.g. a library's own `save(path)`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
+    write(tmp)
+    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
@@ -75,7 +84,7 @@ def unfinished(storage: Path, space: str) -> list[Path]:
     for record_file in storage.glob(f"*/{RECORD}"):
         try:
             record = SearchRecord.load(record_file.parent)
-        except (ValueError, TypeError, OSError):
+        except (ValueError, TypeError, KeyError, OSError):  # not a search's record, or one of an older layout
             continue
         if record.space == space and record.status != "finished":
             found.append((record.created, record_file.parent))
@@ -112,39 +121,3 @@ def driver_pid(folder: Path) -> str | None:
         except BlockingIOError:
             return handle.read().strip() or "?"
     return None
-
-
-# ------------------------------------------------------------------------------------ Ray's state, taken whole
-# Ray (2.60) writes its experiment state to a staging folder at every controller step, then copies the files into
-# the experiment folder one at a time, in a background thread, while the next step may already be rewriting them.
-# Measured during a search: about 1 read in 12 of experiment_state-*.json in the experiment folder found it torn.
-# A driver killed at such a moment leaves a state Ray cannot read, and Ray then silently starts the search over.
-# So after each step in which something happened to a trial (search.py, SnapshotOnEvents) we copy the staging
-# files, which are complete and consistent with each other at that point, into one file written atomically; a
-# resumed search puts them back before Ray reads the folder.
-
-
-def save_ray_snapshot(staging: Path, folder: Path) -> None:
-    """Copy the newest session's state files from Ray's staging folder into `folder`/resume_state/ray_state.pkl."""
-    states = sorted(staging.glob("experiment_state-*.json"))
-    if not states:
-        return
-    session = states[-1].name[len("experiment_state-"):-len(".json")]
-    files = {path.name: path.read_bytes() for path in staging.iterdir()
-             if path.name.startswith(RAY_STATE_PREFIXES) and path.stem.endswith(f"-{session}")}
-    atomic_write(folder / RESUME_DIR / RAY_SNAPSHOT, pickle.dumps(files))
-
-
-def install_ray_snapshot(folder: Path) -> bool:
-    """Make the last whole snapshot the only Ray state in `folder`. False when there is none (the driver died
-    before any trial started): Ray's own files are then all there is."""
-    path = folder / RESUME_DIR / RAY_SNAPSHOT
-    if not path.exists():
-        return False
-    files = pickle.loads(path.read_bytes())
-    for stale in folder.iterdir():  # other sessions' files, possibly newer and torn: Ray reads the newest
-        if stale.name.startswith(RAY_STATE_PREFIXES) and stale.name not in files:
-            stale.unlink()
-    for name, data in files.items():
-        atomic_write(folder / name, data)
-    return True

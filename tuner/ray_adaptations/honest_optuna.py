@@ -15,7 +15,6 @@ failed -> FAIL (ignored by TPE). NaN never reaches `tell`.
 
 from __future__ import annotations
 
-
 import optuna
 from ray import cloudpickle
 from ray.tune.search import ConcurrencyLimiter, Searcher

@@ -1,47 +1,38 @@
-"""ASHA whose rungs survive an interrupted search.
+"""ASHA whose state survives an interrupted search.
 
-Ray 2.60 saves the searcher and the callbacks with the experiment, but not the scheduler: after
-`Tuner.restore` ASHA starts with empty rungs and judges the resumed trials against nothing. Here the rungs (and
-which trials ASHA already stopped) are written to `resume_state/asha_state.json` after every decision and read back
-on the first trial of a restored search. A redone epoch finds its value already recorded (and a trial stopped just
-before the interruption is stopped again at once), so ASHA decides as it would have without the interruption.
+Ray saves the searcher and the callbacks with the experiment, but not the scheduler: after `Tuner.restore` ASHA
+starts with empty rungs and judges the resumed trials against nothing. Here ASHA's own `save` (its whole state)
+writes `resume_state/asha_state.pkl` after every decision, and its own `restore` reads it back on the first trial
+of a restored search. A redone epoch finds its value already recorded (and a trial stopped just before the
+interruption is stopped again at once), so ASHA decides as it would have without the interruption.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from tuner.searches import RESUME_DIR, atomic_write
+from tuner.search_folder import RESUME_DIR, atomic_save
 
-STATE_FILE = "asha_state.json"
+STATE_FILE = "asha_state.pkl"
 
 
 class PersistentASHA(AsyncHyperBandScheduler):
     def __init__(self, **kwargs):
         super().__init__(brackets=1, stop_last_trials=False, **kwargs)
         self.state_path: Path | None = None  # found from the first trial: wherever the search folder is now
-        self.stopped: set[str] = set()
+        self.stopped: set[str] = set()  # ASHA counts the trials it stopped; resuming needs to know which
         self._loaded = False
 
     def _load(self, folder: Path) -> None:
-        self._loaded = True
-        self.state_path = folder / RESUME_DIR / STATE_FILE
-        if not self.state_path.exists():
-            return
-        state = json.loads(self.state_path.read_text())
-        for (milestone, recorded), saved in zip(self._brackets[0]._rungs, state["rungs"]):
-            assert milestone == saved["milestone"], "asha_state.json belongs to a different schedule"
-            recorded.clear()
-            recorded.update(saved["recorded"])
-        self.stopped = set(state["stopped"])
-        self._num_stopped = len(self.stopped)
+        state_path = folder / RESUME_DIR / STATE_FILE
+        if state_path.exists():
+            self.restore(str(state_path))
+        self.state_path, self._loaded = state_path, True  # the folder may have moved since the state was saved
 
     def _save(self) -> None:
-        rungs = [{"milestone": milestone, "recorded": recorded} for milestone, recorded in self._brackets[0]._rungs]
-        atomic_write(self.state_path, json.dumps({"rungs": rungs, "stopped": sorted(self.stopped)}).encode())
+        atomic_save(self.state_path, lambda tmp: self.save(str(tmp)))
 
     def on_trial_add(self, tune_controller, trial):
         if not self._loaded:
@@ -65,11 +56,16 @@ class PersistentASHA(AsyncHyperBandScheduler):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_loaded"] = False  # a restored copy (from tuner.pkl) must read the rungs from disk
+        state["_loaded"] = False  # a restored copy (from tuner.pkl) must read the state from disk
         return state
 
+    def rungs(self) -> list[tuple[int, dict]]:
+        """(milestone, {trial id: value recorded there}) for each rung, lowest first."""
+        (bracket,) = self._brackets
+        return sorted((milestone, dict(recorded)) for milestone, recorded in bracket._rungs)
 
-def make_scheduler(space) -> TrialScheduler:
+
+def make_trial_scheduler(space) -> TrialScheduler:
     sched = space.scheduler
     if sched.type != "asha":
         return FIFOScheduler()

@@ -22,11 +22,11 @@ import torch
 from ray import tune
 
 from models.trainers import build_trainer
-from tuner.cluster import quiet_environment
 from tuner.schema import TrialConfig, resolve
 from tuner.data import make_splits
 from tuner.device import limit_gpu_memory, limit_threads, pick_device
 from tuner.epoch import run_epoch, steps_per_epoch
+from tuner.ray_adaptations.environment import prepare_environment
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -54,7 +54,7 @@ def finite_only(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
 
-def build(config: dict, arrays: dict, gpu_share: float | None = None):
+def build_trial(config: dict, arrays: dict, gpu_share: float | None = None):
     """The trainer and its data for a trial config (also used by the driver to evaluate the best checkpoint).
     `gpu_share`: the fraction of a GPU Ray granted the trial, which caps its GPU memory before anything is allocated."""
     cfg = resolve(config)
@@ -66,9 +66,9 @@ def build(config: dict, arrays: dict, gpu_share: float | None = None):
 
 
 def train_trial(config: dict, arrays: dict) -> None:
-    quiet_environment()  # this runs in a Ray worker process: its loggers are its own
+    prepare_environment()  # this runs in a Ray worker process: its loggers are its own
     limit_threads(granted("CPU"))  # two 1-CPU trials on 2 cores: one thread each, no oversubscription
-    trainer, data = build(config, arrays, gpu_share=granted("GPU"))
+    trainer, data = build_trial(config, arrays, gpu_share=granted("GPU"))
     cfg = trainer.cfg
     trial_id = tune.get_context().get_trial_id()
     checkpoint = tune.get_checkpoint()
