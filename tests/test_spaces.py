@@ -183,7 +183,7 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "float dist on int key": (variant(search__aux_width={"type": "uniform", "low": 8, "high": 64}),
                               "search.aux_width.type"),
     "empty choices": (variant(search__aux_head={"type": "choice", "values": []}), "search.aux_head.values"),
-    "bad choice": (variant(search__aux_head={"type": "choice", "values": ["mlp", "foo"]}), "search.aux_head.values[1]"),
+    "bad choice": (variant(search__aux_head={"type": "choice", "values": ["flatten_mlp", "foo"]}), "search.aux_head.values[1]"),
     "duplicate choice": (variant(search__aux_width={"type": "choice", "values": [64, 64]}), "search.aux_width.values"),
     "when unknown parent": (variant(search__dropout={"type": "uniform", "low": 0, "high": 0.5, "when": {"aux_head": "mlp"}}),
                             "search.dropout.when.aux_head: unknown key"),

@@ -26,8 +26,11 @@ def make(data, **overrides):
 
 
 CASES = [dict(trainer=t) for t in ("backprop", "dgl", "dni", "cdni")] + [
-    dict(trainer="dgl", aux_head="mlp_sr", aux_depth=2),
-    dict(trainer="dgl", aux_head="conv", aux_depth=1, aux_width=16),
+    dict(trainer="dgl", aux_head="mlp_sr"),
+    dict(trainer="dgl", aux_head="nokland"),
+    dict(trainer="dgl", aux_head="pooled_mlp", aux_depth=2),
+    dict(trainer="dgl", aux_head="conv", aux_convs=1, aux_width=16),
+    dict(trainer="dni", sg_kernel=3, sg_after_last_block=False),
     dict(trainer="dgl", local_loss="sim"),
     dict(trainer="dgl", local_loss="predsim"),
     dict(trainer="dgl", model="vgg11", num_blocks=3, dropout=0.1),

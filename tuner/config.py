@@ -8,7 +8,7 @@ from __future__ import annotations
 
 TRAINERS = ("backprop", "dgl", "dni", "cdni")
 MODELS = ("basiccnn", "vgg11", "vgg13", "vgg16", "vgg19")
-AUX_HEADS = ("mlp", "mlp_sr", "conv")
+AUX_HEADS = ("flatten_mlp", "mlp_sr", "nokland", "pooled_mlp", "conv")  # models/heads.py says what each is
 LOCAL_LOSSES = ("pred", "sim", "predsim")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -24,12 +24,16 @@ DEFAULTS: dict = {
     "num_blocks": None,      # None: one block per conv layer (VGG) / conv stage (basiccnn); 1 = backprop
     "dropout": 0.0,          # dropout after each conv unit
     # local learning: DGL auxiliary heads and losses
-    "aux_head": "mlp",
-    "aux_width": 512,
-    "aux_depth": 1,
-    "aux_pool": 2,
+    "aux_head": "flatten_mlp",  # the write-up's head (flatten -> 512 -> 10)
+    "aux_width": 512,        # hidden units (flatten_mlp, pooled_mlp) / channels (conv); unused by mlp_sr, nokland
+    "aux_depth": 1,          # hidden Linear layers of flatten_mlp and pooled_mlp only
+    "aux_convs": 1,          # 3x3 conv layers of the conv head only
+    "aux_pool": 2,           # pooled_mlp and conv heads: pooled spatial size
     "local_loss": "pred",
-    "sim_weight": 0.99,      # predsim: (1 - sim_weight) * CE + sim_weight * sim
+    "sim_weight": 0.99,      # predsim: (1 - sim_weight) * CE + sim_weight * sim (Nøkland's 0.01 / 0.99)
+    # DNI / cDNI synthetic-gradient modules; the defaults are the write-up's
+    "sg_kernel": 5,          # kernel of the module's three convs
+    "sg_after_last_block": True,  # a module after the last block too (the classifier learns from the loss alone)
     # optimisation
     "optimizer": "sgd",
     "lr": 0.05,
@@ -46,6 +50,7 @@ DEFAULTS: dict = {
     # data
     "train_subset": None,    # None: the whole training split; else a stratified, seeded subset of that size
     "val_size": 5000,        # held out from the training set; the metric a search optimises
+    "split_seed": 0,         # which images are held out (and the training subset): fixed per search, apart from seed
     "augment": True,
     # run
     "seed": 0,
@@ -56,18 +61,18 @@ DEFAULTS: dict = {
 
 CHOICES = {
     "trainer": TRAINERS, "model": MODELS, "aux_head": AUX_HEADS, "local_loss": LOCAL_LOSSES,
-    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES,
+    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "sg_kernel": (3, 5),
 }
 
 # (low, high, low_inclusive): numeric keys and the interval their values must lie in
 BOUNDS = {
     "width": (0.0, 64.0, False), "num_blocks": (1, 10_000, True), "dropout": (0.0, 1.0, True),
-    "aux_width": (1, 1 << 16, True), "aux_depth": (0, 16, True), "aux_pool": (1, 64, True),
+    "aux_width": (1, 1 << 16, True), "aux_depth": (0, 16, True), "aux_convs": (0, 16, True), "aux_pool": (1, 64, True),
     "sim_weight": (0.0, 1.0, True), "lr": (0.0, 1e6, False), "momentum": (0.0, 1.0, True),
     "weight_decay": (0.0, 1e3, True), "warmup_epochs": (0, 10_000, True), "lr_step_epochs": (1, 10_000, True),
     "lr_gamma": (0.0, 1.0, False), "label_smoothing": (0.0, 1.0, True), "epochs": (1, 100_000, True),
     "batch_size": (1, 1 << 20, True), "train_subset": (10, 10_000_000, True), "val_size": (0, 10_000_000, True),
-    "seed": (0, 2**63 - 1, True), "eval_batch_size": (1, 1 << 20, True),
+    "seed": (0, 2**63 - 1, True), "split_seed": (0, 2**63 - 1, True), "eval_batch_size": (1, 1 << 20, True),
 }
 
 
