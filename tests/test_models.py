@@ -67,7 +67,7 @@ def test_flatten_mlp_is_the_writeups_head():
     h = head("flatten_mlp", channels, size)
     assert [type(m).__name__ for m in h] == ["Flatten", "Linear", "ReLU", "Linear"]
     assert (h[1].in_features, h[1].out_features, h[3].out_features) == (65536, 512, 10)
-    assert count(h) == 65536 * 512 + 512 + 512 * 10 + 10 == 33_559_050
+    assert count(h) == 65536 * 512 + 512 + 512 * 10 + 10 == 33_560_074
 
 
 def test_mlp_sr_is_eugenium_dgls():
@@ -75,7 +75,7 @@ def test_mlp_sr_is_eugenium_dgls():
     # 3 x (1x1 conv C->C no bias + BN2d) = 3*(128*128 + 256); 3 x (Linear 4C->4C + BN1d) = 3*(512*512 + 512 + 1024);
     # Linear 4C->10 = 5130
     h = head("mlp_sr", 128, 32)
-    assert count(h) == 3 * (128 * 128 + 256) + 3 * (512 * 512 + 512 + 1024) + 5130 == 842_634
+    assert count(h) == 3 * (128 * 128 + 256) + 3 * (512 * 512 + 512 + 1024) + 5130 == 846_090
     pools = [m.output_size for m in h if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
     assert pools == [8, 2]  # ceil(32 / 4), then 2x2
     assert [m.kernel_size for m in h if isinstance(m, torch.nn.Conv2d)] == [(1, 1)] * 3
@@ -85,7 +85,8 @@ def test_mlp_sr_is_eugenium_dgls():
 @pytest.mark.parametrize("channels, size, kernel, features", [
     (128, 32, (8, 4), 128 * 4 * 8),   # 131,072 inputs > 4096: kernel doubled h, w, h, w, h until C*h*w <= 4096
     (64, 32, (4, 4), 64 * 8 * 8),
-    (512, 2, (2, 1), 512 * 1 * 2),    # the height kernel reaches the size: the loop stops above 4096
+    (512, 4, (2, 1), 512 * 2 * 4),    # 8192: halving the height is enough
+    (8192, 2, (2, 2), 8192),          # the height kernel reaches the size: the loop stops above 4096
     (16, 8, None, 16 * 8 * 8),        # already <= 4096: no pooling
 ])
 def test_nokland_head_is_his_decoder(channels, size, kernel, features):

@@ -216,10 +216,10 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "duplicate key": (variant().replace("num_samples: 4", "num_samples: 4\nnum_samples: 8"), "duplicate key"),
     "yes as a number": (variant().replace("num_samples: 4", "num_samples: yes"), "num_samples"),
     "yes as a bound": (variant().replace("high: 3", "high: yes"), "search.aux_depth.high"),
-    "when cycle": (variant(search={"aux_head": {"type": "choice", "values": ["mlp", "conv"],
+    "when cycle": (variant(search={"aux_head": {"type": "choice", "values": ["flatten_mlp", "conv"],
                                                 "when": {"local_loss": "pred"}},
                                    "local_loss": {"type": "choice", "values": ["pred", "sim"],
-                                                  "when": {"aux_head": "mlp"}}},
+                                                  "when": {"aux_head": "flatten_mlp"}}},
                            searcher={"type": "random"}), "search: 'when' conditions form a cycle"),
 }
 

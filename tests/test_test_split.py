@@ -5,10 +5,10 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
+from fakedata import learnable_arrays
 
 import tuner.search
 import tuner.trainable as trial
-from fakedata import learnable_arrays
 from tuner.data import Split, make_splits
 
 SEALED = {"open": False, "reads": 0}
