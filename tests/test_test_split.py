@@ -63,3 +63,15 @@ def test_a_trial_never_reads_the_test_split_and_the_final_evaluation_does(monkey
     best = SimpleNamespace(config=config, checkpoint=trial.tune.Checkpoint.from_directory(str(reports[-1][1])))
     accuracy = tuner.search.best_test_accuracy(best, arrays)
     assert 0.0 <= accuracy <= 1.0 and SEALED["reads"] > 0
+
+
+def test_the_validation_split_follows_split_seed_not_the_model_seed():
+    import torch
+
+    arrays = learnable_arrays(300, 20, seed=0)
+    base = {"trainer": "backprop", "model": "basiccnn", "width": 0.125, "val_size": 50, "train_subset": 100,
+            "device": "cpu"}
+    val = {key: trial.build({**base, **extra}, arrays)[1].val.x for key, extra in
+           {"a": {"seed": 0}, "b": {"seed": 7}, "c": {"seed": 0, "split_seed": 1}}.items()}
+    assert torch.equal(val["a"], val["b"])
+    assert not torch.equal(val["a"], val["c"])
