@@ -19,17 +19,29 @@ from tuner.metric_names import block_accuracies
 from tuner.text import markdown_table
 from tuner.train import train
 
-# name -> overrides on top of the shared budget; "dgl (write-up)" is the write-up's setting
+# The write-up's optimisation (AlonNT/Thesis main.py defaults: SGD lr 0.005, momentum 0.9 without Nesterov, weight
+# decay 1e-5, batch 64; utils.py train_model keeps the lr constant). The other rows share the project's defaults.
+WRITEUP_OPTIMISATION = {"optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 1e-5,
+                        "batch_size": 64, "schedule": "constant"}
+
+# name -> overrides on top of the shared budget. "dgl (write-up)" is the write-up's DGL: one block per conv layer,
+# its flatten-MLP head (AlonNT/Thesis vgg.py get_blocks: Flatten -> Linear(C*H*W, 512) -> ReLU -> Linear(512, 10)).
+WRITEUP_DGL = {"trainer": "dgl", "aux_head": "flatten_mlp", "aux_width": 512, "aux_depth": 1, "num_blocks": None,
+               "local_loss": "pred"}
 LEVERS = {
     "backprop": {"trainer": "backprop"},
-    "dgl (write-up)": {"trainer": "dgl"},
-    "dgl aux_head=mlp_sr": {"trainer": "dgl", "aux_head": "mlp_sr", "aux_depth": 3, "aux_width": 256},
-    "dgl aux_head=conv": {"trainer": "dgl", "aux_head": "conv", "aux_depth": 1, "aux_width": 64},
-    "dgl aux_depth=2": {"trainer": "dgl", "aux_depth": 2},
-    "dgl num_blocks=4": {"trainer": "dgl", "num_blocks": 4},
-    "dgl local_loss=predsim": {"trainer": "dgl", "local_loss": "predsim", "sim_weight": 0.99},
-    "dgl local_loss=sim": {"trainer": "dgl", "local_loss": "sim"},
-    "dgl dropout=0.2": {"trainer": "dgl", "dropout": 0.2},
+    "dgl (write-up)": {**WRITEUP_DGL, **WRITEUP_OPTIMISATION, "lr": 0.005},
+    "dgl (write-up head, shared optimiser)": WRITEUP_DGL,
+    "dgl aux_head=mlp_sr": {**WRITEUP_DGL, "aux_head": "mlp_sr"},
+    "dgl aux_head=nokland": {**WRITEUP_DGL, "aux_head": "nokland"},
+    "dgl aux_head=pooled_mlp": {**WRITEUP_DGL, "aux_head": "pooled_mlp"},
+    "dgl aux_head=conv": {**WRITEUP_DGL, "aux_head": "conv", "aux_convs": 1, "aux_width": 64},
+    "dgl aux_depth=2": {**WRITEUP_DGL, "aux_depth": 2},
+    "dgl num_blocks=2": {**WRITEUP_DGL, "num_blocks": 2},
+    "dgl local_loss=predsim": {**WRITEUP_DGL, "local_loss": "predsim", "sim_weight": 0.99},
+    "dgl local_loss=predsim aux_head=nokland": {**WRITEUP_DGL, "local_loss": "predsim", "aux_head": "nokland"},
+    "dgl local_loss=sim": {**WRITEUP_DGL, "local_loss": "sim"},
+    "dgl dropout=0.2": {**WRITEUP_DGL, "dropout": 0.2},
 }
 
 
@@ -46,7 +58,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     limit_threads(None)
     budget = {"model": args.model, "width": args.width, "train_subset": args.subset, "val_size": args.val_size,
-              "epochs": args.epochs, "lr": args.lr, "aux_width": 512, "aux_depth": 1}
+              "epochs": args.epochs, "lr": args.lr}
     rows = []
     for name, lever in LEVERS.items():
         if args.only and name not in args.only:

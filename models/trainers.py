@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.heads import SyntheticGradient, aux_head
+from models.heads import SyntheticGradient, aux_head, similarity_conv
 from models.losses import local_loss
 from models.networks import build_network
 from models.optim import make_lr_schedule, make_optimizer
@@ -71,7 +71,7 @@ class Trainer:
         seed_process(cfg.seed, self.device)
         self.network = build_network(cfg.model, cfg.width, self.num_blocks(cfg), cfg.dropout)
         self.parts = nn.ModuleDict({"network": self.network})  # everything with parameters, for state_dict
-        param_groups = self.build()                              # one list of parameters per optimizer
+        param_groups = self.param_groups()                       # one list of parameters per optimizer
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
         self.parts.to(self.device, memory_format=memory_format)
         self.optimizers = [make_optimizer(params, cfg) for params in param_groups]
@@ -89,7 +89,8 @@ class Trainer:
     def num_blocks(self, cfg) -> int | None:
         return cfg.num_blocks
 
-    def build(self) -> list[list[nn.Parameter]]:
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        """One list of parameters per optimizer (building whatever the method adds beside the network)."""
         raise NotImplementedError
 
     def train_step(self, x, y) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -187,7 +188,7 @@ class Backprop(Trainer):
     def num_blocks(self, cfg):
         return 1  # the grouping is irrelevant to end-to-end training; one block keeps it identical to DGL with K=1
 
-    def build(self):
+    def param_groups(self):
         return [list(self.network.parameters())]
 
     def train_step(self, x, y):
@@ -201,36 +202,45 @@ class Backprop(Trainer):
 
 
 class BlockWithHead(nn.Module):
-    """A DGL stage: a block and its auxiliary head, one graph for torch.compile. Compiled apart, a narrow block left
-    its head, loss and layout changes to eager mode and ran slower than not compiling at all (bench/README.md)."""
+    """A DGL stage: a block, its auxiliary head and (for the similarity losses) Nøkland's learned 3x3 conv, one graph
+    for torch.compile. Compiled apart, a narrow block left its head, loss and layout changes to eager mode and ran
+    slower than not compiling at all (bench/README.md)."""
 
-    def __init__(self, block: nn.Module, head: nn.Module):
+    def __init__(self, block: nn.Module, head: nn.Module, sim_conv: nn.Module | None = None):
         super().__init__()
-        self.block, self.head = block, head
+        self.block, self.head, self.sim_conv = block, head, sim_conv
 
     def forward(self, x, probe: bool = False):
         out = self.block(x)
         # a probe (the pure similarity loss) learns on detached features: its loss trains the head only
-        return out, self.head(out.detach() if probe else out)
+        logits = self.head(out.detach() if probe else out)
+        sim_features = self.sim_conv(out) if self.sim_conv is not None and self.training else None
+        return out, logits, sim_features
 
 
 class DGL(Trainer):
+    """Belilovsky et al. 2019, as eugenium/DGL auxiliary_nets_study/cifar_dgl.py trains it: one optimizer per block
+    and its head, each block fed the previous block's output detached."""
+
     per_block_metrics = True
 
     def __init__(self, cfg: dict, device, steps_per_epoch: int):
         super().__init__(cfg, device, steps_per_epoch)
-        self.stages = [self.compiled(BlockWithHead(block, head))
-                       for block, head in zip(self.network.blocks, self.heads)]
+        self.stages = [self.compiled(BlockWithHead(block, head, sim_conv))
+                       for block, head, sim_conv in zip(self.network.blocks, self.heads, self.sim_convs)]
 
-    def build(self):
+    def param_groups(self):
         cfg = self.cfg
-        self.heads = nn.ModuleList(
-            aux_head(cfg.aux_head, channels, size, cfg.aux_width, cfg.aux_depth, cfg.aux_pool)
-            for channels, size in self.network.block_shapes[:-1])
+        shapes = self.network.block_shapes[:-1]
+        self.heads = nn.ModuleList(aux_head(cfg, channels, size) for channels, size in shapes)
         self.heads.append(self.network.classifier)  # the last block's "aux" is the network's own classifier
         self.parts["heads"] = self.heads
-        return [list(block.parameters()) + list(head.parameters())
-                for block, head in zip(self.network.blocks, self.heads)]
+        uses_sim = cfg.local_loss in ("sim", "predsim")
+        convs = [similarity_conv(channels) for channels, _ in shapes] if uses_sim else []
+        self.parts["sim_convs"] = nn.ModuleList(convs)
+        self.sim_convs = convs + [None] * (len(self.network.blocks) - len(convs))
+        return [list(block.parameters()) + list(head.parameters()) + (list(conv.parameters()) if conv else [])
+                for block, head, conv in zip(self.network.blocks, self.heads, self.sim_convs)]
 
     def train_step(self, x, y):
         h, all_logits, last = x, [], len(self.stages) - 1
@@ -239,8 +249,8 @@ class DGL(Trainer):
             with self.amp():
                 # detached: no gradient flows back into earlier blocks; with the pure similarity loss the head is
                 # only a probe
-                out, logits = stage(h.detach(), probe=kind == "sim")
-            loss = local_loss(kind, out, logits.float(), y, sim_weight=self.cfg.sim_weight,
+                out, logits, sim_features = stage(h.detach(), probe=kind == "sim")
+            loss = local_loss(kind, sim_features, logits.float(), y, sim_weight=self.cfg.sim_weight,
                               label_smoothing=self.cfg.label_smoothing)
             if kind == "sim":
                 loss = loss + self.ce(logits, y)
@@ -254,54 +264,63 @@ class DGL(Trainer):
     def eval_logits(self, x):
         h, all_logits = x, []
         for stage in self.stages:
-            h, logits = stage(h)
+            h, logits, _ = stage(h)
             all_logits.append(logits)
         return all_logits
 
 
 class DNI(Trainer):
+    """Jaderberg et al. 2016, with the write-up's module (AlonNT/Thesis model.py `ConvSynthesizer`, `CNNwDNI`).
+
+    `sg_after_last_block`: the write-up places an interface after every block, the last one too, so the classifier
+    trains on the true loss alone and the last block on a synthetic gradient. Without it the last block trains end
+    to end with the classifier and the interfaces sit between blocks only."""
+
     conditioned = False
 
     def regression_loss(self, predicted, target):
         """How a synthetic-gradient module learns: MSE toward the gradient that came back."""
         return F.mse_loss(predicted, target)
 
-    def build(self):
-        self.synthetic = nn.ModuleList(SyntheticGradient(channels, self.conditioned)
-                                       for channels, _ in self.network.block_shapes[:-1])
+    def param_groups(self):
+        cfg, blocks = self.cfg, self.network.blocks
+        shapes = self.network.block_shapes if cfg.sg_after_last_block else self.network.block_shapes[:-1]
+        self.synthetic = nn.ModuleList(SyntheticGradient(channels, self.conditioned, cfg.sg_kernel)
+                                       for channels, _ in shapes)
         self.parts["synthetic"] = self.synthetic
         # compiled apart from the blocks: a block's output gradient and its module's regression loss are two backward
         # passes at different times, and one compiled graph for both could only run its backward once
         self.predictors = [self.compiled(sg) for sg in self.synthetic]
-        groups = [list(block.parameters()) + list(sg.parameters())
-                  for block, sg in zip(self.network.blocks, self.synthetic)]
-        groups.append(list(self.network.blocks[-1].parameters()) + list(self.network.classifier.parameters()))
+        groups = [list(block.parameters()) + list(sg.parameters()) for block, sg in zip(blocks, self.synthetic)]
+        tail = [] if cfg.sg_after_last_block else list(blocks[-1].parameters())
+        groups.append(tail + list(self.network.classifier.parameters()))
         return groups
 
     def train_step(self, x, y):
         # Synthetic gradients are in units of the per-example loss (the mean-loss gradient times the batch size),
         # so the regression targets do not shrink with the batch size.
-        batch, last = len(y), len(self.blocks) - 1
+        batch, interfaces = len(y), len(self.synthetic)
         h, predicted, sg_losses = x, None, []
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        for i, block in enumerate(self.blocks):
+        for i in range(len(self.blocks) + 1):
             h_in = h.detach().requires_grad_(i > 0)
             with self.amp():
-                out = block(h_in)
-                if i == last:
-                    logits = self.network.classifier(out)
-                else:
+                if i < interfaces:
+                    out = self.blocks[i](h_in)
                     synthetic = self.predictors[i](out.detach(), y if self.conditioned else None)
-            if i == last:
+                else:  # the rest trains on the true loss: the last block with the classifier, or the classifier
+                    logits = self.network.classifier(self.blocks[i](h_in) if i < len(self.blocks) else h_in)
+            if i < interfaces:
+                out.backward(synthetic.detach().to(out.dtype) / batch)
+            else:
                 loss = self.ce(logits, y)
                 loss.backward()
-            else:
-                out.backward(synthetic.detach().to(out.dtype) / batch)
-            if predicted is not None:  # what block i sent back is the target of the module before it
+            if predicted is not None:  # what came back into this input is the target of the module before it
                 sg_losses.append(self.regression_loss(predicted.float(), h_in.grad.float() * batch))
-            predicted = None if i == last else synthetic
-            h = out
+            if i >= interfaces:
+                break
+            predicted, h = synthetic, out
         if sg_losses:
             torch.stack(sg_losses).sum().backward()
         for opt in self.optimizers:

@@ -58,3 +58,30 @@ def write_cifar_folder(root, arrays: dict, *, per_batch: int | None = None) -> P
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump(meta, f, protocol=2)
     return folder
+
+
+def _gratings(labels: np.ndarray, classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Class k: a grating at angle k*180/classes degrees over the image (its random phase is its position), with random colour,
+    contrast, frequency and phase, on a random flat background plus noise. Every image's mean colour is drawn
+    independently of its class, so only the spatial structure tells the classes apart."""
+    n = len(labels)
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    angle = labels * np.pi / classes + rng.normal(0, 0.05, n)
+    freq = rng.uniform(0.2, 0.35, n) * 2 * np.pi
+    phase = rng.uniform(0, 2 * np.pi, n)
+    wave = np.sin(freq[:, None, None] * (np.cos(angle)[:, None, None] * xx + np.sin(angle)[:, None, None] * yy)
+                  + phase[:, None, None])                                          # (n, 16, 16)
+    colour = rng.uniform(-1, 1, (n, 3)) * rng.uniform(50, 90, (n, 1))              # signed per-channel contrast
+    images = rng.uniform(60, 190, (n, 3, 1, 1)) + rng.normal(0, 20, (n, 3, 32, 32))
+    images += colour[:, :, None, None] * wave[:, None]
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def structured_arrays(n_train: int, n_test: int, seed: int = 0, classes: int = 4) -> dict[str, np.ndarray]:
+    """A task in load_arrays' format whose class is spatial structure alone (oriented gratings, see _gratings):
+    a network whose convolutions do not learn cannot solve it from colour or brightness. Labels 0..classes-1."""
+    rng = np.random.default_rng(seed)
+    train_y = rng.permutation(np.arange(n_train) % classes).astype(np.int64)
+    test_y = rng.permutation(np.arange(n_test) % classes).astype(np.int64)
+    return {"train_x": _gratings(train_y, classes, rng), "train_y": train_y,
+            "test_x": _gratings(test_y, classes, rng), "test_y": test_y}

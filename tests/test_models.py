@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.heads import SyntheticGradient, aux_head
+from models.heads import HEAD_FAMILIES, SyntheticGradient, aux_head
 from models.losses import sim_loss, similarity_matrix
 from models.networks import CFGS, build_network, num_units
 from models.trainers import DGL, DNI, build_trainer
@@ -46,19 +46,98 @@ def test_vgg16_layers_and_grouping():
         resolve({"model": "basiccnn", "num_blocks": 4})
 
 
-@pytest.mark.parametrize("family", ["mlp", "mlp_sr", "conv"])
-@pytest.mark.parametrize("depth", [0, 2])
-def test_aux_head_shapes(family, depth):
+def head(family, channels, size, **overrides):
+    return aux_head(resolve({"aux_head": family, **overrides}), channels, size)
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("family", HEAD_FAMILIES)
+def test_aux_head_shapes(family):
     for channels, size in [(16, 32), (64, 8), (128, 1)]:
-        head = aux_head(family, channels, size, width=32, depth=depth, pool=2)
-        assert head(torch.randn(3, channels, size, size)).shape == (3, 10)
+        assert head(family, channels, size)(torch.randn(3, channels, size, size)).shape == (3, 10)
 
 
-def test_synthetic_gradient_shape_zero_start_and_label_context():
+def test_flatten_mlp_is_the_writeups_head():
+    # AlonNT/Thesis vgg.py get_blocks: get_mlp(input_dim=C*H*W, n_hidden_layers=1, hidden_dim=512); VGG16's first
+    # block: 64 x 32 x 32 = 65,536 inputs
+    net = build_network("vgg16")
+    channels, size = net.block_shapes[0]
+    h = head("flatten_mlp", channels, size)
+    assert [type(m).__name__ for m in h] == ["Flatten", "Linear", "ReLU", "Linear"]
+    assert (h[1].in_features, h[1].out_features, h[3].out_features) == (65536, 512, 10)
+    assert count(h) == 65536 * 512 + 512 + 512 * 10 + 10 == 33_560_074
+
+
+def test_mlp_sr_is_eugenium_dgls():
+    # auxiliary_nets_study/models.py auxillary_classifier2(n_lin=3, mlp_layers=3), used (C=128, in_size=32):
+    # 3 x (1x1 conv C->C no bias + BN2d) = 3*(128*128 + 256); 3 x (Linear 4C->4C + BN1d) = 3*(512*512 + 512 + 1024);
+    # Linear 4C->10 = 5130
+    h = head("mlp_sr", 128, 32)
+    assert count(h) == 3 * (128 * 128 + 256) + 3 * (512 * 512 + 512 + 1024) + 5130 == 846_090
+    pools = [m.output_size for m in h if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
+    assert pools == [8, 2]  # ceil(32 / 4), then 2x2
+    assert [m.kernel_size for m in h if isinstance(m, torch.nn.Conv2d)] == [(1, 1)] * 3
+    assert sum(isinstance(m, torch.nn.Linear) for m in h) == 4
+
+
+@pytest.mark.parametrize("channels, size, kernel, features", [
+    (128, 32, (8, 4), 128 * 4 * 8),   # 131,072 inputs > 4096: kernel doubled h, w, h, w, h until C*h*w <= 4096
+    (64, 32, (4, 4), 64 * 8 * 8),
+    (512, 4, (2, 1), 512 * 2 * 4),    # 8192: halving the height is enough
+    (8192, 2, (2, 2), 8192),          # the height kernel reaches the size: the loop stops above 4096
+    (16, 8, None, 16 * 8 * 8),        # already <= 4096: no pooling
+])
+def test_nokland_head_is_his_decoder(channels, size, kernel, features):
+    # anokland/local-loss train.py LocalLossBlockConv: avg_pool resolved against --dim-in-decoder 4096, then
+    # decoder_y = Linear(dim_in_decoder, num_classes) with its weight zeroed
+    h = head("nokland", channels, size)
+    pools = [m for m in h if isinstance(m, torch.nn.AvgPool2d)]
+    assert [p.kernel_size for p in pools] == ([kernel] if kernel else [])
+    decoder = h[-1]
+    assert decoder.in_features == features and count(h) == features * 10 + 10
+    assert torch.count_nonzero(decoder.weight) == 0
+    assert h(torch.randn(2, channels, size, size)).shape == (2, 10)
+
+
+def test_predsim_stage_has_noklands_learned_conv():
+    trainer = tiny("dgl", num_blocks=3, local_loss="predsim", aux_head="nokland")
+    convs = trainer.parts["sim_convs"]
+    assert len(convs) == 2
+    for conv, (channels, _) in zip(convs, trainer.network.block_shapes):
+        assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias) == (channels, channels, (3, 3), None)
+    assert len(tiny("dgl", local_loss="pred").parts["sim_convs"]) == 0
+
+
+def test_project_head_variants():
+    h = head("pooled_mlp", 64, 8, aux_width=32, aux_depth=2, aux_pool=2)
+    assert count(h) == (256 * 32 + 64) + (32 * 32 + 64) + (32 * 10 + 10)  # Linear (no bias) + BN, twice, then Linear
+    h = head("conv", 64, 8, aux_width=16, aux_convs=2, aux_pool=2)
+    assert [m.kernel_size for m in h if isinstance(m, torch.nn.Conv2d)] == [(3, 3)] * 2
+    assert count(h) == (64 * 9 * 16 + 32) + (16 * 9 * 16 + 32) + (64 * 10 + 10)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_synthetic_gradient_is_the_writeups_conv_synthesizer(kernel):
+    # AlonNT/Thesis model.py ConvSynthesizer(n_channels=C): three CxC convs with biases, two BN, a Linear(10, C)
+    # context; the write-up's kernel is 5
+    c = 8
+    sg = SyntheticGradient(c, conditioned=True, kernel=kernel)
+    convs = [m for m in sg.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.kernel_size for m in convs] == [(kernel, kernel)] * 3
+    assert count(sg) == 3 * (c * c * kernel * kernel + c) + 2 * 2 * c + (10 * c + c)
+    assert count(SyntheticGradient(c, kernel=kernel)) == count(sg) - (10 * c + c)
+
+
+def test_synthetic_gradient_zero_weight_start_and_label_context():
     sg = SyntheticGradient(8, conditioned=True)
     h = torch.randn(4, 8, 6, 6)
     labels = torch.tensor([0, 1, 2, 3])
-    assert torch.count_nonzero(sg(h, labels)) == 0  # zero-initialised last conv: no signal before it learns
+    start = sg(h, labels)
+    # the last conv's weight starts at zero (its bias as PyTorch sets it): the first prediction is that bias
+    assert torch.allclose(start, sg.rest[-1].bias[None, :, None, None].expand_as(start))
     torch.nn.init.normal_(sg.rest[-1].weight)
     sg.eval()
     same_input = h[:1].expand(4, -1, -1, -1)
@@ -70,17 +149,38 @@ def test_synthetic_gradient_shape_zero_start_and_label_context():
     assert torch.allclose(plain(same_input)[0], plain(same_input)[1])
 
 
+def noklands_similarity(x):
+    """anokland/local-loss train.py similarity_matrix, restated."""
+    if x.dim() == 4:
+        if x.size(1) > 3 and x.size(2) > 1:
+            x = x.view(x.size(0), x.size(1), -1).std(dim=2)
+        else:
+            x = x.view(x.size(0), -1)
+    xc = x - x.mean(dim=1).unsqueeze(1)
+    xn = xc / (1e-8 + torch.sqrt(torch.sum(xc ** 2, dim=1))).unsqueeze(1)
+    return xn.matmul(xn.transpose(1, 0)).clamp(-1, 1)
+
+
+@pytest.mark.parametrize("shape", [(6, 16, 8, 8), (5, 3, 8, 8), (4, 32, 1, 1), (7, 20)])
+def test_similarity_matrix_is_noklands(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    assert torch.allclose(similarity_matrix(x), noklands_similarity(x), atol=1e-6)
+    if len(shape) == 4 and shape[1] > 3 and shape[2] > 1:
+        # per-channel spread over positions: a spatially shifted map has the same similarity
+        shifted = torch.roll(x, shifts=3, dims=3)
+        assert torch.allclose(similarity_matrix(shifted), similarity_matrix(x), atol=1e-6)
+
+
 def test_sim_loss_matches_hand_computation():
     features = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     labels = torch.tensor([0, 0, 1])
-    # centre each row, normalise, take dot products
-    centred = features - features.mean(1, keepdim=True)                   # rows (1/3, -2/3, 1/3), (-2/3, 1/3, 1/3), (1/3, 1/3, -2/3)
+    # rows centred, normalised, dot products
     expected_features = torch.tensor([[1.0, -0.5, -0.5], [-0.5, 1.0, -0.5], [-0.5, -0.5, 1.0]])
     assert torch.allclose(similarity_matrix(features), expected_features, atol=1e-6)
     # one-hot over 10 classes, centred: same class -> 1, different -> -1/9
     expected_labels = torch.tensor([[1.0, 1.0, -1 / 9], [1.0, 1.0, -1 / 9], [-1 / 9, -1 / 9, 1.0]])
     expected = ((expected_features - expected_labels) ** 2).mean()
-    assert centred.shape == (3, 3)
     assert torch.isclose(sim_loss(features, labels), expected, atol=1e-6)
 
 
@@ -112,32 +212,33 @@ class RecordingDNI(DNI):
         return super().regression_loss(predicted, target)
 
 
-def test_dni_regression_target_is_the_true_gradient():
-    cfg = resolve({"trainer": "dni", "model": "basiccnn", "width": 0.125, "num_blocks": 2, "batch_size": 8})
+@pytest.mark.parametrize("after_last", [False, True])
+def test_dni_regression_target_is_the_true_gradient(after_last):
+    cfg = resolve({"trainer": "dni", "model": "basiccnn", "width": 0.125, "num_blocks": 2, "batch_size": 8,
+                   "sg_after_last_block": after_last})
     trainer = RecordingDNI(cfg, "cpu", steps_per_epoch=1)
     trainer.targets = []
     before = copy.deepcopy(trainer.network).train()
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     trainer.train_step(x, y)
-    # with two blocks the second learns from the true loss, so the first module's target is the true gradient
+    # the module next to the true loss regresses toward the true gradient: at the last block's output with the
+    # write-up's placement, else at the first block's (the second block then learns from the loss itself)
     out = before.blocks[0](x)
-    loss = F.cross_entropy(before.classifier(before.blocks[1](out)), y)
-    (true_grad,) = torch.autograd.grad(loss, out)
-    assert len(trainer.targets) == 1
-    assert torch.allclose(trainer.targets[0], true_grad * len(y), atol=1e-5)
+    last = before.blocks[1](out)
+    loss = F.cross_entropy(before.classifier(last), y)
+    (true_grad,) = torch.autograd.grad(loss, last if after_last else out)
+    assert len(trainer.targets) == (2 if after_last else 1)
+    assert torch.allclose(trainer.targets[-1], true_grad * len(y), atol=1e-5)
     assert true_grad.abs().sum() > 0
 
 
-def test_dni_first_synthetic_gradients_are_zero_then_learn():
+def test_dni_module_next_to_the_loss_learns_at_once():
     trainer = tiny("dni", num_blocks=3)
-    block0 = [p.clone() for p in trainer.network.blocks[0].parameters()]
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     trainer.train_step(x, y)
-    # a zero synthetic gradient moves the first block only through weight decay; the module next to the last block
-    # regresses toward a true gradient and learns at once (the others bootstrap from it, zero at first)
+    assert len(trainer.synthetic) == 3  # the write-up's placement: after the last block as well
     assert trainer.synthetic[-1].rest[-1].weight.abs().sum() > 0
-    assert trainer.synthetic[0].rest[-1].weight.abs().sum() == 0
-    assert all(torch.allclose(a, b, atol=1e-3) for a, b in zip(block0, trainer.network.blocks[0].parameters()))
+    assert len(tiny("dni", num_blocks=3, sg_after_last_block=False).synthetic) == 2
 
 
 def test_dgl_with_one_block_is_backprop():
@@ -146,7 +247,7 @@ def test_dgl_with_one_block_is_backprop():
     batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
     losses = {}
     for name in ("backprop", "dgl", "dni"):
-        trainer = tiny(name, num_blocks=1, dropout=0.1)
+        trainer = tiny(name, num_blocks=1, dropout=0.1, sg_after_last_block=False)
         losses[name] = [trainer.train_epoch(batches)["train_loss"] for _ in range(2)]
     assert losses["dgl"] == losses["backprop"]
     assert losses["dni"] == losses["backprop"]
@@ -154,7 +255,7 @@ def test_dgl_with_one_block_is_backprop():
 
 def test_dgl_head_families_report_per_block_accuracy():
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-    for family in ("mlp", "mlp_sr", "conv"):
+    for family in HEAD_FAMILIES:
         trainer = tiny("dgl", aux_head=family, num_blocks=3)
         assert isinstance(trainer, DGL)
         metrics = trainer.evaluate([(x, y)])

@@ -278,7 +278,7 @@ def test_configs_and_space_are_read_back_exactly(store):
 def test_importance_finds_the_parameter_that_matters():
     rng = random.Random(0)
     configs = [dict(lr=10 ** rng.uniform(-3, -0.5), weight_decay=10 ** rng.uniform(-5, -3),
-                    aux_head=rng.choice(["mlp", "conv"])) for _ in range(16)]
+                    aux_head=rng.choice(["flatten_mlp", "conv"])) for _ in range(16)]
     values = [0.9 - 0.3 * abs(math.log10(c["lr"]) + 1.3) + rng.uniform(0, 0.01) for c in configs]
     scores, method = importance.param_importances(configs, values, ["lr", "weight_decay", "aux_head", "dropout"])
     assert set(scores) == {"lr", "weight_decay", "aux_head"}     # dropout never varies

@@ -185,7 +185,7 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "float dist on int key": (variant(search__aux_width={"type": "uniform", "low": 8, "high": 64}),
                               "search.aux_width.type"),
     "empty choices": (variant(search__aux_head={"type": "choice", "values": []}), "search.aux_head.values"),
-    "bad choice": (variant(search__aux_head={"type": "choice", "values": ["mlp", "foo"]}), "search.aux_head.values[1]"),
+    "bad choice": (variant(search__aux_head={"type": "choice", "values": ["flatten_mlp", "foo"]}), "search.aux_head.values[1]"),
     "duplicate choice": (variant(search__aux_width={"type": "choice", "values": [64, 64]}), "search.aux_width.values"),
     "when unknown parent": (variant(search__dropout={"type": "uniform", "low": 0, "high": 0.5, "when": {"aux_head": "mlp"}}),
                             "search.dropout.when.aux_head: unknown key"),
@@ -218,10 +218,10 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "duplicate key": (variant().replace("num_samples: 4", "num_samples: 4\nnum_samples: 8"), "duplicate key"),
     "yes as a number": (variant().replace("num_samples: 4", "num_samples: yes"), "num_samples"),
     "yes as a bound": (variant().replace("high: 3", "high: yes"), "search.aux_depth.high"),
-    "when cycle": (variant(search={"aux_head": {"type": "choice", "values": ["mlp", "conv"],
+    "when cycle": (variant(search={"aux_head": {"type": "choice", "values": ["flatten_mlp", "conv"],
                                                 "when": {"local_loss": "pred"}},
                                    "local_loss": {"type": "choice", "values": ["pred", "sim"],
-                                                  "when": {"aux_head": "mlp"}}},
+                                                  "when": {"aux_head": "flatten_mlp"}}},
                            searcher={"type": "random"}), "search: 'when' conditions form a cycle"),
 }
 

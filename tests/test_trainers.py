@@ -26,8 +26,11 @@ def make(data, **overrides):
 
 
 CASES = [dict(trainer=t) for t in ("backprop", "dgl", "dni", "cdni")] + [
-    dict(trainer="dgl", aux_head="mlp_sr", aux_depth=2),
-    dict(trainer="dgl", aux_head="conv", aux_depth=1, aux_width=16),
+    dict(trainer="dgl", aux_head="mlp_sr"),
+    dict(trainer="dgl", aux_head="nokland"),
+    dict(trainer="dgl", aux_head="pooled_mlp", aux_depth=2),
+    dict(trainer="dgl", aux_head="conv", aux_convs=1, aux_width=16),
+    dict(trainer="dni", sg_kernel=3, sg_after_last_block=False),
     dict(trainer="dgl", local_loss="sim"),
     dict(trainer="dgl", local_loss="predsim"),
     dict(trainer="dgl", model="vgg11", num_blocks=3, dropout=0.1),
@@ -104,15 +107,15 @@ def test_an_epoch_waits_on_the_host_only_at_its_end(data, name):
     assert counter.reads <= 2
 
 
-def test_cdni_label_context_is_the_linear_map_of_the_one_hot_label():
+def test_cdni_label_context_is_the_affine_map_of_the_one_hot_label():
     from models.heads import SyntheticGradient
 
     torch.manual_seed(0)
     module = SyntheticGradient(8, conditioned=True)
     labels = torch.tensor([0, 3, 9, 3])
     one_hot = torch.nn.functional.one_hot(labels, 10).float()
-    looked_up = torch.nn.functional.embedding(labels, module.label_context.weight.t())
-    assert torch.equal(looked_up, module.label_context(one_hot))
+    looked_up = torch.nn.functional.embedding(labels, module.label_context.weight.t()) + module.label_context.bias
+    assert torch.allclose(looked_up, module.label_context(one_hot), rtol=0, atol=1e-7)
 
 
 @pytest.mark.slow

@@ -33,12 +33,17 @@ class TrialConfig(BaseModel):
     num_blocks: int | None = Field(None, ge=1, le=10_000)  # None: one block per conv layer / conv stage; 1 = backprop
     dropout: float = Field(0.0, ge=0.0, le=1.0)  # dropout after each conv unit
     # local learning: DGL auxiliary heads and losses
-    aux_head: Literal["mlp", "mlp_sr", "conv"] = "mlp"
-    aux_width: int = Field(512, ge=1, le=1 << 16)
-    aux_depth: int = Field(1, ge=0, le=16)
-    aux_pool: int = Field(2, ge=1, le=64)
+    # head families (models/heads.py says what each reproduces); the default is the write-up's flatten -> 512 -> 10
+    aux_head: Literal["flatten_mlp", "mlp_sr", "nokland", "pooled_mlp", "conv"] = "flatten_mlp"
+    aux_width: int = Field(512, ge=1, le=1 << 16)  # hidden units (flatten_mlp, pooled_mlp) / channels (conv)
+    aux_depth: int = Field(1, ge=0, le=16)  # hidden Linear layers of flatten_mlp and pooled_mlp only
+    aux_convs: int = Field(1, ge=0, le=16)  # 3x3 conv layers of the conv head only
+    aux_pool: int = Field(2, ge=1, le=64)  # pooled_mlp and conv heads: pooled spatial size
     local_loss: Literal["pred", "sim", "predsim"] = "pred"
-    sim_weight: float = Field(0.99, ge=0.0, le=1.0)  # predsim: (1 - sim_weight) * CE + sim_weight * sim
+    sim_weight: float = Field(0.99, ge=0.0, le=1.0)  # predsim: (1 - sim_weight) * CE + sim_weight * sim (Nøkland's)
+    # DNI / cDNI synthetic-gradient modules; the defaults are the write-up's
+    sg_kernel: Literal[3, 5] = 5  # kernel of the module's three convs
+    sg_after_last_block: bool = True  # a module after the last block too: the classifier learns from the loss alone
     # optimisation
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0.0, le=1e6)
@@ -55,6 +60,7 @@ class TrialConfig(BaseModel):
     # data
     train_subset: int | None = Field(None, ge=10, le=10_000_000)  # None: the whole split; else a stratified subset
     val_size: int = Field(5000, ge=0, le=10_000_000)  # held out from the training set; the metric a search optimises
+    split_seed: int = Field(0, ge=0, le=2**63 - 1)  # which images are held out (and the subset); apart from seed
     augment: bool = True
     # run
     seed: int = Field(0, ge=0, le=2**63 - 1)
@@ -81,8 +87,8 @@ KEYS = tuple(TrialConfig.model_fields)
 
 def _kind(annotation) -> str:
     """'bool' | 'int' | 'float' | 'str' | 'int?' (an integer or null) for a TrialConfig field's annotation."""
-    if typing.get_origin(annotation) is Literal:
-        return "str"
+    if typing.get_origin(annotation) is Literal:  # choices: names, or numbers such as a kernel size
+        return type(typing.get_args(annotation)[0]).__name__
     if typing.get_origin(annotation) in (Union, types.UnionType):
         return "int?"
     return annotation.__name__
@@ -101,7 +107,7 @@ def value_problem(key: str, value) -> str:
         return f"'{key}' must be {TYPE_NAMES[kind]}, got {value!r}"
     value = float(value) if kind == "float" else value
     if typing.get_origin(field.annotation) is Literal:
-        return f"'{key}' must be one of {', '.join(typing.get_args(field.annotation))}, got {value!r}"
+        return f"'{key}' must be one of {', '.join(map(str, typing.get_args(field.annotation)))}, got {value!r}"
     low = next(m for m in field.metadata if isinstance(m, (Ge, Gt)))
     high = next(m.le for m in field.metadata if isinstance(m, Le))
     interval = f"[{low.ge}" if isinstance(low, Ge) else f"({low.gt}"

@@ -50,7 +50,7 @@ def config_from_args(args) -> TrialConfig:
 def train(cfg: TrialConfig, data_dir: str | None, with_test: bool = False, log=print) -> dict:
     device = pick_device(cfg.device)
     data = make_splits(load_arrays(data_dir), val_size=cfg.val_size, train_subset=cfg.train_subset,
-                       seed=cfg.seed, device=device)
+                       seed=cfg.split_seed, device=device)
     trainer = build_trainer(cfg, device, steps_per_epoch(data.train, cfg.batch_size))
     log(f"{cfg.trainer} on {cfg.model} (width {cfg.width}), {len(data.train)} train / {len(data.val)} val "
         f"images, {cfg.epochs} epochs on {device}")

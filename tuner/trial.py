@@ -60,7 +60,7 @@ def build_trial(config: dict, arrays: dict, gpu_share: float | None = None):
     cfg = resolve(config)
     device = pick_device(cfg.device)
     limit_gpu_memory(device, gpu_share)
-    data = make_splits(arrays, val_size=cfg.val_size, train_subset=cfg.train_subset, seed=cfg.seed,
+    data = make_splits(arrays, val_size=cfg.val_size, train_subset=cfg.train_subset, seed=cfg.split_seed,
                        device=device)
     return build_trainer(cfg, device, steps_per_epoch(data.train, cfg.batch_size)), data
 
