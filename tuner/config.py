@@ -51,6 +51,7 @@ DEFAULTS: dict = {
     "seed": 0,
     "device": "auto",
     "compile": False,        # torch.compile: opt-in, measured in bench/README.md (no reliable gain on a CPU)
+    "stages": 1,             # dgl: its blocks trained as this many pipelined processes (models/pipeline.py); 1 = one loop
     "eval_batch_size": 1000,
 }
 
@@ -67,7 +68,7 @@ BOUNDS = {
     "weight_decay": (0.0, 1e3, True), "warmup_epochs": (0, 10_000, True), "lr_step_epochs": (1, 10_000, True),
     "lr_gamma": (0.0, 1.0, False), "label_smoothing": (0.0, 1.0, True), "epochs": (1, 100_000, True),
     "batch_size": (1, 1 << 20, True), "train_subset": (10, 10_000_000, True), "val_size": (0, 10_000_000, True),
-    "seed": (0, 2**63 - 1, True), "eval_batch_size": (1, 1 << 20, True),
+    "seed": (0, 2**63 - 1, True), "eval_batch_size": (1, 1 << 20, True), "stages": (1, 10_000, True),
 }
 
 
@@ -132,6 +133,12 @@ def check_combination(config: dict, where: str = "") -> None:
     if config["num_blocks"] is not None and config["num_blocks"] > units:
         raise ConfigError(f"{prefix}'num_blocks' must lie in [1, {units}] for {config['model']} "
                           f"(its conv layers), got {config['num_blocks']}")
+    if config["stages"] > 1 and config["trainer"] != "dgl":
+        raise ConfigError(f"{prefix}'stages' > 1 needs trainer dgl (the only one whose blocks train apart), "
+                          f"got trainer {config['trainer']}")
+    if config["stages"] > (config["num_blocks"] or units):
+        raise ConfigError(f"{prefix}'stages' must lie in [1, {config['num_blocks'] or units}] (the number of blocks), "
+                          f"got {config['stages']}")
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
