@@ -6,7 +6,7 @@ stage in its own process (its own CPU threads, or its own GPU where several are 
 detached activations and labels from stage s-1, updates its blocks with `DGL.block_step` (the step sequential DGL
 takes) and passes its last block's output on, through bounded queues. Stage s therefore sees, for every batch, the
 very input sequential DGL gives it — the previous block's output under that block's weights before it stepped on
-that batch — and ends with the same parameters (bit for bit on a CPU with equal thread counts; tests/test_pipeline.py).
+that batch — and ends with the same parameters (bit for bit on a CPU at equal thread counts: tests/test_pipeline.py).
 Only dropout differs: each stage draws its masks from its own stream, seeded by (seed, epoch, stage).
 
 The main process keeps a full DGL copy: it feeds the batches, and after each epoch gathers the stages' state into
@@ -106,7 +106,7 @@ def blocks_state(trainer: DGL, blocks: list[int]) -> dict:
 
 
 def load_blocks_state(trainer: DGL, state: dict) -> None:
-    missing, unexpected = trainer.parts.load_state_dict(state["parts"], strict=False)
+    _, unexpected = trainer.parts.load_state_dict(state["parts"], strict=False)
     assert not unexpected, unexpected
     for i, opt_state in state["optimizers"].items():
         trainer.optimizers[i].load_state_dict(opt_state)
@@ -143,7 +143,8 @@ def run_stage(index: int, blocks: list[int], cfg: dict, device: str, steps_per_e
         trainer = DGL({**cfg, "stages": 1}, device, steps_per_epoch)
         last = blocks[-1] == len(trainer.network.blocks) - 1
         while (job := _get(jobs, alive)) is not None:
-            load_blocks_state(trainer, job["state"])
+            if job["state"] is not None:  # else it holds what it trained last epoch
+                load_blocks_state(trainer, job["state"])
             torch.manual_seed(hash((cfg["seed"], job["epoch"], index)) & (2**63 - 1))  # this stage's dropout stream
             trainer.parts.train()
             loss_sum, correct, seen, step = torch.zeros((), device=trainer.device), None, 0, 0
@@ -168,7 +169,7 @@ def run_stage(index: int, blocks: list[int], cfg: dict, device: str, steps_per_e
                                          "seen": seen, "loss_sum": loss_sum}))
     except SystemExit:
         raise
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - whatever it was, the main process must hear of it
         results.put(("error", index, traceback.format_exc()))
         raise SystemExit(1) from None
 
@@ -191,6 +192,7 @@ class PipelinedDGL(DGL):
         # this process's threads shared out: in a Ray trial, the CPUs granted (S x the per-stage CPUs)
         self.stage_threads = max(1, torch.get_num_threads() // cfg["stages"])
         self.processes: list = []
+        self.stages_current = False  # whether the stages hold this trainer's state (then it need not travel)
 
     def describe(self, s: int) -> str:
         first, last = self.partition[s][0] + 1, self.partition[s][-1] + 1
@@ -210,6 +212,7 @@ class PipelinedDGL(DGL):
             for s, blocks in enumerate(self.partition)]
         for process in self.processes:
             process.start()
+        self.stages_current = False
 
     def train_epoch(self, batches) -> dict:
         self.parts.train()
@@ -218,7 +221,8 @@ class PipelinedDGL(DGL):
         try:
             self.diverged.clear()
             for s, blocks in enumerate(self.partition):
-                self.jobs[s].put({"epoch": self.epoch, "state": blocks_state(self, blocks)})
+                state = None if self.stages_current else blocks_state(self, blocks)
+                self.jobs[s].put({"epoch": self.epoch, "state": state})
             for x, y in batches:
                 if self.diverged.is_set():
                     break
@@ -230,12 +234,16 @@ class PipelinedDGL(DGL):
             raise
         for result in done:
             load_blocks_state(self, result["state"])
-        self.epoch += 1
+        self.epoch, self.stages_current = self.epoch + 1, True
         correct = None if any(r["correct"] is None for r in done) else torch.cat([r["correct"] for r in done])
         seen = done[-1]["seen"]
         metrics = {"train_loss": done[-1]["loss_sum"].item() / max(seen, 1)}
         metrics.update(self._accuracies(correct if correct is None else correct.to(self.device), seen, "train_acc"))
         return metrics
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.stages_current = False
 
     def _send(self, item) -> None:
         start = time.monotonic()

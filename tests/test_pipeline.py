@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fakedata import learnable_arrays
-from models.pipeline import PipelineError, PipelinedDGL, balanced_partition
+
+from models.pipeline import PipelinedDGL, PipelineError, balanced_partition
 from models.trainers import DGL, build_trainer
 from tuner.config import ConfigError, resolve
 from tuner.data import make_splits
@@ -98,8 +98,11 @@ def test_pipelined_dgl_matches_sequential_dgl_bit_for_bit_and_resumes_exactly(da
         assert first.train_epoch(epoch_batches(data, 0)) == metrics[0]
         buffer = io.BytesIO()
         torch.save(first.state_dict(), buffer)
+        assert first.train_epoch(epoch_batches(data, 1)) == metrics[1]  # the stages kept their state
     finally:
         first.close()
+    assert_same_state(sequential.state_dict(), first.state_dict())
+
     resumed = make(data, stages=3)  # a checkpoint does not depend on how the blocks were staged
     buffer.seek(0)
     resumed.load_state_dict(torch.load(buffer, weights_only=False))
@@ -108,26 +111,32 @@ def test_pipelined_dgl_matches_sequential_dgl_bit_for_bit_and_resumes_exactly(da
     finally:
         resumed.close()
     assert_same_state(sequential.state_dict(), resumed.state_dict())
-    assert resumed.evaluate(data.val.batches(100, train=False)) == sequential.evaluate(data.val.batches(100, train=False))
+    val = data.val
+    assert resumed.evaluate(val.batches(100, train=False)) == sequential.evaluate(val.batches(100, train=False))
 
 
-def gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists()
+def running(pid: int) -> bool:
+    """Alive, and not a zombie waiting for a parent that is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_killed_stage_fails_the_epoch_clearly_and_leaves_no_process(data):
-    trainer = make(data, stages=2)
+    trainer, pids = make(data, stages=2), []
 
     def batches_then_kill():
         for step, batch in enumerate(epoch_batches(data, 0)):
             if step == 3:
-                os.kill(trainer.processes[1].pid, signal.SIGKILL)
+                pids.extend(process.pid for process in trainer.processes)
+                os.kill(pids[1], signal.SIGKILL)
             yield batch
 
     with pytest.raises(PipelineError, match=r"stage 1 \(blocks 2-3\)|stage 1 \(block 3\)") as raised:
         trainer.train_epoch(batches_then_kill())
     assert "died (exit code -9)" in str(raised.value) and "epoch 1 did not complete" in str(raised.value)
-    assert trainer.processes == []
+    assert trainer.processes == [] and len(pids) == 2 and not any(running(pid) for pid in pids)
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("dgl-stage")]
 
 
@@ -136,6 +145,7 @@ def test_a_stage_that_raises_names_the_error(data):
     x, y = next(iter(epoch_batches(data, 0)))
     with pytest.raises(PipelineError, match=r"stage 0 \(block 1\) raised: RuntimeError"):
         trainer.train_epoch(iter([(x[:, :2], y)]))  # two channels where the first conv wants three
+    assert trainer.processes == []
 
 
 PARENT = """
@@ -164,11 +174,39 @@ if __name__ == "__main__":
 
 def test_stages_exit_when_their_parent_is_killed():
     result = subprocess.run([sys.executable, "-c", PARENT], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == -signal.SIGKILL, result.stderr
     pids = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(pids) == 2
     deadline = time.monotonic() + 30
-    while not all(gone(pid) or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z" for pid in pids):
+    while any(running(pid) for pid in pids):
         assert time.monotonic() < deadline, "a stage outlived its parent"
         time.sleep(0.2)
+
+
+def run_bench(*flags):
+    return subprocess.run([sys.executable, "bench/parallel.py", *flags], cwd=ROOT, capture_output=True, text=True,
+                          check=False, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_bench_rows_and_a_clean_gpu_skip():
+    result = run_bench("--quick", "--model", "basiccnn", "--width", "0.0625", "--batch-size", "16", "--steps", "2",
+                       "--warmup-steps", "1", "--rounds", "2")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    speeds = {row["runner"]: row["images_per_s"] for row in rows if row["bench"] == "parallel"}
+    assert set(speeds) == {"dgl_1_thread", "dgl_2_threads", "pipelined_2_stages_x_1_thread", "backprop_2_threads"}
+    assert all(0 < v["min"] <= v["median"] <= v["max"] for v in speeds.values())
+    ratios = {row["over"]: row["ratio"]["median"] for row in rows if row["bench"] == "parallel_ratio"}
+    assert ratios.keys() == {"dgl_1_thread", "dgl_2_threads", "backprop_2_threads"}
+    setup = next(row for row in rows if row["bench"] == "parallel_setup")
+    assert [b for stage in setup["partition"] for b in stage] == [1, 2, 3] and len(setup["load_average_before"]) == 3
+    if not torch.cuda.is_available():
+        assert {"bench": "parallel_skipped", "section": "gpu", "reason": "no CUDA device"} in rows
+
+
+@pytest.mark.parametrize("flags, named", [(["--cores", "1"], "--cores"), (["--sections", "tpu"], "--sections"),
+                                          (["--model", "vgg99"], "'model'")])
+def test_bench_bad_flag_is_one_line(flags, named):
+    result = run_bench(*flags)
+    assert result.returncode == 2 and named in result.stderr and len(result.stderr.strip().splitlines()) == 1
