@@ -30,6 +30,7 @@ import traceback
 import torch
 import torch.multiprocessing as mp
 
+from models.optim import make_optimizer
 from models.trainers import DGL, NAN_CHECK_EVERY, BlockWithHead, _hits
 
 QUEUE_DEPTH = 2        # batches in flight between two stages: enough to hide jitter, little memory
@@ -65,20 +66,24 @@ def balanced_partition(costs: list[float], stages: int) -> list[list[int]]:
 
 
 def block_costs(trainer: DGL, batch_size: int, repeats: int = 3) -> list[float]:
-    """Seconds of one forward+backward of each block with its head, on copies (the trainer's BatchNorm statistics
-    and the global RNG stay untouched): the least of `repeats` timings."""
+    """Seconds of one training step of each block with its head (forward, backward, optimizer step: a wide head's
+    step is a good part of its block's cost), on copies, so the trainer's parameters, BatchNorm statistics and the
+    global RNG stay untouched: the least of `repeats` timings."""
     generator = torch.Generator().manual_seed(0)
     h = torch.randn(batch_size, 3, 32, 32, generator=generator).to(trainer.device)
     y = torch.randint(0, 10, (batch_size,), generator=generator).to(trainer.device)
     costs = []
     for block, head in zip(trainer.network.blocks, trainer.heads):
         module = BlockWithHead(copy.deepcopy(block), copy.deepcopy(head)).train()
+        optimizer = make_optimizer(module.parameters(), trainer.cfg)
         timings = []
         for _ in range(repeats):
             start = time.perf_counter()
             with trainer.amp():
                 out, logits = module(h)
+            optimizer.zero_grad(set_to_none=True)
             trainer.ce(logits, y).backward()
+            optimizer.step()
             if trainer.on_cuda:
                 torch.cuda.synchronize(trainer.device)
             timings.append(time.perf_counter() - start)
