@@ -243,23 +243,28 @@ class DGL(Trainer):
                 for block, head, conv in zip(self.network.blocks, self.heads, self.sim_convs)]
 
     def train_step(self, x, y):
-        h, all_logits, last = x, [], len(self.stages) - 1
-        for i, (stage, opt) in enumerate(zip(self.stages, self.optimizers)):
-            kind = "pred" if i == last else self.cfg.local_loss
-            with self.amp():
-                # detached: no gradient flows back into earlier blocks; with the pure similarity loss the head is
-                # only a probe
-                out, logits, sim_features = stage(h.detach(), probe=kind == "sim")
-            loss = local_loss(kind, sim_features, logits.float(), y, sim_weight=self.cfg.sim_weight,
-                              label_smoothing=self.cfg.label_smoothing)
-            if kind == "sim":
-                loss = loss + self.ce(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            all_logits.append(logits.detach())
-            h = out
+        h, all_logits = x, []
+        for i in range(len(self.stages)):
+            h, logits, loss = self.block_step(i, h, y)
+            all_logits.append(logits)
         return all_logits, loss
+
+    def block_step(self, i, h, y):
+        """Update block i and its head on input h; return its output (computed before the update: the next block's
+        input), its head's logits (detached) and its loss. The one step of sequential and pipelined DGL."""
+        kind = "pred" if i == len(self.stages) - 1 else self.cfg.local_loss
+        with self.amp():
+            # detached: no gradient flows back into earlier blocks; with the pure similarity loss the head is
+            # only a probe
+            out, logits, sim_features = self.stages[i](h.detach(), probe=kind == "sim")
+        loss = local_loss(kind, sim_features, logits.float(), y, sim_weight=self.cfg.sim_weight,
+                          label_smoothing=self.cfg.label_smoothing)
+        if kind == "sim":
+            loss = loss + self.ce(logits, y)
+        self.optimizers[i].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers[i].step()
+        return out, logits.detach(), loss
 
     def eval_logits(self, x):
         h, all_logits = x, []
@@ -336,4 +341,8 @@ TRAINERS = {"backprop": Backprop, "dgl": DGL, "dni": DNI, "cdni": CDNI}
 
 
 def build_trainer(cfg: dict, device, steps_per_epoch: int) -> Trainer:
+    if cfg.trainer == "dgl" and cfg.stages > 1:
+        from models.pipeline import PipelinedDGL  # imports this module
+
+        return PipelinedDGL(cfg, device, steps_per_epoch)
     return TRAINERS[cfg.trainer](cfg, device, steps_per_epoch)

@@ -66,6 +66,7 @@ class TrialConfig(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False  # torch.compile: opt-in, measured in bench/README.md (no reliable gain on a CPU)
+    stages: int = Field(1, ge=1, le=10_000)  # dgl: its blocks trained as this many pipelined processes; 1 = one loop
     eval_batch_size: int = Field(1000, ge=1, le=1 << 20)
 
     @model_validator(mode="after")
@@ -74,6 +75,12 @@ class TrialConfig(BaseModel):
         if self.num_blocks is not None and self.num_blocks > units:
             raise ValueError(f"'num_blocks' must lie in [1, {units}] for {self.model} (its conv layers), "
                              f"got {self.num_blocks}")
+        if self.stages > 1 and self.trainer != "dgl":
+            raise ValueError(f"'stages' > 1 needs trainer dgl (the only one whose blocks train apart), "
+                             f"got trainer {self.trainer}")
+        if self.stages > (self.num_blocks or units):
+            raise ValueError(f"'stages' must lie in [1, {self.num_blocks or units}] (the number of blocks), "
+                             f"got {self.stages}")
         return self
 
 

@@ -43,7 +43,12 @@ PROGRESS_EVERY_S = 10
 
 
 def trainable_for(space: Space, arrays: dict):
-    resources = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    def resources(config: dict) -> tune.PlacementGroupFactory:
+        # a pipelined DGL trial (models/pipeline.py) runs its S stages as child processes: one bundle of S times the
+        # per-trial share keeps them on one node and shows the trial all S GPUs (a placement group's later bundles
+        # go to Ray tasks only; a child process sees just the first bundle's GPU)
+        stages = config.get("stages", 1)
+        return tune.PlacementGroupFactory([{"CPU": space.resources.cpu * stages, "GPU": space.resources.gpu * stages}])
     return tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), resources)
 
 
