@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tuner.config import DEFAULTS
+from tuner.metric_names import block_metric
 from tuner.outcome import trial_outcome
 from tuner.searcher import HonestOptunaSearch, make_searcher
 from tuner.tracking import MLflowTracker, close_dangling_runs, finish_parent_run, reopen_run, start_parent_run
@@ -146,7 +147,7 @@ def test_tracker_is_idempotent_across_a_driver_restart(client, uri):
     tracker.on_trial_start(iteration=0, trials=[trial], trial=trial)
     for epoch in (1, 2):
         tracker.on_trial_result(0, [trial], trial, {"epoch": epoch, "val_acc": 0.1 * epoch, "val_loss": float("nan"),
-                                                    "block1_val_acc": 0.05 * epoch, "training_iteration": epoch,
+                                                    block_metric(1, "val"): 0.05 * epoch, "training_iteration": epoch,
                                                     "time_total_s": 1.0, "trainer": "dgl"})
 
     restarted = pickle.loads(pickle.dumps(tracker))  # what Tune keeps of it in tuner.pkl: no client, no caches
@@ -159,13 +160,15 @@ def test_tracker_is_idempotent_across_a_driver_restart(client, uri):
     again.on_trial_complete(0, [trial], trial)
 
     (run,) = _children(client, parent)
-    assert run.info.run_name == "toy_00000" and run.info.status == "FINISHED"
+    assert run.info.run_name == "#1 dgl" and run.info.status == "FINISHED"
     tags = run.data.tags
     assert (tags["dt.role"], tags["dt.trial_id"], tags["dt.outcome"]) == ("trial", "toy_00000", "completed")
     assert (tags["dt.trainer"], tags["dt.model"]) == ("dgl", "basiccnn")  # the trial's config wins over base tags
-    assert set(run.data.params) == set(DEFAULTS) and run.data.params["lr"] == "0.1"
+    # only the keys a dgl trial with local_loss=pred, sgd and a cosine schedule reads
+    assert set(run.data.params) == set(DEFAULTS) - {"sim_weight", "lr_step_epochs", "lr_gamma"}
+    assert run.data.params["lr"] == "0.1"
     assert _steps(client, run.info.run_id, "val_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
-    assert _steps(client, run.info.run_id, "block1_val_acc") == [(1, 0.05), (2, 0.1)]
+    assert _steps(client, run.info.run_id, block_metric(1, "val")) == [(1, 0.05), (2, 0.1)]
     assert "val_loss" not in run.data.metrics  # NaN skipped
     assert not {"training_iteration", "time_total_s", "epoch"} & set(run.data.metrics)  # Ray's bookkeeping left out
 

@@ -66,7 +66,7 @@ def test_checkpoint_round_trip_continues_exactly(data, name):
     assert resumed.epoch == 1
     for want in expected[1:]:
         got = run_epoch(resumed, data)
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "scheduled_lr"):
             assert got[key] == want[key], key
 
 

@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
                    help="continue the latest unfinished search of this space, or the one at PATH")
     p.add_argument("--fresh", action="store_true", help="start a new search even if an unfinished one exists")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's full status table every 10 s instead of one progress line per event")
     return p.parse_args(argv)
 
 

@@ -24,7 +24,10 @@ from tuner.cluster import check_cluster, init_ray
 from tuner.config import one_line
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
+from tuner.optuna_storage import fresh_study_storage
 from tuner.outcome import error_line, trial_error_text, trial_outcome
+from tuner.progress import ProgressLine
+from tuner.publish import announce_search, publish_results
 from tuner.ranking import final_score, rank
 from tuner.scheduler import make_scheduler
 from tuner.searcher import make_searcher
@@ -106,7 +109,8 @@ class FailureNotices(Callback):
               f"MLflow (error.txt)", flush=True)
 
 
-def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, max_failures: int) -> tune.Tuner:
+def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, max_failures: int,
+              verbose: bool = False) -> tune.Tuner:
     base = space.base_config()
     constants = {k: v for k, v in base.items() if k not in space.params}
 
@@ -115,9 +119,13 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
         return constants  # Ray merges these fixed values into each suggested config
 
     searcher = make_searcher(define_by_run, make_sampler(space), space.metric, space.mode,
-                             space.searcher.get("points_to_evaluate"), space.max_concurrent)
+                             space.searcher.get("points_to_evaluate"), space.max_concurrent,
+                             storage=fresh_study_storage(folder, record.name), study_name=record.name)
     tracker = MLflowTracker(record.mlflow_uri, record.parent_run_id,
-                            {"dt.trainer": space.trainer, "dt.model": space.model})
+                            {"dt.trainer": space.trainer, "dt.model": space.model}, searched=tuple(space.params))
+    # one line per event (tuner/progress.py); Ray's status table with --verbose
+    progress = (progress_reporter(space) if verbose else
+                ProgressLine(space.num_samples, space.base_config()["epochs"], space.metric, space.mode))
     return tune.Tuner(
         trainable_for(space, arrays),
         tune_config=TuneConfig(search_alg=searcher, scheduler=make_scheduler(space),
@@ -128,7 +136,7 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
             # result.json per trial (what Tune's ResultGrid reads back); MLflow is the record users look at
             name=folder.name, storage_path=str(folder.parent),
             callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents(), FailureNotices()],
-            progress_reporter=progress_reporter(space), verbose=1,
+            progress_reporter=progress, verbose=1,
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=FailureConfig(max_failures=max_failures)),
     )
@@ -192,16 +200,19 @@ def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, a
     client = MlflowClient(record.mlflow_uri)
     open_parent_run(client, space, folder, record, resume)
     record.save(folder)
+    print("\n".join(announce_search(client, record, space, folder)), flush=True)
     if resume and install_ray_snapshot(folder):
         tuner = restore_tuner(space, folder, arrays)
     else:
         if resume:  # the driver died before any trial started: start the search anew, in its own folder and run
             delete_child_runs(client, record.parent_run_id)
-        tuner = new_tuner(space, folder, record, arrays, args.max_failures)
+        tuner = new_tuner(space, folder, record, arrays, args.max_failures, getattr(args, "verbose", False))
     results = tuner.fit()
     if len(results) < space.num_samples or not all(_ended(result) for result in results):
         return interrupted(results, space, folder, record, client, args)
     summary = summarize(results, space, arrays, client, record)
+    outcomes = Counter(trial_outcome(r.metrics or {}, r.error is not None) for r in results)
+    print("\n".join(publish_results(client, record, space, summary, dict(outcomes))), flush=True)
     close_dangling_runs(client, record.parent_run_id)  # a safety net: every trial ended, so no run may stay open
     finish_parent_run(client, record.parent_run_id, "finished", summary)
     record.status = "finished"
