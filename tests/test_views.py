@@ -64,7 +64,7 @@ def test_only_the_params_a_trial_reads_are_logged():
 def test_trial_run_names_are_readable():
     config = {"trainer": "dgl", "lr": 0.0123456, "local_loss": "pred", "sim_weight": 0.7, "aux_head": "conv",
               "dropout": 0.1}
-    name = mlflow_views.trial_run_name("ab12c_00003", config, ["lr", "sim_weight", "local_loss", "aux_head",
+    name = mlflow_views.trial_run_name(4, config, ["lr", "sim_weight", "local_loss", "aux_head",
                                                                 "dropout"])
     assert name == "#4 dgl lr=0.01235 local_loss=pred aux_head=conv"  # sim_weight does not apply: skipped
 

@@ -81,18 +81,19 @@ def applicable_params(config: dict) -> dict:
     return {key: value for key, value in config.items() if applies(key, config)}
 
 
-def trial_number(trial_id: str) -> int:
-    """Ray's trial ids end in the trial's index (`a1b2c_00003`); counted from 1 for people."""
-    tail = trial_id.rsplit("_", 1)[-1]
-    return int(tail) + 1 if tail.isdigit() else 0
+def trial_number(trial, trials: list) -> int | None:
+    """The trial's place in the search, from 1: Ray keeps its trials in the order it created them (also after a
+    restore), and its trial ids are random. None when `trials` does not hold it."""
+    ids = [t.trial_id for t in trials]
+    return ids.index(trial.trial_id) + 1 if trial.trial_id in ids else None
 
 
-def trial_run_name(trial_id: str, config: dict, searched: list) -> str:
+def trial_run_name(number: int | None, config: dict, searched: list) -> str:
     """`#4 dgl lr=0.012 weight_decay=3.1e-05 aux_head=conv`: the number, the trainer and the first searched values
     that apply, so runs tell each other apart in the table, the chart legends and the run page."""
     shown = [key for key in searched if key in config and applies(key, config)][:NAME_PARAMS]
     values = " ".join(f"{key}={fmt_value(config[key])}" for key in shown)
-    return f"#{trial_number(trial_id)} {config.get('trainer', '')} {values}".strip()
+    return f"#{number or '?'} {config.get('trainer', '')} {values}".strip()
 
 
 def mark_best_trial(client, parent_run_id: str, trial_id: str) -> None:

@@ -53,10 +53,9 @@ def progress_line(trials: list, elapsed_s: float, num_samples: int, max_epochs: 
     counts += [f"{n} {name}" for name, n in outcomes.items() if name in ("diverged", "failed") and n]
     parts = [f"[{clock(elapsed_s)}] {', '.join(counts)} of {num_samples}"]
     if best is not None:
-        parts.append(f"best {metric} {best[0]:.4f} (#{trial_number(best[1].trial_id)})")
+        parts.append(f"best {metric} {best[0]:.4f} (#{trial_number(best[1], trials)})")
     if running:
-        parts.append(", ".join(f"#{trial_number(t.trial_id)} epoch {_epoch(t)}/{max_epochs}"
-                               for t in sorted(running, key=lambda t: t.trial_id)))
+        parts.append(", ".join(f"#{trial_number(t, trials)} epoch {_epoch(t)}/{max_epochs}" for t in running))
     eta = eta_seconds(trials, elapsed_s, num_samples, max_epochs, epochs_before)
     if eta is not None:
         parts.append(f"ETA <= {clock(eta)}")

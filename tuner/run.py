@@ -44,6 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
                    help="continue the latest unfinished search of this space, or the one at PATH")
     p.add_argument("--fresh", action="store_true", help="start a new search even if an unfinished one exists")
+    p.add_argument("--warm-start", metavar="SEARCH",
+                   help="an earlier search's folder: its completed and pruned trials seed this search's sampler")
+    p.add_argument("--warm-start-top", type=int, default=0, metavar="K",
+                   help="with --warm-start: run its K best configs first")
     p.add_argument("--verbose", action="store_true",
                    help="Ray's full status table every 10 s instead of one progress line per event")
     return p.parse_args(argv)
@@ -99,7 +103,7 @@ def new_search(args, space: Space) -> tuple[Path, SearchRecord]:
 
 
 OVERRIDE_FLAGS = ("num_samples", "max_epochs", "train_subset", "seed", "cpus_per_trial", "gpus_per_trial",
-                  "max_concurrent", "data_dir")
+                  "max_concurrent", "data_dir", "warm_start", "warm_start_top")
 
 
 def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, address: str | None) -> str:
@@ -120,6 +124,13 @@ def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, ad
         f"  MLflow: {record.mlflow_uri}, experiment '{record.experiment}'",
         f"  watch it: mlflow ui --backend-store-uri {record.mlflow_uri} --workers 1   (then http://127.0.0.1:5000)",
     ])
+
+
+def check_warm_start_flags(args) -> None:
+    if args.warm_start_top < 0 or (args.warm_start_top and not args.warm_start):
+        raise SetupError(f"--warm-start-top {args.warm_start_top}: a count of 0 or more, with --warm-start")
+    if args.warm_start:  # kept with the search's overrides: absolute, so a resume finds it from anywhere
+        args.warm_start = str(Path(args.warm_start).expanduser().resolve())
 
 
 def check_storage_flag(storage: str) -> None:
@@ -172,6 +183,7 @@ def main(argv=None) -> int:
     folder = None
     try:
         check_storage_flag(args.storage)
+        check_warm_start_flags(args)
         if args.resume:
             folder, record = locate_resume(args, load_space(args.space).name)
             # a resumed search keeps what it started with; flags given now are not silently mixed in
@@ -183,6 +195,10 @@ def main(argv=None) -> int:
             space = resolve_space(args)
             folder, record = new_search(args, space)
         print(plan_text(space, folder, record, bool(args.resume), args.address), flush=True)
+        if args.warm_start:  # checked before anything starts; the new study is seeded when the search starts
+            from tuner.warm_start import load_warm_start
+
+            print(load_warm_start(args.warm_start, space, args.warm_start_top).summary(), flush=True)
         if args.dry_run:
             print("\n" + space.describe())
             print("\n--dry-run: nothing was started.")

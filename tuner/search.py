@@ -24,7 +24,6 @@ from tuner.cluster import check_cluster, init_ray
 from tuner.config import one_line
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
-from tuner.optuna_storage import fresh_study_storage
 from tuner.outcome import error_line, trial_error_text, trial_outcome
 from tuner.progress import ProgressLine
 from tuner.publish import announce_search, publish_results
@@ -37,6 +36,7 @@ from tuner.text import fmt_value, text_table
 from tuner.tracking import (MLflowTracker, close_dangling_runs, delete_child_runs, find_parent_run, finish_parent_run,
                             log_trial_metric, reopen_run, start_parent_run)
 from tuner.trainable import build, load_checkpoint, train_trial
+from tuner.warm_start import new_search_study
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_EVERY_S = 10
@@ -110,7 +110,7 @@ class FailureNotices(Callback):
 
 
 def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, max_failures: int,
-              verbose: bool = False) -> tune.Tuner:
+              verbose: bool = False, warm_from: str | None = None, warm_top: int = 0) -> tune.Tuner:
     base = space.base_config()
     constants = {k: v for k, v in base.items() if k not in space.params}
 
@@ -118,9 +118,10 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
         space.define_by_run(trial)
         return constants  # Ray merges these fixed values into each suggested config
 
-    searcher = make_searcher(define_by_run, make_sampler(space), space.metric, space.mode,
-                             space.searcher.get("points_to_evaluate"), space.max_concurrent,
-                             storage=fresh_study_storage(folder, record.name), study_name=record.name)
+    # the study in the search folder's optuna.db, with a warm start's trials in it (tuner/warm_start.py)
+    storage, points = new_search_study(folder, record.name, space, warm_from, warm_top)
+    searcher = make_searcher(define_by_run, make_sampler(space), space.metric, space.mode, points,
+                             space.max_concurrent, storage=storage, study_name=record.name)
     tracker = MLflowTracker(record.mlflow_uri, record.parent_run_id,
                             {"dt.trainer": space.trainer, "dt.model": space.model}, searched=tuple(space.params))
     # one line per event (tuner/progress.py); Ray's status table with --verbose
@@ -206,7 +207,8 @@ def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, a
     else:
         if resume:  # the driver died before any trial started: start the search anew, in its own folder and run
             delete_child_runs(client, record.parent_run_id)
-        tuner = new_tuner(space, folder, record, arrays, args.max_failures, getattr(args, "verbose", False))
+        tuner = new_tuner(space, folder, record, arrays, args.max_failures, getattr(args, "verbose", False),
+                          getattr(args, "warm_start", None), getattr(args, "warm_start_top", 0) or 0)
     results = tuner.fit()
     if len(results) < space.num_samples or not all(_ended(result) for result in results):
         return interrupted(results, space, folder, record, client, args)

@@ -22,7 +22,7 @@ from ray.tune import Callback
 from tuner.config import DEFAULTS
 from tuner.locations import sqlite_path
 from tuner.metric_names import SCHEDULED_LR, is_block_metric
-from tuner.mlflow_views import applicable_params, trial_run_name
+from tuner.mlflow_views import applicable_params, trial_number, trial_run_name
 from tuner.outcome import error_line, finite_number, trial_error_text, trial_outcome
 
 # per-epoch metrics copied from a trial's result to its child run (Ray's own bookkeeping keys are left out)
@@ -192,10 +192,10 @@ class MLflowTracker(Callback):
         steps = [m.step for key in run.data.metrics for m in self.client.get_metric_history(run.info.run_id, key)]
         return max(steps, default=0)
 
-    def _run_id(self, trial) -> str:
-        return self._find_or_create_run(trial)[0]
+    def _run_id(self, trial, trials: list = ()) -> str:
+        return self._find_or_create_run(trial, trials)[0]
 
-    def _find_or_create_run(self, trial) -> tuple[str, bool]:
+    def _find_or_create_run(self, trial, trials: list = ()) -> tuple[str, bool]:
         """(the trial's child run id, whether it was just created): cached, else found by its dt.trial_id tag,
         else created."""
         trial_id = trial.trial_id
@@ -212,7 +212,7 @@ class MLflowTracker(Callback):
             for key in ("trainer", "model"):
                 if key in config:
                     tags[f"dt.{key}"] = str(config[key])
-            run_name = trial_run_name(trial_id, config, list(getattr(self, "searched", ())))
+            run_name = trial_run_name(trial_number(trial, trials), config, list(getattr(self, "searched", ())))
             run_id = self.client.create_run(self._experiment_id, run_name=run_name, tags=tags).info.run_id
             # the trial's effective config (the trainable fills unset keys from DEFAULTS the same way), less the
             # keys its trainer does not read (sim_weight without predsim, ...)
@@ -242,14 +242,14 @@ class MLflowTracker(Callback):
                 self._end(trial, error=trial.status == "ERROR")
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        run_id, created = self._find_or_create_run(trial)
+        run_id, created = self._find_or_create_run(trial, trials)
         if not created:
             # a restarted trial (retried after an error, or resumed after its run was closed): running again
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "dt.outcome", "running")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        run_id = self._run_id(trial)
+        run_id = self._run_id(trial, trials)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         if epoch <= self._last_epoch[run_id]:
             return  # redone after a restore: this epoch already has its points
