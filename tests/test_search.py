@@ -138,3 +138,17 @@ def test_bad_space_is_one_line_exit_2_and_creates_nothing(tmp_path, old, new, ke
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.yaml" in lines[0] and key in lines[0], result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+    # where researchers look: the study in the folder's optuna.db, the links, the best trial, the figures
+    stored = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert sorted(t.state.name for t in stored.trials) == sorted(want[o].name for o in outcomes.values())
+    assert f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=" in result.stdout
+    assert "mlflow.sharedViewState.trials-by-val_acc" in client.get_experiment(experiment.experiment_id).tags
+    assert "Ray's" not in result.stdout and "Trial status" not in output  # progress lines, not Ray's table
+    assert "[00:" in result.stdout and " of 4 | best val_acc " in result.stdout
+    assert [r.data.tags.get("dt.best") for r in tested] == ["true"]
+    assert sum(r.data.tags.get("dt.best") == "true" for r in children) == 1
+    assert sorted(r.info.run_name.split()[0] for r in children) == ["#1", "#2", "#3", "#4"]
+    assert "Best: trial" in parent.data.tags["mlflow.note.content"]
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/history_tiny.png", "figures/curves_basiccnn.png"} <= figures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -35,19 +36,18 @@ def test_accuracies_are_exact_fractions_of_counts():
     assert metrics["acc"] == 0.335  # float32 division gives 0.33500000834465027
 
 
-def test_trials_url_opens_the_ranked_runs_table():
-    url = mlflow_views.trials_url("sqlite:////x/mlflow.db", "7", "val_acc", "max")
+def test_links_open_the_ranked_trials_in_the_model_training_view():
+    url = mlflow_views.trials_url("sqlite:////x/mlflow.db", "7", "val_acc")
     parts = urlsplit(url)
     assert f"{parts.scheme}://{parts.netloc}" == mlflow_views.LOCAL_UI
     path, query = parts.fragment.split("?", 1)
     assert path == "/experiments/7/runs"
-    query = {k: v[0] for k, v in parse_qs(query).items()}
-    assert query == {"workflowType": "machine_learning", "searchFilter": "tags.`dt.role` = 'trial'",
-                     "orderByKey": "metrics.`val_acc`", "orderByAsc": "false"}
-    charts = mlflow_views.trials_url("http://mlflow:5000/", "7", "val_loss", "min", charts=True)
-    assert charts.startswith("http://mlflow:5000/#/experiments/7/runs?")
-    assert "compareRunsMode=CHART" in charts and "orderByAsc=true" in charts
+    assert parse_qs(query) == {"workflowType": ["machine_learning"], "viewStateShareKey": ["trials-by-val_acc"]}
+    charts = mlflow_views.trials_url("http://mlflow:5000/", "7", "val_loss", charts=True)
+    assert charts.startswith("http://mlflow:5000/#/experiments/7/runs?") and "compareRunsMode=CHART" in charts
+    assert mlflow_views.run_url("http://mlflow:5000", "7", "abc").endswith("/runs/abc?workflowType=machine_learning")
     assert mlflow_views.ui_command("http://mlflow:5000") is None
+    assert mlflow_views.trials_view("val_loss", "min", [])["orderByAsc"] is True
 
 
 def test_only_the_params_a_trial_reads_are_logged():
@@ -72,8 +72,9 @@ def test_trial_run_names_are_readable():
 def test_parent_description_names_the_best_trial():
     summary = {"best_trial_id": "ab12c_00001", "best_val_acc": 0.41, "best_test_acc": 0.4, "num_trials": 4,
                "best_config": {"lr": 0.05}}
-    text = mlflow_views.parent_description(summary, "val_acc", {"completed": 2, "stopped": 2}, ["history.png"])
-    assert "trial ab12c_00001" in text and "val_acc 0.4100" in text and "test_acc 0.4000" in text
+    text = mlflow_views.parent_description(summary, "val_acc", {"completed": 2, "stopped": 2}, ["history.png"],
+                                           "#2 dgl lr=0.05")
+    assert text.startswith("Best: #2 dgl lr=0.05 (Ray trial ab12c_00001, tagged dt.best)") and "val_acc 0.4100" in text and "test_acc 0.4000" in text
     assert "lr=0.05" in text and "2 completed, 2 stopped" in text and "history.png" in text
 
 
@@ -83,10 +84,14 @@ def test_experiment_description_and_best_trial_tag(tmp_path):
     parent = client.create_run(experiment_id).info.run_id
     children = [client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "dt.trial_id": f"t_0000{i}"})
                 for i in range(2)]
-    mlflow_views.describe_experiment(client, experiment_id, "Quick DGL.")
-    mlflow_views.mark_best_trial(client, parent, "t_00001")
+    mlflow_views.describe_experiment(client, experiment_id, "Quick DGL.", "val_acc", "max", ["lr", "dropout"])
+    assert mlflow_views.mark_best_trial(client, parent, "t_00001") == children[1].info.run_name
     tags = client.get_experiment(experiment_id).tags
     assert tags[mlflow_views.NOTE] == "Quick DGL." and tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags["mlflow.sharedViewState.trials-by-val_acc"])  # what viewStateShareKey= opens
+    assert view == {"searchFilter": "tags.`dt.role` = 'trial'", "orderByKey": "metrics.`val_acc`", "orderByAsc": False,
+                    "selectedColumns": ["metrics.`val_acc`", "metrics.`train_acc`", "metrics.`val_loss`",
+                                        "tags.`dt.outcome`", "params.`lr`", "params.`dropout`"]}
     best = client.search_runs([experiment_id], "tags.`dt.best` = 'true'")
     assert [r.info.run_id for r in best] == [children[1].info.run_id]
 

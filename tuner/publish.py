@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tuner.config import one_line
 from tuner.metric_names import block_accuracies
-from tuner.mlflow_views import NOTE, describe_experiment, mark_best_trial, parent_description, view_lines
+from tuner.mlflow_views import (NOTE, describe_experiment, mark_best_trial, parent_description, run_url,
+                                view_lines)
 from tuner.optuna_storage import dashboard_command
 
 BLOCK_FIGURE = "accuracy_by_block.png"
@@ -20,9 +21,9 @@ FIGURES_DIR = "figures"
 def announce_search(client, record, space, folder: Path) -> list[str]:
     """Describe the experiment and return the lines that say where to watch the search."""
     experiment_id = client.get_run(record.parent_run_id).info.experiment_id
-    describe_experiment(client, experiment_id, space.description)
+    describe_experiment(client, experiment_id, space.description, space.metric, space.mode, list(space.params))
     return (["Watch it in MLflow (in the UI, 'Model training' shows runs; these links open it there):"]
-            + view_lines(record.mlflow_uri, experiment_id, space.metric, space.mode)
+            + view_lines(record.mlflow_uri, experiment_id, space.metric)
             + [f"  the Optuna study: {dashboard_command(folder)}   (pip install '.[dashboard]')"])
 
 
@@ -58,9 +59,9 @@ def search_figures(client, experiment: str, parent_run_id: str, out_dir: Path) -
 def publish_results(client, record, space, summary: dict, outcomes: dict) -> list[str]:
     """At the end of a search (also a resumed one): tag the best trial, log the figures on the parent run under
     figures/, describe the parent run. Returns the lines to print. A failure here costs the figures, not the search."""
-    lines = []
+    lines, best_name = [], ""
     if summary.get("best_trial_id"):
-        mark_best_trial(client, record.parent_run_id, summary["best_trial_id"])
+        best_name = mark_best_trial(client, record.parent_run_id, summary["best_trial_id"])
     names = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +74,10 @@ def publish_results(client, record, space, summary: dict, outcomes: dict) -> lis
             lines.append(f"Figures logged on the search's MLflow run under {FIGURES_DIR}/: {', '.join(names)}")
     except Exception as error:  # matplotlib or the store; the search's results stand without its figures
         lines.append(f"warning: the search's figures were not logged ({one_line(error)})")
-    client.set_tag(record.parent_run_id, NOTE, parent_description(summary, space.metric, outcomes, names))
+    client.set_tag(record.parent_run_id, NOTE,
+                   parent_description(summary, space.metric, outcomes, names, best_name))
     experiment_id = client.get_run(record.parent_run_id).info.experiment_id
-    lines += ["MLflow:"] + view_lines(record.mlflow_uri, experiment_id, space.metric, space.mode)
+    lines += (["MLflow:"] + view_lines(record.mlflow_uri, experiment_id, space.metric)
+              + [f"  the search's run (description, figures): "
+                 f"{run_url(record.mlflow_uri, experiment_id, record.parent_run_id)}"])
     return lines
