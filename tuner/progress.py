@@ -44,9 +44,9 @@ def progress_line(trials: list, elapsed_s: float, num_samples: int, max_epochs: 
         elif trial.status == "RUNNING":
             running.append(trial)
         value = result.get(metric)
-        if finite_number(value) and not result.get("diverged"):
-            if best is None or (value > best[0] if mode == "max" else value < best[0]):
-                best = (value, trial)
+        if finite_number(value) and not result.get("diverged") and (
+                best is None or (value > best[0] if mode == "max" else value < best[0])):
+            best = (value, trial)
     pending = sum(t.status == "PENDING" for t in trials)
     counts = [f"{outcomes['completed']} done", f"{len(running)} running", f"{outcomes['stopped']} stopped"]
     counts += [f"{pending} starting"] if pending else []

@@ -10,8 +10,14 @@ from pathlib import Path
 
 from tuner.config import one_line
 from tuner.metric_names import block_accuracies
-from tuner.mlflow_views import (NOTE, describe_experiment, mark_best_trial, parent_description, run_url,
-                                view_lines)
+from tuner.mlflow_views import (
+    NOTE,
+    describe_experiment,
+    mark_best_trial,
+    parent_description,
+    run_url,
+    view_lines,
+)
 from tuner.optuna_storage import dashboard_command
 
 BLOCK_FIGURE = "accuracy_by_block.png"
@@ -33,9 +39,11 @@ def log_block_figure(client, run_id: str, run_name: str, trainer: str, result: d
     val = block_accuracies(result, "val")
     if not val:
         return False
-    from tuner.report.figures import plot_blocks  # matplotlib only where a figure is drawn
+    from tuner.report.figures import (
+        plot_blocks,  # matplotlib only where a figure is drawn
+    )
 
-    blocks = {trainer: dict(label=run_name, val=val, train=block_accuracies(result, "train"))}
+    blocks = {trainer: {"label": run_name, "val": val, "train": block_accuracies(result, "train")}}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / BLOCK_FIGURE
         plot_blocks("", blocks, None, "", path, title=f"{run_name}: accuracy by block at epoch {result.get('epoch')}")
@@ -78,6 +86,6 @@ def publish_results(client, record, space, summary: dict, outcomes: dict) -> lis
                    parent_description(summary, space.metric, outcomes, names, best_name))
     experiment_id = client.get_run(record.parent_run_id).info.experiment_id
     lines += (["MLflow:"] + view_lines(record.mlflow_uri, experiment_id, space.metric)
-              + [f"  the search's run (description, figures): "
-                 f"{run_url(record.mlflow_uri, experiment_id, record.parent_run_id)}"])
+              + ["  the search's run (description, figures): "
+                 + run_url(record.mlflow_uri, experiment_id, record.parent_run_id)])
     return lines

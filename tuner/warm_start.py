@@ -38,7 +38,8 @@ class WarmStart:
         line = f"  warm start: {len(self.trials)} trials of {self.source} ({states})"
         if self.dropped:
             line += f"; {len(self.dropped)} left out (e.g. {self.dropped[0]})"
-        return line + (f"; its best {len(self.top)} configs run first" if self.top else "")
+        best = "its best config runs" if len(self.top) == 1 else f"its best {len(self.top)} configs run"
+        return line + (f"; {best} first" if self.top else "")
 
 
 def distribution(param) -> optuna.distributions.BaseDistribution:
@@ -115,5 +116,5 @@ def new_search_study(folder: Path, study_name: str, space, warm_from: str | None
     if warm_from:
         warm = load_warm_start(warm_from, space, top)
         seed_study(storage, study_name, space, warm)
-        points = warm.top + points
+        points = warm.top + [p for p in points if p not in warm.top]  # a config already on the list runs once
     return storage, points
