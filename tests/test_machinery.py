@@ -190,7 +190,7 @@ def test_tracker_errors_and_dangling_runs(client, uri, tmp_path):
     tracker.on_trial_complete(0, [], diverged)
 
     assert close_dangling_runs(client, parent) == [tracker._run_id(cut_off)]
-    runs = {run.info.run_name: run for run in _children(client, parent)}
+    runs = {run.data.tags["dt.trial_id"]: run for run in _children(client, parent)}
     assert {name: (run.info.status, run.data.tags["dt.outcome"]) for name, run in runs.items()} == {
         "toy_00000": ("FAILED", "failed"), "toy_00001": ("FAILED", "diverged"), "toy_00002": ("FAILED", "failed")}
     assert runs["toy_00000"].data.tags["dt.trainer"] == "dgl"  # base tags when the config does not say
@@ -319,7 +319,7 @@ def test_search_with_asha_optuna_and_mlflow(ray_cluster, client, uri, tmp_path):
     assert [t.state for t in restored.searcher.study.get_trials()] == [t.state for t in ot_trials]
 
     # MLflow: one child per trial, per-epoch points at step = epoch, outcome tags, nothing left running
-    runs = {run.info.run_name: run for run in _children(client, parent)}
+    runs = {run.data.tags["dt.trial_id"]: run for run in _children(client, parent)}
     assert sorted(runs) == sorted(outcome) and len(_children(client, parent)) == len(LRS)
     for trial_id, run in runs.items():
         assert run.data.tags["dt.outcome"] == outcome[trial_id]
