@@ -156,7 +156,8 @@ class Trainer:
     def _accuracies(self, correct, seen, name) -> dict:
         if correct is None:
             return {name: 0.0}
-        accs = (correct.float() / max(seen, 1)).tolist()
+        # from the integer counts, in Python floats: a float32 fraction shows as 0.33500000834 in MLflow
+        accs = [hits / max(seen, 1) for hits in correct.tolist()]
         metrics = {name: accs[-1]}
         if self.per_block_metrics:
             metrics.update({f"block{i + 1}_{name}": acc for i, acc in enumerate(accs)})

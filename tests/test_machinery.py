@@ -15,6 +15,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tuner.metric_names import block_metric
 from tuner.outcome import trial_outcome
 from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch, make_searcher
 from tuner.schema import KEYS, resolve
@@ -147,7 +148,7 @@ def test_tracker_is_idempotent_across_a_driver_restart(client, uri, tmp_path):
     tracker.on_trial_start(iteration=0, trials=[trial], trial=trial)
     for epoch in (1, 2):
         tracker.on_trial_result(0, [trial], trial, {"epoch": epoch, "val_acc": 0.1 * epoch, "val_loss": float("nan"),
-                                                    "block1_val_acc": 0.05 * epoch, "training_iteration": epoch,
+                                                    block_metric(1, "val"): 0.05 * epoch, "training_iteration": epoch,
                                                     "time_total_s": 1.0, "trainer": "dgl"})
 
     restarted = pickle.loads(pickle.dumps(tracker))  # what Tune keeps of it in tuner.pkl: no client, no caches
@@ -160,15 +161,18 @@ def test_tracker_is_idempotent_across_a_driver_restart(client, uri, tmp_path):
     again.on_trial_complete(0, [trial], trial)
 
     (run,) = _children(client, parent)
-    assert run.info.run_name == "toy_00000" and run.info.status == "FINISHED"
+    assert run.info.run_name == "#1 dgl" and run.info.status == "FINISHED"
     tags = run.data.tags
     assert (tags["dt.role"], tags["dt.trial_id"], tags["dt.outcome"]) == ("trial", "toy_00000", "completed")
     assert (tags["dt.trainer"], tags["dt.model"]) == ("dgl", "basiccnn")  # the trial's config wins over base tags
-    assert set(run.data.params) == set(KEYS) and run.data.params["lr"] == "0.1"
+    # params: only the keys a dgl trial with the flatten_mlp head, local_loss=pred, sgd and a cosine schedule reads
+    assert set(run.data.params) == set(KEYS) - {"sim_weight", "lr_step_epochs", "lr_gamma", "aux_pool", "aux_convs",
+                                                "sg_kernel", "sg_after_last_block"}
+    assert run.data.params["lr"] == "0.1"
     logged = json.loads(Path(client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))).read_text())
     assert logged == resolve(trial.config).model_dump()  # the resolved config, exactly (params are strings)
     assert _steps(client, run.info.run_id, "val_acc") == [(1, 0.1), (2, 0.2), (3, 0.3)]
-    assert _steps(client, run.info.run_id, "block1_val_acc") == [(1, 0.05), (2, 0.1)]
+    assert _steps(client, run.info.run_id, block_metric(1, "val")) == [(1, 0.05), (2, 0.1)]
     assert "val_loss" not in run.data.metrics  # NaN skipped
     assert not {"training_iteration", "time_total_s", "epoch"} & set(run.data.metrics)  # Ray's bookkeeping left out
 
@@ -190,7 +194,7 @@ def test_tracker_errors_and_dangling_runs(client, uri, tmp_path):
     tracker.on_trial_complete(0, [], diverged)
 
     assert close_dangling_runs(client, parent) == [tracker._run_id(cut_off)]
-    runs = {run.info.run_name: run for run in _children(client, parent)}
+    runs = {run.data.tags["dt.trial_id"]: run for run in _children(client, parent)}
     assert {name: (run.info.status, run.data.tags["dt.outcome"]) for name, run in runs.items()} == {
         "toy_00000": ("FAILED", "failed"), "toy_00001": ("FAILED", "diverged"), "toy_00002": ("FAILED", "failed")}
     assert runs["toy_00000"].data.tags["dt.trainer"] == "dgl"  # base tags when the config does not say
@@ -319,7 +323,7 @@ def test_search_with_asha_optuna_and_mlflow(ray_cluster, client, uri, tmp_path):
     assert [t.state for t in restored.searcher.study.get_trials()] == [t.state for t in ot_trials]
 
     # MLflow: one child per trial, per-epoch points at step = epoch, outcome tags, nothing left running
-    runs = {run.info.run_name: run for run in _children(client, parent)}
+    runs = {run.data.tags["dt.trial_id"]: run for run in _children(client, parent)}
     assert sorted(runs) == sorted(outcome) and len(_children(client, parent)) == len(LRS)
     for trial_id, run in runs.items():
         assert run.data.tags["dt.outcome"] == outcome[trial_id]

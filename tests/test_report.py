@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from tuner import locations, ranking, text  # noqa: E402
+from tuner.metric_names import SCHEDULED_LR, block_metric  # noqa: E402
 from tuner.schema import resolve  # noqa: E402
 from tuner.report import cli, gaps, importance  # noqa: E402
 from tuner.report import store as report_store  # noqa: E402
@@ -79,12 +80,12 @@ def fabricate_search(client, space, trainer, model, trials, searched=("lr", "wei
         for epoch, acc in enumerate(val, start=1):
             ts = t_start + 1000 * epoch
             values = {"val_acc": acc, "train_acc": min(1.0, acc + 0.03 * epoch / len(val)),
-                      "val_loss": 2.3 * (1 - acc) + 0.1, "train_loss": 2.3 * (1 - acc), "lr": config.lr,
+                      "val_loss": 2.3 * (1 - acc) + 0.1, "train_loss": 2.3 * (1 - acc), SCHEDULED_LR: config.lr,
                       "epoch_s": 30.0, "images_per_s": 1500.0}
             if trainer == "dgl":
                 for b in range(1, num_blocks + 1):   # deeper blocks are better; block K is the network's own head
-                    values[f"block{b}_val_acc"] = acc * (0.6 + 0.4 * b / num_blocks)
-                    values[f"block{b}_train_acc"] = values["train_acc"] * (0.65 + 0.35 * b / num_blocks)
+                    values[block_metric(b, "val")] = acc * (0.6 + 0.4 * b / num_blocks)
+                    values[block_metric(b, "train")] = values["train_acc"] * (0.65 + 0.35 * b / num_blocks)
             metrics += [Metric(k, v, ts, epoch) for k, v in values.items()]
         client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in config.model_dump().items()])
         client.log_dict(run_id, config.model_dump(), "config.json")

@@ -108,6 +108,22 @@ def test_tiny_search_end_to_end(tmp_path, fake_data):
     pruned = [t for t in searcher.study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and all(t.intermediate_values for t in pruned)
 
+    # where researchers look: the study in the folder's optuna.db, the links, the best trial, the figures
+    stored = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert sorted(t.state.name for t in stored.trials) == sorted(want[o].name for o in outcomes.values())
+    link = f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey="
+    assert link in result.stdout
+    assert "mlflow.sharedViewState.trials-by-val_acc" in client.get_experiment(experiment.experiment_id).tags
+    assert "Ray's" not in result.stdout and "Trial status" not in output  # progress lines, not Ray's table
+    assert "[00:" in result.stdout and " of 4 | best val_acc " in result.stdout
+    assert [r.data.tags.get("dt.best") for r in tested] == ["true"]
+    assert sum(r.data.tags.get("dt.best") == "true" for r in children) == 1
+    assert sorted(r.info.run_name.split()[0] for r in children) == ["#1", "#2", "#3", "#4"]
+    best_name = tested[0].info.run_name
+    assert parent.data.tags["mlflow.note.content"].startswith(f"Best: {best_name} (Ray trial ")
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/history_tiny.png", "figures/curves_basiccnn.png"} <= figures
+
 
 def test_dry_run_starts_nothing(tmp_path):
     result = run_cli("--space", "dgl_quick", "--dry-run", "--storage", str(tmp_path / "runs"),

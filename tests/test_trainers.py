@@ -12,6 +12,7 @@ from models.trainers import build_trainer
 from tuner.schema import resolve
 from tuner.data import make_splits
 from tuner.epoch import run_epoch, steps_per_epoch
+from tuner.metric_names import block_accuracies
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,9 @@ def test_trainer_learns_well_above_chance(data, overrides):
     assert not metrics["diverged"]
     assert metrics["val_acc"] > 0.6, metrics  # chance is 0.1
     if overrides["trainer"] == "dgl":
-        blocks = [k for k in metrics if k.endswith("_val_acc") and k.startswith("block")]
+        blocks = block_accuracies(metrics, "val")
         assert len(blocks) == len(trainer.network.blocks)
-        assert metrics[blocks[-1]] == metrics["val_acc"]
+        assert blocks[-1] == metrics["val_acc"]
 
 
 @pytest.mark.parametrize("name", ["backprop", "dgl", "cdni"])
@@ -69,7 +70,7 @@ def test_checkpoint_round_trip_continues_exactly(data, name):
     assert resumed.epoch == 1
     for want in expected[1:]:
         got = run_epoch(resumed, data)
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "scheduled_lr"):
             assert got[key] == want[key], key
 
 

@@ -43,6 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
                    help="continue the latest unfinished search of this space, or the one at PATH")
     p.add_argument("--fresh", action="store_true", help="start a new search even if an unfinished one exists")
+    p.add_argument("--warm-start", metavar="SEARCH",
+                   help="an earlier search's folder: its completed and pruned trials seed this search's sampler")
+    p.add_argument("--warm-start-top", type=int, default=0, metavar="K",
+                   help="with --warm-start: run its K best configs first")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's full status table every 10 s instead of one progress line per event")
     return p.parse_args(argv)
 
 
@@ -57,7 +63,8 @@ def settings_from_flags(args: argparse.Namespace) -> SearchSettings:
         experiment_name=args.name, data_dir=absolute(args.data_dir), address=args.address,
         max_failures=args.max_failures, num_samples=args.num_samples, max_epochs=args.max_epochs,
         train_subset=args.train_subset, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent)
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, verbose=args.verbose,
+        warm_start=absolute(args.warm_start), warm_start_top=args.warm_start_top)
 
 
 def resolve_space(settings: SearchSettings) -> Space:
@@ -127,6 +134,11 @@ def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, ad
     ])
 
 
+def check_warm_start_flags(args: argparse.Namespace) -> None:
+    if args.warm_start_top < 0 or (args.warm_start_top and not args.warm_start):
+        raise SetupError(f"--warm-start-top {args.warm_start_top}: a count of 0 or more, with --warm-start")
+
+
 def check_storage_flag(storage: str) -> None:
     from tuner.cluster import is_uri
 
@@ -168,18 +180,27 @@ def main(argv=None) -> int:
     folder = None
     try:
         check_storage_flag(args.storage)
+        check_warm_start_flags(args)
         settings = settings_from_flags(args)
         if args.resume:
             folder, record = locate_resume(args.resume, Path(settings.storage), load_space(args.space).name)
             # a resumed search keeps what it started with; flags given now are not silently mixed in. Only where
             # Ray runs may differ (a cluster restarted at another address), and the space as named now.
-            settings = dataclasses.replace(record.settings, space=args.space, address=args.address)
+            # --verbose only changes the console: today's flag (though a search Ray restores keeps its first display)
+            settings = dataclasses.replace(record.settings, space=args.space, address=args.address,
+                                           verbose=args.verbose)
             record.settings = settings
             space = resolve_space(settings)
         else:
             space = resolve_space(settings)
             folder, record = new_search(settings, space, args.fresh)
         print(plan_text(space, folder, record, bool(args.resume), settings.address), flush=True)
+        # checked before anything starts; the new study is seeded when the search starts. A resumed search's study
+        # already holds those trials (it is seeded again only if it restarts before any trial was saved).
+        if settings.warm_start and not args.resume:
+            from tuner.warm_start import load_warm_start
+
+            print(load_warm_start(settings.warm_start, space, settings.warm_start_top).summary(), flush=True)
         if args.dry_run:
             print("\n" + space.describe())
             print("\n--dry-run: nothing was started.")

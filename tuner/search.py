@@ -24,6 +24,8 @@ from tuner.errors import SetupError, one_line
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
 from tuner.outcome import trial_outcome
+from tuner.progress import ProgressLine
+from tuner.publish import announce_search, publish_results
 from tuner.ranking import final_score, rank
 from tuner.ray_adaptations.asha import make_trial_scheduler
 from tuner.ray_adaptations.honest_optuna import make_searcher
@@ -37,6 +39,7 @@ from tuner.text import fmt_value, text_table
 from tuner.tracking import (MLflowTracker, close_dangling_runs, delete_child_runs, find_parent_run, finish_parent_run,
                             log_trial_metric, reopen_run, start_parent_run)
 from tuner.trial import build_trial, load_checkpoint, train_trial
+from tuner.warm_start import new_search_study
 
 CHECKPOINTS_KEPT = 2
 PROGRESS_EVERY_S = 10
@@ -59,7 +62,8 @@ def progress_reporter(space: Space):
                             max_report_frequency=PROGRESS_EVERY_S, sort_by_metric=True, max_progress_rows=12)
 
 
-def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, max_failures: int) -> tune.Tuner:
+def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict,
+              settings: SearchSettings) -> tune.Tuner:
     base = space.base_config()
     constants = {k: v for k, v in base.model_dump().items() if k not in space.params}
 
@@ -67,10 +71,15 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
         space.define_by_run(trial)
         return constants  # Ray merges these fixed values into each suggested config
 
-    searcher = make_searcher(define_by_run, make_sampler(space), space.metric, space.mode,
-                             space.searcher.points_to_evaluate, space.max_concurrent)
+    # the study in the search folder's optuna.db, with a warm start's trials in it (tuner/warm_start.py)
+    storage, points = new_search_study(folder, record.name, space, settings.warm_start, settings.warm_start_top)
+    searcher = make_searcher(define_by_run, make_sampler(space), space.metric, space.mode, points,
+                             space.max_concurrent, storage=storage, study_name=record.name)
     tracker = MLflowTracker(record.mlflow_uri, record.parent_run_id,
-                            {"dt.trainer": space.trainer, "dt.model": space.model})
+                            {"dt.trainer": space.trainer, "dt.model": space.model}, searched=tuple(space.params))
+    # one line per event (tuner/progress.py); Ray's status table with --verbose
+    progress = (progress_reporter(space) if settings.verbose else
+                ProgressLine(space.num_samples, base.epochs, space.metric, space.mode))
     return tune.Tuner(
         trainable_for(space, arrays),
         tune_config=TuneConfig(search_alg=searcher, scheduler=make_trial_scheduler(space),
@@ -81,9 +90,9 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, ma
             # result.json per trial (what Tune's ResultGrid reads back); MLflow is the record users look at
             name=folder.name, storage_path=str(folder.parent),
             callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents(), FailureNotices()],
-            progress_reporter=progress_reporter(space), verbose=1,
+            progress_reporter=progress, verbose=1,
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-            failure_config=FailureConfig(max_failures=max_failures)),
+            failure_config=FailureConfig(max_failures=settings.max_failures)),
     )
 
 
@@ -133,16 +142,19 @@ def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, s
     client = MlflowClient(record.mlflow_uri)
     open_parent_run(client, space, folder, record, resume)
     record.save(folder)
+    print("\n".join(announce_search(client, record, space, folder)), flush=True)
     if resume and install_ray_snapshot(folder):
         tuner = restore_tuner(space, folder, arrays)
     else:
         if resume:  # the driver died before any trial started: start the search anew, in its own folder and run
             delete_child_runs(client, record.parent_run_id)
-        tuner = new_tuner(space, folder, record, arrays, settings.max_failures)
+        tuner = new_tuner(space, folder, record, arrays, settings)
     results = tuner.fit()
     if len(results) < space.num_samples or not all(_ended(result) for result in results):
         return interrupted(results, space, folder, record, client)
     summary = summarize(results, space, arrays, client, record)
+    outcomes = Counter(trial_outcome(r.metrics or {}, r.error is not None) for r in results)
+    print("\n".join(publish_results(client, record, space, summary, dict(outcomes))), flush=True)
     close_dangling_runs(client, record.parent_run_id)  # a safety net: every trial ended, so no run may stay open
     finish_parent_run(client, record.parent_run_id, "finished", summary)
     record.status = "finished"

@@ -15,6 +15,9 @@ class SearchSettings:
     data_dir: str | None = None         # None: ./data, downloaded
     address: str | None = None          # an existing Ray cluster; None: a local Ray
     max_failures: int = 2               # retries of a crashed trial from its checkpoint
+    verbose: bool = False               # Ray's status table in place of one progress line per event
+    warm_start: str | None = None       # an earlier search's folder whose trials seed the new Optuna study
+    warm_start_top: int = 0             # with warm_start: its K best configs run first
     # overrides of the space (None: as the space says)
     num_samples: int | None = None
     max_epochs: int | None = None

@@ -21,12 +21,13 @@ from ray.tune import Callback
 
 from tuner.errors import error_line
 from tuner.locations import sqlite_path
-from tuner.metric_names import is_block_metric
+from tuner.metric_names import SCHEDULED_LR, is_block_metric
+from tuner.mlflow_views import applicable_params, trial_number, trial_run_name
 from tuner.outcome import finite_number, trial_error_text, trial_outcome
 from tuner.schema import resolve
 
 # per-epoch metrics copied from a trial's result to its child run (Ray's own bookkeeping keys are left out)
-EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", "lr", "epoch_s", "images_per_s")
+EPOCH_METRICS = ("val_acc", "val_loss", "train_loss", "train_acc", SCHEDULED_LR, "epoch_s", "images_per_s")
 PARENT_STATUSES = {"running": "RUNNING", "finished": "FINISHED", "interrupted": "KILLED"}
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 
@@ -153,10 +154,11 @@ class MLflowTracker(Callback):
     config['trainer'] / config['model'], when present, win.
     """
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, base_tags: dict | None = None):
+    def __init__(self, tracking_uri: str, parent_run_id: str, base_tags: dict | None = None, searched: tuple = ()):
         self.tracking_uri = tracking_uri
         self.parent_run_id = parent_run_id
         self.base_tags = dict(base_tags or {})
+        self.searched = tuple(searched)  # the searched keys, in the space's order: the first few name the runs
         self._reset()
 
     def _reset(self) -> None:
@@ -169,7 +171,8 @@ class MLflowTracker(Callback):
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks into tuner.pkl; the client holds a database engine, and the caches are
         # rebuilt from MLflow itself on first sight of each trial.
-        return {"tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id, "base_tags": self.base_tags}
+        return {"tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id, "base_tags": self.base_tags,
+                "searched": self.searched}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -190,10 +193,10 @@ class MLflowTracker(Callback):
         steps = [m.step for key in run.data.metrics for m in self.client.get_metric_history(run.info.run_id, key)]
         return max(steps, default=0)
 
-    def _run_id(self, trial) -> str:
-        return self._find_or_create_run(trial)[0]
+    def _run_id(self, trial, trials: list = ()) -> str:
+        return self._find_or_create_run(trial, trials)[0]
 
-    def _find_or_create_run(self, trial) -> tuple[str, bool]:
+    def _find_or_create_run(self, trial, trials: list = ()) -> tuple[str, bool]:
         """(the trial's child run id, whether it was just created): cached, else found by its dt.trial_id tag,
         else created."""
         trial_id = trial.trial_id
@@ -210,11 +213,12 @@ class MLflowTracker(Callback):
             for key in ("trainer", "model"):
                 if key in config:
                     tags[f"dt.{key}"] = str(config[key])
-            run_id = self.client.create_run(self._experiment_id, run_name=trial_id, tags=tags).info.run_id
-            # the trial's effective config, resolved as the trainable resolves it: params to filter runs by,
-            # config.json to read it back exactly (params are strings)
+            run_name = trial_run_name(trial_number(trial, trials), config, list(getattr(self, "searched", ())))
+            run_id = self.client.create_run(self._experiment_id, run_name=run_name, tags=tags).info.run_id
+            # the trial's effective config, resolved as the trainable resolves it: params to filter runs by (less
+            # the keys its trainer does not read, sim_weight without predsim, ...), config.json to read it back exactly
             effective = resolve(config).model_dump()
-            _log_params(self.client, run_id, effective)
+            _log_params(self.client, run_id, applicable_params(effective))
             self.client.log_dict(run_id, effective, "config.json")
             self._last_epoch[run_id] = 0
         self._run_ids[trial_id] = run_id
@@ -241,14 +245,14 @@ class MLflowTracker(Callback):
                 self._end(trial, error=trial.status == "ERROR")
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        run_id, created = self._find_or_create_run(trial)
+        run_id, created = self._find_or_create_run(trial, trials)
         if not created:
             # a restarted trial (retried after an error, or resumed after its run was closed): running again
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "dt.outcome", "running")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        run_id = self._run_id(trial)
+        run_id = self._run_id(trial, trials)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         if epoch <= self._last_epoch[run_id]:
             return  # redone after a restore: this epoch already has its points
@@ -264,6 +268,17 @@ class MLflowTracker(Callback):
         outcome = trial_outcome(trial.last_result, error)
         self.client.set_tag(run_id, "dt.outcome", outcome)
         self.client.set_terminated(run_id, status="FINISHED" if outcome in ("completed", "stopped") else "FAILED")
+        if not error:
+            self._log_block_figure(run_id, trial)
+
+    def _log_block_figure(self, run_id: str, trial) -> None:
+        from tuner.publish import log_block_figure
+
+        try:
+            log_block_figure(self.client, run_id, self.client.get_run(run_id).info.run_name,
+                             str(trial.config.get("trainer", "")), trial.last_result or {})
+        except Exception as error:  # a figure is a convenience: never the reason a search stops
+            print(f"warning: no accuracy-by-block figure for trial {trial.trial_id} ({error})", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._end(trial, error=False)

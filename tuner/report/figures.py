@@ -79,7 +79,8 @@ def plot_curves(model: str, series: dict, path) -> None:
     _save(fig, path)
 
 
-def plot_blocks(model: str, blocks: dict, backprop_val: float | None, backprop_label: str, path) -> None:
+def plot_blocks(model: str, blocks: dict, backprop_val: float | None, backprop_label: str, path,
+                title: str | None = None) -> None:
     """Accuracy of each block's classifier at the final epoch, against depth.
 
     blocks: {trainer: {"label": legend text, "val": [acc of block 1..K], "train": [acc of block 1..K] or []}};
@@ -105,7 +106,7 @@ def plot_blocks(model: str, blocks: dict, backprop_val: float | None, backprop_l
     ax.set_xticks(range(1, depth + 1))
     ax.set_xlabel(f"block depth (block {depth} = the network's own classifier)")
     ax.set_ylabel("accuracy of the block's classifier (%)")
-    ax.set_title(f"{model}: accuracy by block at the final epoch (best trial)")
+    ax.set_title(title or f"{model}: accuracy by block at the final epoch (best trial)")
     ax.grid(alpha=0.3)
     # below the axes: in the plot the legend covered the deepest blocks' points, where the curves end
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=9, frameon=False)
