@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from models.networks import build_network
-from models.trainers import build_trainer, seed_process
-from tuner.schema import resolve
+from models.trainer_base import seed_process
+from models.trainers import build_trainer
 from tuner.data import Split
+from tuner.schema import resolve
 
 
 def emit(row: dict, out=None) -> dict:
@@ -43,16 +44,28 @@ def synthetic_split(n: int, device, seed: int = 0) -> Split:
 def synthetic_arrays(n_train: int, n_test: int, seed: int = 0) -> dict:
     """The same, as numpy arrays in tuner.data.load_arrays' format (what a Ray trial is handed)."""
     rng = np.random.default_rng(seed)
-    return {"train_x": rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8),
-            "train_y": rng.permutation(np.arange(n_train) % 10).astype(np.int64),
-            "test_x": rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8),
-            "test_y": np.arange(n_test, dtype=np.int64) % 10}
+    return {
+        "train_x": rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8),
+        "train_y": rng.permutation(np.arange(n_train) % 10).astype(np.int64),
+        "test_x": rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8),
+        "test_y": np.arange(n_test, dtype=np.int64) % 10,
+    }
 
 
 def bench_config(trainer: str, model: str, width: float, batch_size: int, device: str, **extra) -> dict:
     # epochs only sets the cosine schedule's length: long, so the learning rate stays away from 0 while timing
-    return resolve({"trainer": trainer, "model": model, "width": width, "batch_size": batch_size, "epochs": 100,
-                    "device": device, **extra}, where="bench")
+    return resolve(
+        {
+            "trainer": trainer,
+            "model": model,
+            "width": width,
+            "batch_size": batch_size,
+            "epochs": 100,
+            "device": device,
+            **extra,
+        },
+        where="bench",
+    )
 
 
 class PlainLoop:
@@ -66,8 +79,13 @@ class PlainLoop:
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
         self.network = build_network(cfg.model, cfg.width, 1).to(self.device, memory_format=memory_format)
         self.forward = torch.compile(self.network) if cfg.compile else self.network
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.network.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
 
     def train_epoch(self, batches) -> dict:
         self.network.train()
@@ -108,8 +126,11 @@ def timed_epoch(runner, split: Split, batch_size: int, steps: int, epoch: int) -
 
 
 def summary(values: list[float], digits: int = 3) -> dict:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits)}
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -75,15 +75,19 @@ def _timed_process(work, cfg: dict, threads: int, seconds: float, warmup_steps: 
         results.put({"error": f"{type(error).__name__}: {error}"})
 
 
-def run_concurrent(cfg: dict, trials: int, threads: int, seconds: float, warmup_steps: int = 1,
-                   work=_training_work) -> dict:
+def run_concurrent(
+    cfg: dict, trials: int, threads: int, seconds: float, warmup_steps: int = 1, work=_training_work
+) -> dict:
     """`trials` processes training `cfg` at once on one device: total and per-trial images/s, and `cpu_busy`, the
     CPU time they got over what the cores they asked for could give (well under 1: someone else held them)."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked into; spawn also matches Ray's workers
     barrier, results = context.Barrier(trials), context.Queue()
-    processes = [context.Process(target=_timed_process, daemon=True,
-                                 args=(work, cfg, threads, seconds, warmup_steps, seed, barrier, results))
-                 for seed in range(trials)]
+    processes = [
+        context.Process(
+            target=_timed_process, daemon=True, args=(work, cfg, threads, seconds, warmup_steps, seed, barrier, results)
+        )
+        for seed in range(trials)
+    ]
     for process in processes:
         process.start()
     reports = [results.get(timeout=600 + seconds) for _ in processes]
@@ -94,14 +98,17 @@ def run_concurrent(cfg: dict, trials: int, threads: int, seconds: float, warmup_
         raise RuntimeError(f"a concurrent trial failed: {errors[0]}")
     wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     cores = min(trials * threads, os.cpu_count() or 1)
-    return {"total_images_per_s": round(sum(r["images"] for r in reports) / wall, 1),
-            "per_trial_images_per_s": [round(r["images"] / (r["end"] - r["start"]), 1) for r in reports],
-            "cpu_busy": round(sum(r["cpu_s"] for r in reports) / (wall * cores), 2),
-            "images_per_cpu_s": round(sum(r["images"] for r in reports) / sum(r["cpu_s"] for r in reports), 1)}
+    return {
+        "total_images_per_s": round(sum(r["images"] for r in reports) / wall, 1),
+        "per_trial_images_per_s": [round(r["images"] / (r["end"] - r["start"]), 1) for r in reports],
+        "cpu_busy": round(sum(r["cpu_s"] for r in reports) / (wall * cores), 2),
+        "images_per_cpu_s": round(sum(r["images"] for r in reports) / sum(r["cpu_s"] for r in reports), 1),
+    }
 
 
-def bench_concurrency(model, trainer, width, batch_size, counts, threads, seconds, rounds, device,
-                      out=None) -> list[dict]:
+def bench_concurrency(
+    model, trainer, width, batch_size, counts, threads, seconds, rounds, device, out=None
+) -> list[dict]:
     """Total images/s with N trials sharing the device, N in `counts`, each with `threads` CPU threads; on a
     multi-core CPU also one trial given every core, the alternative to running trials side by side.
 
@@ -129,17 +136,29 @@ def bench_concurrency(model, trainer, width, batch_size, counts, threads, second
         ratio = lambda key, base, these=runs: summary([r[key] / b[key] for r, b in zip(these, base)])  # noqa: E731
         # vs_one_trial: total images/s over one trial's; per_cpu_s_vs_one_trial: the same per CPU-second the trials
         # got, which a busy neighbour does not change: ~1 means N trials on N free cores give N times the images
-        row = {"bench": "concurrency", "model": model, "trainer": trainer, "width": width, "batch_size": batch_size,
-               "device": str(device), "trials": trials, "threads_per_trial": threads_each, "seconds": seconds,
-               "rounds": rounds, "total_images_per_s": summary([r["total_images_per_s"] for r in runs], 1),
-               "per_trial_images_per_s": runs[-1]["per_trial_images_per_s"],
-               "cpu_busy": round(statistics.median(r["cpu_busy"] for r in runs), 2),
-               "images_per_cpu_s": round(statistics.median(r["images_per_cpu_s"] for r in runs), 1),
-               "vs_one_trial": ratio("total_images_per_s", single),
-               "per_cpu_s_vs_one_trial": ratio("images_per_cpu_s", single)}
+        row = {
+            "bench": "concurrency",
+            "model": model,
+            "trainer": trainer,
+            "width": width,
+            "batch_size": batch_size,
+            "device": str(device),
+            "trials": trials,
+            "threads_per_trial": threads_each,
+            "seconds": seconds,
+            "rounds": rounds,
+            "total_images_per_s": summary([r["total_images_per_s"] for r in runs], 1),
+            "per_trial_images_per_s": runs[-1]["per_trial_images_per_s"],
+            "cpu_busy": round(statistics.median(r["cpu_busy"] for r in runs), 2),
+            "images_per_cpu_s": round(statistics.median(r["images_per_cpu_s"] for r in runs), 1),
+            "vs_one_trial": ratio("total_images_per_s", single),
+            "per_cpu_s_vs_one_trial": ratio("images_per_cpu_s", single),
+        }
         if (trials, threads_each) in reference:
-            machine = [r["total_images_per_s"] / b["total_images_per_s"]
-                       for r, b in zip(reference[(trials, threads_each)], ref_single)]
+            machine = [
+                r["total_images_per_s"] / b["total_images_per_s"]
+                for r, b in zip(reference[(trials, threads_each)], ref_single)
+            ]
             trial = [r["total_images_per_s"] / b["total_images_per_s"] for r, b in zip(runs, single)]
             row["machine_vs_one_process"] = summary(machine)
             row["vs_machine"] = summary([t / m for t, m in zip(trial, machine)])

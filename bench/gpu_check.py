@@ -41,17 +41,48 @@ from bench.common import report_collector, synthetic_arrays
 from bench.concurrency import run_concurrent
 from bench.gpu_probes import DeviceMemoryPoller, measure, peak_tflops, training_flops_per_image
 from models.trainers import TRAINERS
-from tuner.schema import resolve
 from tuner.data import load_arrays
-from tuner.errors import DataError
-from tuner.errors import error_line
+from tuner.errors import DataError, error_line
+from tuner.schema import resolve
 
-GPU = dict(device="cuda", model="vgg16", width=1.0, batch_sizes=[128, 512], steps=20, warmup_steps=5, repeats=3,
-           peak_n=8192, peak_dtype=torch.bfloat16, concurrency=[1, 2, 4], concurrency_s=8.0,
-           search_width=1.0, search_train=None, search_val=1000, search_cpus=2.0, search_gpus=0.25, threads=4)
-DRY = dict(device="cpu", model="vgg16", width=0.0625, batch_sizes=[8, 16], steps=2, warmup_steps=1, repeats=1,
-           peak_n=256, peak_dtype=torch.float32, concurrency=[1, 2], concurrency_s=1.0,
-           search_width=0.0625, search_train=400, search_val=100, search_cpus=0.5, search_gpus=0.0, threads=1)
+GPU = dict(
+    device="cuda",
+    model="vgg16",
+    width=1.0,
+    batch_sizes=[128, 512],
+    steps=20,
+    warmup_steps=5,
+    repeats=3,
+    peak_n=8192,
+    peak_dtype=torch.bfloat16,
+    concurrency=[1, 2, 4],
+    concurrency_s=8.0,
+    search_width=1.0,
+    search_train=None,
+    search_val=1000,
+    search_cpus=2.0,
+    search_gpus=0.25,
+    threads=4,
+)
+DRY = dict(
+    device="cpu",
+    model="vgg16",
+    width=0.0625,
+    batch_sizes=[8, 16],
+    steps=2,
+    warmup_steps=1,
+    repeats=1,
+    peak_n=256,
+    peak_dtype=torch.float32,
+    concurrency=[1, 2],
+    concurrency_s=1.0,
+    search_width=0.0625,
+    search_train=400,
+    search_val=100,
+    search_cpus=0.5,
+    search_gpus=0.0,
+    threads=1,
+)
 SECTIONS = ("peak", "trainers", "variants", "concurrency", "search", "extra")
 SEARCH_LRS = [0.01, 0.02, 0.05, 0.1]
 TARGET_MFU, TARGET_DGL_COST = 0.35, 1.30
@@ -85,50 +116,104 @@ def section_trainers(rows: Rows, s: dict, device, peak: float | None) -> None:
     for trainer in TRAINERS:
         cfg = resolve({"trainer": trainer, "model": s["model"], "width": s["width"], "epochs": 100})
         network_flops, trainer_flops = training_flops_per_image(cfg)
-        rows.emit({"bench": "flops", "trainer": trainer, "model": s["model"], "width": s["width"],
-                   "network_train_gflops_per_image": round(network_flops / 1e9, 4),
-                   "trainer_train_gflops_per_image": round(trainer_flops / 1e9, 4)})
+        rows.emit(
+            {
+                "bench": "flops",
+                "trainer": trainer,
+                "model": s["model"],
+                "width": s["width"],
+                "network_train_gflops_per_image": round(network_flops / 1e9, 4),
+                "trainer_train_gflops_per_image": round(trainer_flops / 1e9, 4),
+            }
+        )
         for batch_size in s["batch_sizes"]:
             measured = measure(cfg.updated(batch_size=batch_size), device, s["steps"], s["warmup_steps"], s["repeats"])
             utilisation = {}
             if peak:
-                utilisation = {"mfu": round(network_flops * measured["images_per_s"] / (peak * 1e12), 4),
-                               "hfu": round(trainer_flops * measured["images_per_s"] / (peak * 1e12), 4)}
-            rows.emit({"bench": "gpu_trainer", "trainer": trainer, "model": s["model"], "width": s["width"],
-                       "batch_size": batch_size, "device": str(device), **measured, **utilisation})
+                utilisation = {
+                    "mfu": round(network_flops * measured["images_per_s"] / (peak * 1e12), 4),
+                    "hfu": round(trainer_flops * measured["images_per_s"] / (peak * 1e12), 4),
+                }
+            rows.emit(
+                {
+                    "bench": "gpu_trainer",
+                    "trainer": trainer,
+                    "model": s["model"],
+                    "width": s["width"],
+                    "batch_size": batch_size,
+                    "device": str(device),
+                    **measured,
+                    **utilisation,
+                }
+            )
 
 
 def section_variants(rows: Rows, s: dict, device, dry: bool) -> None:
     batch_size = s["batch_sizes"][-1]
-    cfg = resolve({"trainer": "backprop", "model": s["model"], "width": s["width"], "epochs": 100,
-                   "batch_size": batch_size})
-    common = {"bench": "variant", "trainer": "backprop", "model": s["model"], "width": s["width"],
-              "batch_size": batch_size, "device": str(device)}
+    cfg = resolve(
+        {"trainer": "backprop", "model": s["model"], "width": s["width"], "epochs": 100, "batch_size": batch_size}
+    )
+    common = {
+        "bench": "variant",
+        "trainer": "backprop",
+        "model": s["model"],
+        "width": s["width"],
+        "batch_size": batch_size,
+        "device": str(device),
+    }
     before = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True
     try:
-        rows.emit({**common, "variant": "cudnn_benchmark",
-                   **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"])})
+        rows.emit(
+            {
+                **common,
+                "variant": "cudnn_benchmark",
+                **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"]),
+            }
+        )
     finally:
         torch.backends.cudnn.benchmark = before
     if dry:  # inductor's C++ build on a CPU takes minutes; the GPU run measures it
         rows.emit({**common, "variant": "compile", "skipped": "dry run"})
     else:
-        rows.emit({**common, "variant": "compile",
-                   **measure(cfg.updated(compile=True), device, s["steps"], s["warmup_steps"], s["repeats"])})
+        rows.emit(
+            {
+                **common,
+                "variant": "compile",
+                **measure(cfg.updated(compile=True), device, s["steps"], s["warmup_steps"], s["repeats"]),
+            }
+        )
 
 
 def section_concurrency(rows: Rows, s: dict, device) -> None:
-    cfg = resolve({"trainer": "dgl", "model": s["model"], "width": s["width"], "epochs": 100,
-                   "batch_size": s["batch_sizes"][0], "device": str(device)})
+    cfg = resolve(
+        {
+            "trainer": "dgl",
+            "model": s["model"],
+            "width": s["width"],
+            "epochs": 100,
+            "batch_size": s["batch_sizes"][0],
+            "device": str(device),
+        }
+    )
     single = None
     for trials in s["concurrency"]:
         measured = run_concurrent(cfg, trials, threads=1, seconds=s["concurrency_s"])
         single = single or measured["total_images_per_s"]
-        rows.emit({"bench": "concurrency", "trainer": "dgl", "model": s["model"], "width": s["width"],
-                   "batch_size": cfg.batch_size, "device": str(device), "trials": trials,
-                   "seconds": s["concurrency_s"], **measured,
-                   "vs_one_trial": round(measured["total_images_per_s"] / single, 3)})
+        rows.emit(
+            {
+                "bench": "concurrency",
+                "trainer": "dgl",
+                "model": s["model"],
+                "width": s["width"],
+                "batch_size": cfg.batch_size,
+                "device": str(device),
+                "trials": trials,
+                "seconds": s["concurrency_s"],
+                **measured,
+                "vs_one_trial": round(measured["total_images_per_s"] / single, 3),
+            }
+        )
 
 
 def search_arrays(data_dir: str | None, dry: bool) -> tuple[dict, str]:
@@ -147,17 +232,31 @@ def section_search(rows: Rows, s: dict, device, data_dir: str | None, dry: bool)
         from ray import tune
         from ray.tune.logger import JsonLoggerCallback
     except ImportError as error:
-        rows.emit({"bench": "search", "skipped": f"ray is not importable here ({error}); install the project "
-                                                 f"(pip install -e .) or see bench/gpu_check.sh"})
+        rows.emit(
+            {
+                "bench": "search",
+                "skipped": f"ray is not importable here ({error}); install the project "
+                f"(pip install -e .) or see bench/gpu_check.sh",
+            }
+        )
         return
     from tuner.cluster import init_ray
     from tuner.trial import train_trial
 
     arrays, source = search_arrays(data_dir, dry)
-    base = resolve({"trainer": "dgl", "model": s["model"], "width": s["search_width"], "epochs": 2,
-                    "batch_size": s["batch_sizes"][0], "train_subset": s["search_train"], "val_size": s["search_val"],
-                    "eval_batch_size": 500,
-                    "device": str(device)})
+    base = resolve(
+        {
+            "trainer": "dgl",
+            "model": s["model"],
+            "width": s["search_width"],
+            "epochs": 2,
+            "batch_size": s["batch_sizes"][0],
+            "train_subset": s["search_train"],
+            "val_size": s["search_val"],
+            "eval_batch_size": 500,
+            "device": str(device),
+        }
+    )
     resources = {"cpu": s["search_cpus"], "gpu": s["search_gpus"]}
     init_ray()
     collect = report_collector()
@@ -167,8 +266,10 @@ def section_search(rows: Rows, s: dict, device, data_dir: str | None, dry: bool)
             tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), resources),
             param_space={**base, "lr": tune.grid_search(SEARCH_LRS)},
             tune_config=tune.TuneConfig(max_concurrent_trials=len(SEARCH_LRS)),
-            run_config=tune.RunConfig(name="gpu_check_search", storage_path=storage, verbose=0,
-                                      callbacks=[collect, JsonLoggerCallback()]))
+            run_config=tune.RunConfig(
+                name="gpu_check_search", storage_path=storage, verbose=0, callbacks=[collect, JsonLoggerCallback()]
+            ),
+        )
         results = tuner.fit()
     wall = time.time() - started
     ray.shutdown()
@@ -178,34 +279,63 @@ def section_search(rows: Rows, s: dict, device, data_dir: str | None, dry: bool)
         reports = [r for r in collect.reports if r["trial_id"] == trial_id]
         first, last = reports[0], reports[-1]
         spans.append((first["received"] - first["time_this_iter_s"], last["received"]))
-        rows.emit({"bench": "search_trial", "trial_id": trial_id, "lr": last.get("config", {}).get("lr"),
-                   "epochs": last["epoch"], "val_acc": round(last["val_acc"], 4),
-                   "images_per_s": [round(r["images_per_s"], 1) for r in reports],
-                   "epoch_s": [round(r["epoch_s"], 2) for r in reports]})
+        rows.emit(
+            {
+                "bench": "search_trial",
+                "trial_id": trial_id,
+                "lr": last.get("config", {}).get("lr"),
+                "epochs": last["epoch"],
+                "val_acc": round(last["val_acc"], 4),
+                "images_per_s": [round(r["images_per_s"], 1) for r in reports],
+                "epoch_s": [round(r["epoch_s"], 2) for r in reports],
+            }
+        )
     overlap = max((sum(1 for a, b in spans if a <= t < b) for t, _ in spans), default=0)
-    rows.emit({"bench": "search", "trials": len(spans), "resources_per_trial": resources, "data": source,
-               "width": s["search_width"], "epochs": 2, "wall_s": round(wall, 1), "most_trials_at_once": overlap,
-               "peak_device_mem_gib": None if memory.peak_mib is None else round(memory.peak_mib / 1024, 2),
-               "errors": errors})
+    rows.emit(
+        {
+            "bench": "search",
+            "trials": len(spans),
+            "resources_per_trial": resources,
+            "data": source,
+            "width": s["search_width"],
+            "epochs": 2,
+            "wall_s": round(wall, 1),
+            "most_trials_at_once": overlap,
+            "peak_device_mem_gib": None if memory.peak_mib is None else round(memory.peak_mib / 1024, 2),
+            "errors": errors,
+        }
+    )
 
 
 def summary_row(rows: Rows, s: dict, device, started: float) -> dict:
     big, small = s["batch_sizes"][-1], s["batch_sizes"][0]
     backprop_big = rows.find(bench="gpu_trainer", trainer="backprop", batch_size=big) or {}
-    targets = {"backprop_mfu_at_%d" % big: backprop_big.get("mfu"), "mfu_target": TARGET_MFU}
+    targets = {f"backprop_mfu_at_{big}": backprop_big.get("mfu"), "mfu_target": TARGET_MFU}
     for batch_size in (small, big):
         bp = rows.find(bench="gpu_trainer", trainer="backprop", batch_size=batch_size)
         dgl = rows.find(bench="gpu_trainer", trainer="dgl", batch_size=batch_size)
         if bp and dgl:
             targets[f"dgl_time_per_image_vs_backprop_at_{batch_size}"] = round(
-                bp["images_per_s"] / dgl["images_per_s"], 3)
+                bp["images_per_s"] / dgl["images_per_s"], 3
+            )
     targets["dgl_target"] = TARGET_DGL_COST
-    syncs = [r["host_syncs_per_epoch"] for r in rows.rows
-             if r.get("bench") == "gpu_trainer" and r.get("host_syncs_per_epoch") is not None]
+    syncs = [
+        r["host_syncs_per_epoch"]
+        for r in rows.rows
+        if r.get("bench") == "gpu_trainer" and r.get("host_syncs_per_epoch") is not None
+    ]
     targets["most_host_syncs_per_epoch"] = max(syncs, default=None)  # a few at the epoch's end, none per step
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)"
-    return rows.emit({"bench": "summary", "device": name, "torch": torch.__version__,
-                      "python": sys.version.split()[0], "total_s": round(time.time() - started, 1), **targets})
+    return rows.emit(
+        {
+            "bench": "summary",
+            "device": name,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "total_s": round(time.time() - started, 1),
+            **targets,
+        }
+    )
 
 
 def main(argv=None) -> int:
@@ -214,8 +344,12 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", help="a CIFAR-10 folder for the search (e.g. bench/make_gpu_carry.sh's subset)")
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU, tiny")
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out: " + ", ".join(SECTIONS))
-    parser.add_argument("--budget-s", type=float, default=180.0,
-                        help="seconds; the `extra` section (a DGL compile, minutes) starts only before this")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=180.0,
+        help="seconds; the `extra` section (a DGL compile, minutes) starts only before this",
+    )
     args = parser.parse_args(argv)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if skip - set(SECTIONS):
@@ -241,8 +375,17 @@ def main(argv=None) -> int:
 
     def section_peak():
         tflops = peak_tflops(device, s["peak_n"], s["peak_dtype"])
-        peak.update(rows.emit({"bench": "peak", "device": str(device), "n": s["peak_n"],
-                               "dtype": str(s["peak_dtype"]).replace("torch.", ""), "tflops": round(tflops, 4)}))
+        peak.update(
+            rows.emit(
+                {
+                    "bench": "peak",
+                    "device": str(device),
+                    "n": s["peak_n"],
+                    "dtype": str(s["peak_dtype"]).replace("torch.", ""),
+                    "tflops": round(tflops, 4),
+                }
+            )
+        )
 
     section("peak", section_peak)
     section("trainers", lambda: section_trainers(rows, s, device, peak.get("tflops")))
@@ -250,11 +393,29 @@ def main(argv=None) -> int:
     section("concurrency", lambda: section_concurrency(rows, s, device))
     section("search", lambda: section_search(rows, s, device, args.data_dir, args.dry_run))
     if time.time() - started < args.budget_s and not args.dry_run:
-        cfg = resolve({"trainer": "dgl", "model": s["model"], "width": s["width"], "epochs": 100,
-                       "batch_size": s["batch_sizes"][0], "compile": True})
-        section("extra", lambda: rows.emit({"bench": "extra", "variant": "compile", "trainer": "dgl",
-                                            "batch_size": cfg.batch_size, "device": str(device),
-                                            **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"])}))
+        cfg = resolve(
+            {
+                "trainer": "dgl",
+                "model": s["model"],
+                "width": s["width"],
+                "epochs": 100,
+                "batch_size": s["batch_sizes"][0],
+                "compile": True,
+            }
+        )
+        section(
+            "extra",
+            lambda: rows.emit(
+                {
+                    "bench": "extra",
+                    "variant": "compile",
+                    "trainer": "dgl",
+                    "batch_size": cfg.batch_size,
+                    "device": str(device),
+                    **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"]),
+                }
+            ),
+        )
     summary_row(rows, s, device, started)
     return 0
 

@@ -76,14 +76,21 @@ def measure(cfg: dict, device, steps: int, warmup_steps: int, repeats: int) -> d
     runner = make_runner(cfg.trainer, cfg, device)
     split = synthetic_split(steps * batch_size, device)
     warmup = timed_epoch(runner, split, batch_size, warmup_steps, epoch=0)  # compile and autotuning happen here
-    ips = [t["images"] / t["wall_s"] for t in
-           (timed_epoch(runner, split, batch_size, steps, epoch=r + 1) for r in range(repeats))]
+    ips = [
+        t["images"] / t["wall_s"]
+        for t in (timed_epoch(runner, split, batch_size, steps, epoch=r + 1) for r in range(repeats))
+    ]
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     syncs = host_syncs(runner, split, batch_size, steps, device)
     del runner, split
-    return {"images_per_s": round(statistics.median(ips), 1), "spread": [round(min(ips), 1), round(max(ips), 1)],
-            "warmup_s": round(warmup["wall_s"], 2), "peak_mem_gib": None if memory is None else round(memory, 2),
-            "host_syncs_per_epoch": syncs, "steps_per_epoch": steps}
+    return {
+        "images_per_s": round(statistics.median(ips), 1),
+        "spread": [round(min(ips), 1), round(max(ips), 1)],
+        "warmup_s": round(warmup["wall_s"], 2),
+        "peak_mem_gib": None if memory is None else round(memory, 2),
+        "host_syncs_per_epoch": syncs,
+        "steps_per_epoch": steps,
+    }
 
 
 class DeviceMemoryPoller:
@@ -97,8 +104,12 @@ class DeviceMemoryPoller:
     def _run(self):
         while not self._stop.wait(0.5):
             try:
-                text = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                      capture_output=True, text=True, timeout=5).stdout
+                text = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout
                 used = max(int(v) for v in text.split())
                 self.peak_mib = max(self.peak_mib or 0, used)
             except (OSError, ValueError, subprocess.SubprocessError):

@@ -13,21 +13,33 @@ import json
 import sys
 import time
 
-from tuner.schema import resolve
 from tuner.device import limit_threads
 from tuner.metric_names import block_accuracies
+from tuner.schema import resolve
 from tuner.text import markdown_table
 from tuner.train import train
 
 # The write-up's optimisation (AlonNT/Thesis main.py defaults: SGD lr 0.005, momentum 0.9 without Nesterov, weight
 # decay 1e-5, batch 64; utils.py train_model keeps the lr constant). The other rows share the project's defaults.
-WRITEUP_OPTIMISATION = {"optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 1e-5,
-                        "batch_size": 64, "schedule": "constant"}
+WRITEUP_OPTIMISATION = {
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-5,
+    "batch_size": 64,
+    "schedule": "constant",
+}
 
 # name -> overrides on top of the shared budget. "dgl (write-up)" is the write-up's DGL: one block per conv layer,
 # its flatten-MLP head (AlonNT/Thesis vgg.py get_blocks: Flatten -> Linear(C*H*W, 512) -> ReLU -> Linear(512, 10)).
-WRITEUP_DGL = {"trainer": "dgl", "aux_head": "flatten_mlp", "aux_width": 512, "aux_depth": 1, "num_blocks": None,
-               "local_loss": "pred"}
+WRITEUP_DGL = {
+    "trainer": "dgl",
+    "aux_head": "flatten_mlp",
+    "aux_width": 512,
+    "aux_depth": 1,
+    "num_blocks": None,
+    "local_loss": "pred",
+}
 LEVERS = {
     "backprop": {"trainer": "backprop"},
     "dgl (write-up)": {**WRITEUP_DGL, **WRITEUP_OPTIMISATION, "lr": 0.005},
@@ -57,8 +69,14 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", help="run only these lever names")
     args = parser.parse_args(argv)
     limit_threads(None)
-    budget = {"model": args.model, "width": args.width, "train_subset": args.subset, "val_size": args.val_size,
-              "epochs": args.epochs, "lr": args.lr}
+    budget = {
+        "model": args.model,
+        "width": args.width,
+        "train_subset": args.subset,
+        "val_size": args.val_size,
+        "epochs": args.epochs,
+        "lr": args.lr,
+    }
     rows = []
     for name, lever in LEVERS.items():
         if args.only and name not in args.only:
@@ -66,13 +84,20 @@ def main(argv=None) -> int:
         cfg = resolve({**budget, **lever})
         start = time.perf_counter()
         metrics = train(cfg, args.data_dir, log=lambda line: print(f"  {line}", file=sys.stderr))
-        row = {"lever": name, "val_acc": metrics["val_acc"], "train_acc": metrics["train_acc"],
-               "epochs": metrics["epochs"], "wall_s": round(time.perf_counter() - start, 1),
-               "blocks": [round(v, 3) for v in block_accuracies(metrics, "val")]}
+        row = {
+            "lever": name,
+            "val_acc": metrics["val_acc"],
+            "train_acc": metrics["train_acc"],
+            "epochs": metrics["epochs"],
+            "wall_s": round(time.perf_counter() - start, 1),
+            "blocks": [round(v, 3) for v in block_accuracies(metrics, "val")],
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\n{args.model} width {args.width}, {args.subset} training images, {args.epochs} epochs, "
-          f"lr {args.lr}, validation on {args.val_size} held-out images\n")
+    print(
+        f"\n{args.model} width {args.width}, {args.subset} training images, {args.epochs} epochs, "
+        f"lr {args.lr}, validation on {args.val_size} held-out images\n"
+    )
     reference = next((r["val_acc"] for r in rows if r["lever"] == "backprop"), None)
 
     def gap(r) -> str:

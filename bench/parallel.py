@@ -31,8 +31,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 
 from bench.common import bench_config, emit, summary, synthetic_split, timed_epoch
-from models.trainers import build_trainer
 from models.networks import CFGS
+from models.trainers import build_trainer
 from tuner.errors import ConfigError
 from tuner.schema import check_value
 
@@ -62,20 +62,31 @@ class Runner:
 
 def cpu_runners(s: dict) -> list[Runner]:
     cores, base = s["cores"], {"model": s["model"], "width": s["width"], "batch_size": s["batch_size"], "device": "cpu"}
-    return [Runner("dgl_1_thread", bench_config("dgl", **base), "cpu", 1),
-            Runner(f"dgl_{cores}_threads", bench_config("dgl", **base), "cpu", cores),
-            Runner(f"pipelined_{cores}_stages_x_1_thread", bench_config("dgl", stages=cores, **base), "cpu", cores),
-            Runner(f"backprop_{cores}_threads", bench_config("backprop", **base), "cpu", cores)]
+    return [
+        Runner("dgl_1_thread", bench_config("dgl", **base), "cpu", 1),
+        Runner(f"dgl_{cores}_threads", bench_config("dgl", **base), "cpu", cores),
+        Runner(f"pipelined_{cores}_stages_x_1_thread", bench_config("dgl", stages=cores, **base), "cpu", cores),
+        Runner(f"backprop_{cores}_threads", bench_config("backprop", **base), "cpu", cores),
+    ]
 
 
 def gpu_runners(s: dict) -> list[Runner]:
     gpus, base = torch.cuda.device_count(), {"model": s["model"], "width": s["width"], "batch_size": s["batch_size"]}
-    runners = [Runner("dgl_1_gpu", bench_config("dgl", device="cuda", **base), "cuda", None),
-               Runner("backprop_1_gpu", bench_config("backprop", device="cuda", **base), "cuda", None)]
+    runners = [
+        Runner("dgl_1_gpu", bench_config("dgl", device="cuda", **base), "cuda", None),
+        Runner("backprop_1_gpu", bench_config("backprop", device="cuda", **base), "cuda", None),
+    ]
     # one GPU: two stages share it (kernels of two processes overlap only where the GPU has room for both)
     stages = max(gpus, 2)
-    runners.insert(1, Runner(f"pipelined_{stages}_stages_on_{gpus}_gpus",
-                             bench_config("dgl", device="cuda", stages=stages, **base), "cuda", None))
+    runners.insert(
+        1,
+        Runner(
+            f"pipelined_{stages}_stages_on_{gpus}_gpus",
+            bench_config("dgl", device="cuda", stages=stages, **base),
+            "cuda",
+            None,
+        ),
+    )
     return runners
 
 
@@ -90,20 +101,54 @@ def measure(section: str, runners: list[Runner], s: dict, device, out=None) -> l
             timing = runner.epoch(split, s["batch_size"], s["steps"], epoch=round_ + 1)
             speeds[runner.name].append(timing["images"] / timing["wall_s"])
     pipelined = next(r for r in runners if r.name.startswith("pipelined"))
-    rows = [emit({"bench": "parallel_setup", "section": section, "model": s["model"], "width": s["width"],
-                  "batch_size": s["batch_size"], "partition": [[b + 1 for b in p] for p in pipelined.trainer.partition],
-                  "stage_devices": pipelined.trainer.stage_devices, "stage_threads": pipelined.trainer.stage_threads,
-                  "load_average_before": [round(v, 2) for v in load_before],
-                  "load_average_after": [round(v, 2) for v in os.getloadavg()], "cpu_count": os.cpu_count(),
-                  "torch": torch.__version__}, out)]
+    rows = [
+        emit(
+            {
+                "bench": "parallel_setup",
+                "section": section,
+                "model": s["model"],
+                "width": s["width"],
+                "batch_size": s["batch_size"],
+                "partition": [[b + 1 for b in p] for p in pipelined.trainer.partition],
+                "stage_devices": pipelined.trainer.stage_devices,
+                "stage_threads": pipelined.trainer.stage_threads,
+                "load_average_before": [round(v, 2) for v in load_before],
+                "load_average_after": [round(v, 2) for v in os.getloadavg()],
+                "cpu_count": os.cpu_count(),
+                "torch": torch.__version__,
+            },
+            out,
+        )
+    ]
     for name, values in speeds.items():
-        rows.append(emit({"bench": "parallel", "section": section, "runner": name, "steps": s["steps"],
-                          "rounds": s["rounds"], "images_per_s": summary(values, 1)}, out))
+        rows.append(
+            emit(
+                {
+                    "bench": "parallel",
+                    "section": section,
+                    "runner": name,
+                    "steps": s["steps"],
+                    "rounds": s["rounds"],
+                    "images_per_s": summary(values, 1),
+                },
+                out,
+            )
+        )
     for name, values in speeds.items():
         if name != pipelined.name:
             ratios = [p / v for p, v in zip(speeds[pipelined.name], values)]
-            rows.append(emit({"bench": "parallel_ratio", "section": section, "runner": pipelined.name,
-                              "over": name, "ratio": summary(ratios)}, out))
+            rows.append(
+                emit(
+                    {
+                        "bench": "parallel_ratio",
+                        "section": section,
+                        "runner": pipelined.name,
+                        "over": name,
+                        "ratio": summary(ratios),
+                    },
+                    out,
+                )
+            )
     return rows
 
 
@@ -144,15 +189,17 @@ def settings(args) -> dict:
 def report(rows: list[dict]) -> None:
     for row in rows:
         if row["bench"] == "parallel_setup":
-            print(f"# {row['section']}: {row['model']} width {row['width']}, stages {row['partition']}, load average "
-                  f"{row['load_average_before']} -> {row['load_average_after']}", file=sys.stderr)
+            print(
+                f"# {row['section']}: {row['model']} width {row['width']}, stages {row['partition']}, load average "
+                f"{row['load_average_before']} -> {row['load_average_after']}",
+                file=sys.stderr,
+            )
         elif row["bench"] == "parallel":
             v = row["images_per_s"]
             print(f"# {row['runner']:34s} {v['median']:8.1f} img/s ({v['min']:.1f}-{v['max']:.1f})", file=sys.stderr)
         elif row["bench"] == "parallel_ratio":
             r = row["ratio"]
-            print(f"# pipelined / {row['over']:24s} {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})",
-                  file=sys.stderr)
+            print(f"# pipelined / {row['over']:24s} {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})", file=sys.stderr)
         elif row["bench"] == "parallel_skipped":
             print(f"# {row['section']}: skipped ({row['reason']})", file=sys.stderr)
 

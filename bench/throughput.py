@@ -48,24 +48,46 @@ from bench.common import (
     timed_epoch,
 )
 from bench.concurrency import bench_concurrency
-from models.trainers import build_trainer
 from models.networks import CFGS
-from models.trainers import TRAINERS
-from tuner.errors import ConfigError
-from tuner.schema import check_value
+from models.trainers import TRAINERS, build_trainer
 from tuner.data import Split
 from tuner.device import limit_threads, pick_device
-from tuner.errors import error_line
+from tuner.errors import ConfigError, error_line
+from tuner.schema import check_value
 
 SECTIONS = ("trainers", "ray", "concurrency")
 
 # --quick: narrow networks and few steps, sized for a 2-core CPU; ratios, not absolute speed, are what it is for
-QUICK = dict(models=["basiccnn", "vgg16"], width=0.25, batch_size=128, steps=4, warmup_steps=1, repeats=3,
-             threads=1, concurrency=[1, 2, 4], concurrency_s=6.0, concurrency_rounds=2, ray_epochs=4,
-             ray_images=1536, ray_rounds=3)
-FULL = dict(models=["basiccnn", "vgg16"], width=1.0, batch_size=128, steps=20, warmup_steps=3, repeats=3,
-            threads=None, concurrency=[1, 2, 4], concurrency_s=20.0, concurrency_rounds=2, ray_epochs=4,
-            ray_images=10240, ray_rounds=2)
+QUICK = dict(
+    models=["basiccnn", "vgg16"],
+    width=0.25,
+    batch_size=128,
+    steps=4,
+    warmup_steps=1,
+    repeats=3,
+    threads=1,
+    concurrency=[1, 2, 4],
+    concurrency_s=6.0,
+    concurrency_rounds=2,
+    ray_epochs=4,
+    ray_images=1536,
+    ray_rounds=3,
+)
+FULL = dict(
+    models=["basiccnn", "vgg16"],
+    width=1.0,
+    batch_size=128,
+    steps=20,
+    warmup_steps=3,
+    repeats=3,
+    threads=None,
+    concurrency=[1, 2, 4],
+    concurrency_s=20.0,
+    concurrency_rounds=2,
+    ray_epochs=4,
+    ray_images=10240,
+    ray_rounds=2,
+)
 
 
 class _CountOps(TorchDispatchMode):
@@ -86,8 +108,9 @@ def ops_per_step(runner, split: Split, batch_size: int) -> int:
     return counter.ops
 
 
-def bench_trainers(models, trainers, width, batch_size, steps, warmup_steps, repeats, device, threads,
-                   compile_=False, out=None) -> list[dict]:
+def bench_trainers(
+    models, trainers, width, batch_size, steps, warmup_steps, repeats, device, threads, compile_=False, out=None
+) -> list[dict]:
     """`trainer` rows for plain + each trainer on each model, then `vs_backprop` rows (paired per round)."""
     rows = []
     names = ["plain", *trainers]
@@ -102,20 +125,49 @@ def bench_trainers(models, trainers, width, batch_size, steps, warmup_steps, rep
         for round_ in range(repeats):
             for name, runner in runners.items():
                 times[name].append(timed_epoch(runner, split, batch_size, steps, epoch=round_ + 1))
-        common = {"model": model, "width": width, "batch_size": batch_size, "device": str(device),
-                  "threads": threads, "compile": compile_, "steps": steps, "repeats": repeats}
+        common = {
+            "model": model,
+            "width": width,
+            "batch_size": batch_size,
+            "device": str(device),
+            "threads": threads,
+            "compile": compile_,
+            "steps": steps,
+            "repeats": repeats,
+        }
         for name in names:
             ips = [t["images"] / t["wall_s"] for t in times[name]]
             busy = [t["cpu_s"] / (t["wall_s"] * threads) for t in times[name]]
-            rows.append(emit({"bench": "trainer", "trainer": name, **common, "images_per_s": summary(ips, 1),
-                              "ops_per_step": ops[name], "cpu_busy": round(statistics.median(busy), 2)}, out))
+            rows.append(
+                emit(
+                    {
+                        "bench": "trainer",
+                        "trainer": name,
+                        **common,
+                        "images_per_s": summary(ips, 1),
+                        "ops_per_step": ops[name],
+                        "cpu_busy": round(statistics.median(busy), 2),
+                    },
+                    out,
+                )
+            )
         if "backprop" in names:
             for name in names:
                 if name == "backprop":
                     continue
                 cost = [t["wall_s"] / b["wall_s"] for t, b in zip(times[name], times["backprop"])]
-                rows.append(emit({"bench": "vs_backprop", "trainer": name, **common, "cost_ratio": summary(cost),
-                                  "overhead_pct": round(100 * (statistics.median(cost) - 1), 1)}, out))
+                rows.append(
+                    emit(
+                        {
+                            "bench": "vs_backprop",
+                            "trainer": name,
+                            **common,
+                            "cost_ratio": summary(cost),
+                            "overhead_pct": round(100 * (statistics.median(cost) - 1), 1),
+                        },
+                        out,
+                    )
+                )
         del runners
     return rows
 
@@ -155,17 +207,23 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
         with tempfile.TemporaryDirectory(prefix="dt-bench-ray-") as storage:
             tuner = tune.Tuner(
                 tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), {"cpu": threads, "gpu": gpus}),
-                param_space=cfg, tune_config=tune.TuneConfig(num_samples=1),
-                run_config=tune.RunConfig(name="throughput", storage_path=storage, verbose=0,
-                                          callbacks=[collect, JsonLoggerCallback()]))
+                param_space=cfg,
+                tune_config=tune.TuneConfig(num_samples=1),
+                run_config=tune.RunConfig(
+                    name="throughput", storage_path=storage, verbose=0, callbacks=[collect, JsonLoggerCallback()]
+                ),
+            )
             result = tuner.fit()[0]
         if result.error is not None:
             raise RuntimeError(f"the Ray trial failed: {error_line(str(result.error))}")
         warm = [r for r in collect.reports if r["epoch"] >= 2]
         # images_per_s times the training loop alone; time_this_iter_s is the epoch + validation + report + checkpoint,
         # so time_this_iter_s - epoch_s is what Tune adds to each epoch whatever its length: a fixed cost
-        return ([r["images_per_s"] for r in warm], [r["time_this_iter_s"] for r in warm],
-                [r["time_this_iter_s"] - r["epoch_s"] for r in warm])
+        return (
+            [r["images_per_s"] for r in warm],
+            [r["time_this_iter_s"] for r in warm],
+            [r["time_this_iter_s"] - r["epoch_s"] for r in warm],
+        )
 
     # Ray is started first, so that both sides run beside its (idle) daemons and the driver; what differs is the
     # trial's process and Tune's session, reports and checkpoints. Outside, trial, outside, trial, outside: each
@@ -184,14 +242,29 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
     vs_outside = [median(t[0]) / median(a[0] + b[0]) for t, a, b in zip(trials, sides, sides[1:])]
     vs_plain = [median(t[0]) / median(a[2] + b[2]) for t, a, b in zip(trials, sides, sides[1:])]
     flat = lambda parts, i: [v for part in parts for v in part[i]]  # noqa: E731
-    row = {"bench": "ray", "model": model, "trainer": trainer, "width": width, "batch_size": batch_size,
-           "device": str(device), "threads": threads, "train_images": images, "epochs": epochs, "rounds": rounds,
-           "images_per_s": {"ray": summary(flat(trials, 0), 1), "outside": summary(flat(sides, 0), 1),
-                            "plain": summary(flat(sides, 2), 1)},
-           "ray_vs_outside": summary(vs_outside), "ray_vs_plain": summary(vs_plain),
-           "epoch_s": {"ray": summary(flat(trials, 1)), "outside": summary(flat(sides, 1))},
-           # per epoch: the trial's report and checkpoint (torch.save, then Ray copies it into the storage path)
-           "tune_cost_per_epoch_s": summary(flat(trials, 2)), "checkpoint_mb": round(checkpoint_mb, 2)}
+    row = {
+        "bench": "ray",
+        "model": model,
+        "trainer": trainer,
+        "width": width,
+        "batch_size": batch_size,
+        "device": str(device),
+        "threads": threads,
+        "train_images": images,
+        "epochs": epochs,
+        "rounds": rounds,
+        "images_per_s": {
+            "ray": summary(flat(trials, 0), 1),
+            "outside": summary(flat(sides, 0), 1),
+            "plain": summary(flat(sides, 2), 1),
+        },
+        "ray_vs_outside": summary(vs_outside),
+        "ray_vs_plain": summary(vs_plain),
+        "epoch_s": {"ray": summary(flat(trials, 1)), "outside": summary(flat(sides, 1))},
+        # per epoch: the trial's report and checkpoint (torch.save, then Ray copies it into the storage path)
+        "tune_cost_per_epoch_s": summary(flat(trials, 2)),
+        "checkpoint_mb": round(checkpoint_mb, 2),
+    }
     return [emit(row, out)]
 
 
@@ -281,20 +354,32 @@ def report(rows: list[dict]) -> None:
     for row in rows:
         if row["bench"] == "vs_backprop":
             c = row["cost_ratio"]
-            print(f"# {row['model']:9s} {row['trainer']:8s} time/image vs backprop {c['median']:.2f} "
-                  f"(min {c['min']:.2f}, max {c['max']:.2f})", file=sys.stderr)
+            print(
+                f"# {row['model']:9s} {row['trainer']:8s} time/image vs backprop {c['median']:.2f} "
+                f"(min {c['min']:.2f}, max {c['max']:.2f})",
+                file=sys.stderr,
+            )
         elif row["bench"] == "ray":
             a, b = row["ray_vs_outside"], row["ray_vs_plain"]
-            print(f"# ray trial images/s vs the same trainer outside Ray {a['median']:.3f} (min {a['min']:.3f}, max "
-                  f"{a['max']:.3f}), vs the plain loop {b['median']:.3f} (min {b['min']:.3f}, max {b['max']:.3f}); "
-                  f"Tune adds {row['tune_cost_per_epoch_s']['median']:.3f} s per epoch (report + "
-                  f"{row['checkpoint_mb']} MB checkpoint)", file=sys.stderr)
+            print(
+                f"# ray trial images/s vs the same trainer outside Ray {a['median']:.3f} (min {a['min']:.3f}, max "
+                f"{a['max']:.3f}), vs the plain loop {b['median']:.3f} (min {b['min']:.3f}, max {b['max']:.3f}); "
+                f"Tune adds {row['tune_cost_per_epoch_s']['median']:.3f} s per epoch (report + "
+                f"{row['checkpoint_mb']} MB checkpoint)",
+                file=sys.stderr,
+            )
         elif row["bench"] == "concurrency":
-            print(f"# {row['trials']} trial(s) x {row['threads_per_trial']} thread(s): "
-                  f"{row['total_images_per_s']['median']:.0f} img/s in total, {_spread(row['vs_one_trial'])} x one "
-                  f"trial; per CPU-second {_spread(row['per_cpu_s_vs_one_trial'])} (cpu_busy {row['cpu_busy']})"
-                  + (f"; plain matmuls in as many processes: {_spread(row['machine_vs_one_process'])} x one"
-                     if "vs_machine" in row else ""), file=sys.stderr)
+            print(
+                f"# {row['trials']} trial(s) x {row['threads_per_trial']} thread(s): "
+                f"{row['total_images_per_s']['median']:.0f} img/s in total, {_spread(row['vs_one_trial'])} x one "
+                f"trial; per CPU-second {_spread(row['per_cpu_s_vs_one_trial'])} (cpu_busy {row['cpu_busy']})"
+                + (
+                    f"; plain matmuls in as many processes: {_spread(row['machine_vs_one_process'])} x one"
+                    if "vs_machine" in row
+                    else ""
+                ),
+                file=sys.stderr,
+            )
 
 
 def main(argv=None) -> int:
@@ -307,15 +392,45 @@ def main(argv=None) -> int:
     limit_threads(s["threads"])
     rows = []
     if "trainers" in s["sections"]:
-        rows += bench_trainers(s["models"], s["trainers"], s["width"], s["batch_size"], s["steps"],
-                               s["warmup_steps"], s["repeats"], s["device"], s["threads"], s["compile"], s["out"])
+        rows += bench_trainers(
+            s["models"],
+            s["trainers"],
+            s["width"],
+            s["batch_size"],
+            s["steps"],
+            s["warmup_steps"],
+            s["repeats"],
+            s["device"],
+            s["threads"],
+            s["compile"],
+            s["out"],
+        )
     if "ray" in s["sections"]:
-        rows += bench_ray(s["models"][0], s["ray_trainer"], s["width"], s["batch_size"], s["ray_epochs"],
-                          s["ray_images"], s["ray_rounds"], s["device"], s["threads"], s["out"])
+        rows += bench_ray(
+            s["models"][0],
+            s["ray_trainer"],
+            s["width"],
+            s["batch_size"],
+            s["ray_epochs"],
+            s["ray_images"],
+            s["ray_rounds"],
+            s["device"],
+            s["threads"],
+            s["out"],
+        )
     if "concurrency" in s["sections"]:
-        rows += bench_concurrency(s["models"][-1], s["concurrency_trainer"], s["width"], s["batch_size"],
-                                  s["concurrency"], s["threads"], s["concurrency_s"], s["concurrency_rounds"],
-                                  s["device"], s["out"])
+        rows += bench_concurrency(
+            s["models"][-1],
+            s["concurrency_trainer"],
+            s["width"],
+            s["batch_size"],
+            s["concurrency"],
+            s["threads"],
+            s["concurrency_s"],
+            s["concurrency_rounds"],
+            s["device"],
+            s["out"],
+        )
     report(rows)
     return 0
 

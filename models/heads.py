@@ -30,8 +30,11 @@ NOKLAND_DECODER_INPUTS = 4096  # anokland/local-loss train.py: --dim-in-decoder 
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def flatten_mlp(channels: int, size: int, width: int, depth: int) -> nn.Sequential:
@@ -104,15 +107,17 @@ def aux_head(cfg, channels: int, size: int) -> nn.Sequential:
         return nokland(channels, size)
     pool = min(cfg.aux_pool, size)
     if family == "pooled_mlp":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(pool),
-                             *mlp(channels * pool * pool, [cfg.aux_width] * cfg.aux_depth, batchnorm=True))
+        return nn.Sequential(
+            nn.AdaptiveAvgPool2d(pool), *mlp(channels * pool * pool, [cfg.aux_width] * cfg.aux_depth, batchnorm=True)
+        )
     if family == "conv":
         layers, in_channels = [], channels
         for _ in range(cfg.aux_convs):
             layers += conv_bn_relu(in_channels, cfg.aux_width, 3)
             in_channels = cfg.aux_width
-        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
-                             nn.Linear(in_channels * pool * pool, NUM_CLASSES))
+        return nn.Sequential(
+            *layers, nn.AdaptiveAvgPool2d(pool), nn.Flatten(), nn.Linear(in_channels * pool * pool, NUM_CLASSES)
+        )
     raise ValueError(f"unknown aux_head '{family}'; allowed: {', '.join(HEAD_FAMILIES)}")
 
 
@@ -130,10 +135,14 @@ class SyntheticGradient(nn.Module):
         padding = kernel // 2
         self.conv1 = nn.Conv2d(channels, channels, kernel, padding=padding)
         self.label_context = nn.Linear(NUM_CLASSES, channels) if conditioned else None
-        self.rest = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-                                  nn.Conv2d(channels, channels, kernel, padding=padding),
-                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-                                  nn.Conv2d(channels, channels, kernel, padding=padding))
+        self.rest = nn.Sequential(
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, kernel, padding=padding),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, kernel, padding=padding),
+        )
         nn.init.zeros_(self.rest[-1].weight)
 
     def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

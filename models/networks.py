@@ -20,8 +20,8 @@ CFGS: dict[str, list] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
-KERNEL = {"basiccnn": 5}          # the write-up's BasicCNN uses 5x5 convs; VGG uses 3x3
-HIDDEN = {"basiccnn": [256]}      # hidden widths of the classifier MLP; VGG for CIFAR has none (Linear 512 -> 10)
+KERNEL = {"basiccnn": 5}  # the write-up's BasicCNN uses 5x5 convs; VGG uses 3x3
+HIDDEN = {"basiccnn": [256]}  # hidden widths of the classifier MLP; VGG for CIFAR has none (Linear 512 -> 10)
 
 
 def scaled(channels: int, width: float) -> int:

@@ -31,11 +31,12 @@ import torch
 import torch.multiprocessing as mp
 
 from models.optim import make_optimizer
-from models.trainers import DGL, NAN_CHECK_EVERY, BlockWithHead, _hits
+from models.trainer_base import NAN_CHECK_EVERY, _hits
+from models.trainers import DGL, BlockWithHead
 
-QUEUE_DEPTH = 2        # batches in flight between two stages: enough to hide jitter, little memory
-POLL_S = 0.5           # how often a blocked queue operation checks that the other side is alive
-STALL_S = 600.0        # no progress for this long: a stage is alive but stuck
+QUEUE_DEPTH = 2  # batches in flight between two stages: enough to hide jitter, little memory
+POLL_S = 0.5  # how often a blocked queue operation checks that the other side is alive
+STALL_S = 600.0  # no progress for this long: a stage is alive but stuck
 
 
 class PipelineError(RuntimeError):
@@ -105,9 +106,11 @@ def owner(key: str, num_blocks: int) -> int:
 def blocks_state(trainer: DGL, blocks: list[int]) -> dict:
     """What a stage trains: its blocks' parameters and buffers, optimizers and schedules."""
     num_blocks = len(trainer.network.blocks)
-    return {"parts": {k: v for k, v in trainer.parts.state_dict().items() if owner(k, num_blocks) in blocks},
-            "optimizers": {i: trainer.optimizers[i].state_dict() for i in blocks},
-            "schedulers": {i: trainer.schedulers[i].state_dict() for i in blocks}}
+    return {
+        "parts": {k: v for k, v in trainer.parts.state_dict().items() if owner(k, num_blocks) in blocks},
+        "optimizers": {i: trainer.optimizers[i].state_dict() for i in blocks},
+        "schedulers": {i: trainer.schedulers[i].state_dict() for i in blocks},
+    }
 
 
 def load_blocks_state(trainer: DGL, state: dict) -> None:
@@ -138,8 +141,19 @@ def _put(q, item, alive):
                 raise SystemExit(1) from None
 
 
-def run_stage(index: int, blocks: list[int], cfg: dict, device: str, steps_per_epoch: int, threads: int,
-              jobs, inbox, outbox, results, diverged) -> None:
+def run_stage(
+    index: int,
+    blocks: list[int],
+    cfg: dict,
+    device: str,
+    steps_per_epoch: int,
+    threads: int,
+    jobs,
+    inbox,
+    outbox,
+    results,
+    diverged,
+) -> None:
     """A stage's life: per epoch, load its state, train on what arrives until the end marker, send its state back."""
     parent = mp.parent_process()
     alive = parent.is_alive if parent is not None else (lambda: True)
@@ -170,8 +184,13 @@ def run_stage(index: int, blocks: list[int], cfg: dict, device: str, steps_per_e
                     diverged.set()  # the main process stops feeding batches
             if outbox is not None:
                 _put(outbox, None, alive)
-            results.put(("done", index, {"state": blocks_state(trainer, blocks), "correct": correct,
-                                         "seen": seen, "loss_sum": loss_sum}))
+            results.put(
+                (
+                    "done",
+                    index,
+                    {"state": blocks_state(trainer, blocks), "correct": correct, "seen": seen, "loss_sum": loss_sum},
+                )
+            )
     except SystemExit:
         raise
     except BaseException:  # noqa: BLE001 - whatever it was, the main process must hear of it
@@ -210,11 +229,26 @@ class PipelinedDGL(DGL):
         self.links = [context.Queue(maxsize=QUEUE_DEPTH) for _ in range(stages)]  # links[s] feeds stage s
         self.results, self.diverged = context.Queue(), context.Event()
         self.processes = [
-            context.Process(target=run_stage, name=f"dgl-stage-{s}", daemon=True,
-                            args=(s, blocks, self.cfg, self.stage_devices[s], self.steps_per_epoch, self.stage_threads,
-                                  self.jobs[s], self.links[s], self.links[s + 1] if s + 1 < stages else None,
-                                  self.results, self.diverged))
-            for s, blocks in enumerate(self.partition)]
+            context.Process(
+                target=run_stage,
+                name=f"dgl-stage-{s}",
+                daemon=True,
+                args=(
+                    s,
+                    blocks,
+                    self.cfg,
+                    self.stage_devices[s],
+                    self.steps_per_epoch,
+                    self.stage_threads,
+                    self.jobs[s],
+                    self.links[s],
+                    self.links[s + 1] if s + 1 < stages else None,
+                    self.results,
+                    self.diverged,
+                ),
+            )
+            for s, blocks in enumerate(self.partition)
+        ]
         for process in self.processes:
             process.start()
         self.stages_current = False

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.nn as nn
-
 from fakedata import learnable_arrays, write_cifar_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +21,7 @@ TINY = ["--quick", "--models", "basiccnn", "--width", "0.0625", "--batch-size", 
 
 def run(*command, env=None, timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([str(c) for c in command], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([str(c) for c in command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def json_rows(stdout: str) -> list[dict]:
@@ -31,8 +29,17 @@ def json_rows(stdout: str) -> list[dict]:
 
 
 def test_throughput_trainers_rows():
-    result = run(sys.executable, "bench/throughput.py", *TINY, "--repeats", "2", "--trainers", "backprop,dgl",
-                 "--sections", "trainers")
+    result = run(
+        sys.executable,
+        "bench/throughput.py",
+        *TINY,
+        "--repeats",
+        "2",
+        "--trainers",
+        "backprop,dgl",
+        "--sections",
+        "trainers",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json_rows(result.stdout)
     assert len(rows) == len(result.stdout.splitlines())  # stdout holds JSON lines only
@@ -51,9 +58,16 @@ def test_throughput_trainers_rows():
     assert "time/image vs backprop" in result.stderr
 
 
-@pytest.mark.parametrize("flags, named", [(["--models", "resnet"], "--models"), (["--sections", "all"], "--sections"),
-                                          (["--width", "0"], "--width"), (["--ray-epochs", "1"], "--ray-epochs"),
-                                          (["--concurrency", "1,x"], "--concurrency")])
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--models", "resnet"], "--models"),
+        (["--sections", "all"], "--sections"),
+        (["--width", "0"], "--width"),
+        (["--ray-epochs", "1"], "--ray-epochs"),
+        (["--concurrency", "1,x"], "--concurrency"),
+    ],
+)
 def test_throughput_bad_flag_is_one_line(flags, named):
     result = run(sys.executable, "bench/throughput.py", "--quick", *flags)
     assert result.returncode == 2
@@ -64,8 +78,19 @@ def test_throughput_bad_flag_is_one_line(flags, named):
 
 @pytest.mark.slow
 def test_throughput_concurrency_rows():
-    result = run(sys.executable, "bench/throughput.py", *TINY, "--sections", "concurrency", "--concurrency", "1,2",
-                 "--concurrency-s", "1", "--concurrency-rounds", "1")
+    result = run(
+        sys.executable,
+        "bench/throughput.py",
+        *TINY,
+        "--sections",
+        "concurrency",
+        "--concurrency",
+        "1,2",
+        "--concurrency-s",
+        "1",
+        "--concurrency-rounds",
+        "1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [r for r in json_rows(result.stdout) if r["bench"] == "concurrency"]
     assert [(r["trials"], r["threads_per_trial"]) for r in rows][:2] == [(1, 1), (2, 1)]
@@ -81,8 +106,19 @@ def test_throughput_concurrency_rows():
 
 @pytest.mark.slow
 def test_throughput_ray_row():
-    result = run(sys.executable, "bench/throughput.py", *TINY, "--sections", "ray", "--ray-epochs", "2",
-                 "--ray-images", "128", "--ray-rounds", "1")
+    result = run(
+        sys.executable,
+        "bench/throughput.py",
+        *TINY,
+        "--sections",
+        "ray",
+        "--ray-epochs",
+        "2",
+        "--ray-images",
+        "128",
+        "--ray-rounds",
+        "1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = [r for r in json_rows(result.stdout) if r["bench"] == "ray"]
     for where in ("ray", "outside", "plain"):
@@ -133,8 +169,14 @@ def test_training_flops_match_the_modules():
 
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "out"
-    result = run("bash", "bench/gpu_check.sh", "--dry-run", "--skip", "concurrency,search",
-                 env={"OUT": str(out), "DT_GPU_CARRY": str(tmp_path / "none"), "PYTHON": sys.executable})
+    result = run(
+        "bash",
+        "bench/gpu_check.sh",
+        "--dry-run",
+        "--skip",
+        "concurrency,search",
+        env={"OUT": str(out), "DT_GPU_CARRY": str(tmp_path / "none"), "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
     assert not [r for r in rows if "error" in r], rows
@@ -152,9 +194,18 @@ def test_gpu_check_dry_run(tmp_path):
 
 def test_gpu_check_dry_run_by_environment_variable(tmp_path):
     out = tmp_path / "out"
-    result = run("bash", "bench/gpu_check.sh", "--skip", "peak,trainers,variants,concurrency,search",
-                 env={"OUT": str(out), "DT_GPU_CHECK_DRY": "1", "DT_GPU_CARRY": str(tmp_path / "none"),
-                      "PYTHON": sys.executable})
+    result = run(
+        "bash",
+        "bench/gpu_check.sh",
+        "--skip",
+        "peak,trainers,variants,concurrency,search",
+        env={
+            "OUT": str(out),
+            "DT_GPU_CHECK_DRY": "1",
+            "DT_GPU_CARRY": str(tmp_path / "none"),
+            "PYTHON": sys.executable,
+        },
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     (summary,) = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
     assert summary["device"] == "cpu (dry run)"
@@ -168,14 +219,21 @@ def test_gpu_check_without_gpu_says_so(tmp_path):
     result = run(sys.executable, "-m", "bench.gpu_check", "--out", tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: no CUDA device is visible; run with --dry-run to check the script on the CPU"]
+        "error: no CUDA device is visible; run with --dry-run to check the script on the CPU"
+    ]
 
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_with_search(tmp_path):
     out = tmp_path / "out"
-    result = run("bash", "bench/gpu_check.sh", "--dry-run", "--skip", "peak,trainers,variants",
-                 env={"OUT": str(out), "DT_GPU_CARRY": str(tmp_path / "none"), "PYTHON": sys.executable})
+    result = run(
+        "bash",
+        "bench/gpu_check.sh",
+        "--dry-run",
+        "--skip",
+        "peak,trainers,variants",
+        env={"OUT": str(out), "DT_GPU_CARRY": str(tmp_path / "none"), "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     rows = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
     assert not [r for r in rows if "error" in r], rows
@@ -193,11 +251,13 @@ def test_cifar_subset_keeps_the_layout_and_the_first_images(tmp_path):
 
     arrays = learnable_arrays(500, 60, seed=4)
     write_cifar_folder(tmp_path / "full", arrays)
-    assert main(["--data-dir", str(tmp_path / "full"), "--out", str(tmp_path / "small"), "--train", "50",
-                 "--test", "20"]) == 0
+    assert (
+        main(["--data-dir", str(tmp_path / "full"), "--out", str(tmp_path / "small"), "--train", "50", "--test", "20"])
+        == 0
+    )
     small = load_arrays(tmp_path / "small")
     assert small["train_x"].shape == (50, 3, 32, 32) and small["test_x"].shape == (20, 3, 32, 32)
-    assert np.array_equal(small["train_x"][:10], arrays["train_x"][:10])        # first 10 of data_batch_1
+    assert np.array_equal(small["train_x"][:10], arrays["train_x"][:10])  # first 10 of data_batch_1
     assert np.array_equal(small["train_x"][10:20], arrays["train_x"][100:110])  # first 10 of data_batch_2
     assert np.array_equal(small["test_y"], arrays["test_y"][:20])
 

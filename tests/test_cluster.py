@@ -22,9 +22,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from fakedata import learnable_arrays, write_cifar_folder
 
 import tuner.cluster as cluster
-from fakedata import learnable_arrays, write_cifar_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # ray and mlflow from this venv
@@ -48,8 +48,10 @@ mode: max
 
 # ------------------------------------------------------------------------------------ fast: refusals, simulated
 
-TWO_NODES = [{"NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1", "Alive": True, "Resources": {"CPU": 1}},
-             {"NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2", "Alive": True, "Resources": {"CPU": 1}}]
+TWO_NODES = [
+    {"NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1", "Alive": True, "Resources": {"CPU": 1}},
+    {"NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2", "Alive": True, "Resources": {"CPU": 1}},
+]
 
 
 def test_storage_that_one_node_cannot_see_is_refused(monkeypatch, tmp_path):
@@ -135,8 +137,13 @@ def test_refused_token_is_found_in_the_error_chain():
 def test_bad_or_silent_address_is_one_line_exit_2():
     for address, expected in ((f"127.0.0.1:{free_port()}", "nothing answers there"), ("10.0.0.1:x", "HOST:PORT")):
         started = time.time()
-        result = subprocess.run([sys.executable, "-m", "tuner.cluster", "--address", address], cwd=ROOT,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "tuner.cluster", "--address", address],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and address in lines[0], result.stderr
@@ -208,25 +215,55 @@ def postgres():
     """A throwaway PostgreSQL server on a free loopback port, database `mlflow`; yields its URI."""
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, postgres) not found; .ci/run installs them "
-                    "(apt-get install postgresql)")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, postgres) not found; .ci/run installs them "
+            "(apt-get install postgresql)"
+        )
     root = Path(tempfile.mkdtemp(prefix="dt-pg-"))
     as_user = {}
     if os.geteuid() == 0:  # initdb refuses to run as root
         shutil.chown(root, "postgres", "postgres")
         as_user = dict(user="postgres", group="postgres", extra_groups=[])
     port, log = free_port(), root / "postgres.log"
-    subprocess.run([bindir / "initdb", "-D", root / "data", "-U", "mlflow", "--auth=trust", "-E", "UTF8",
-                    "--no-sync"], check=True, capture_output=True, cwd=root, **as_user)
+    subprocess.run(
+        [bindir / "initdb", "-D", root / "data", "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+        cwd=root,
+        **as_user,
+    )
     with open(log, "w") as out:  # opened here: the server writes through the inherited descriptor
-        server = subprocess.Popen([bindir / "postgres", "-D", root / "data", "-p", str(port), "-k", root,
-                                   "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"], stdout=out,
-                                  stderr=subprocess.STDOUT, cwd=root, start_new_session=True, **as_user)
+        server = subprocess.Popen(
+            [
+                bindir / "postgres",
+                "-D",
+                root / "data",
+                "-p",
+                str(port),
+                "-k",
+                root,
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            start_new_session=True,
+            **as_user,
+        )
     try:
-        ready = lambda: subprocess.run([bindir / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0
+
+        def ready():
+            return subprocess.run([bindir / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0
+
         wait_until(ready, 60, "PostgreSQL", server, log)
-        subprocess.run([bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
     finally:
         stop(server, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for clients to leave)
@@ -239,9 +276,25 @@ def mlflow_server(postgres, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow-server")
     port, log = free_port(), folder / "server.log"
     with open(log, "w") as out:
-        server = subprocess.Popen([BIN / "mlflow", "server", "--backend-store-uri", postgres, "--artifacts-destination",
-                                   str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                                   "--workers", "1"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            [
+                BIN / "mlflow",
+                "server",
+                "--backend-store-uri",
+                postgres,
+                "--artifacts-destination",
+                str(folder / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     uri = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -268,10 +321,24 @@ class RayCluster:
         """`ray start --block` in a session of its own: the session id names every process of the node."""
         log = self.root / f"{name}.log"
         with open(log, "w") as out:
-            node = subprocess.Popen([BIN / "ray", "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                                     f"--temp-dir={self.root / name}", "--min-worker-port=0", "--max-worker-port=0",
-                                     f"--dashboard-agent-listen-port={free_port()}", *args],
-                                    stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+            node = subprocess.Popen(
+                [
+                    BIN / "ray",
+                    "start",
+                    "--block",
+                    "--num-cpus=1",
+                    "--node-ip-address=127.0.0.1",
+                    f"--temp-dir={self.root / name}",
+                    "--min-worker-port=0",
+                    "--max-worker-port=0",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    *args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
         self.nodes[name] = node
         # printed once the node has registered with the head
         wait_until(lambda: "Ray runtime started" in log.read_text(), 120, f"Ray node '{name}'", node, log)
@@ -288,14 +355,19 @@ class RayCluster:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A head and a worker node on loopback, one CPU each, token authentication on (with a token of our own)."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     root = Path(tempfile.mkdtemp(prefix="dtray-"))  # short: Ray's socket paths must stay under 108 characters
     ray = RayCluster(root, env)
     try:
-        ray.start_node("head", "--head", f"--port={ray.port}", "--include-dashboard=false",
-                       f"--dashboard-port={free_port()}")
+        ray.start_node(
+            "head", "--head", f"--port={ray.port}", "--include-dashboard=false", f"--dashboard-port={free_port()}"
+        )
         ray.start_node("worker", f"--address={ray.address}")
         yield ray
     finally:
@@ -320,10 +392,20 @@ def test_a_machine_without_the_token_is_refused(ray_cluster, tmp_path):
     # Ray's own behaviour, which docs/cluster.md describes: a worker node without the token cannot join
     log = tmp_path / "refused.log"
     with open(log, "w") as out:
-        refused = subprocess.Popen([BIN / "ray", "start", "--block", f"--address={ray_cluster.address}",
-                                    "--num-cpus=1", f"--temp-dir={ray_cluster.root / 'refused'}"],
-                                   stdout=out, stderr=subprocess.STDOUT, env=without_token(ray_cluster.env),
-                                   start_new_session=True)
+        refused = subprocess.Popen(
+            [
+                BIN / "ray",
+                "start",
+                "--block",
+                f"--address={ray_cluster.address}",
+                "--num-cpus=1",
+                f"--temp-dir={ray_cluster.root / 'refused'}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=without_token(ray_cluster.env),
+            start_new_session=True,
+        )
     try:
         assert refused.wait(180) != 0
     finally:
@@ -331,10 +413,18 @@ def test_a_machine_without_the_token_is_refused(ray_cluster, tmp_path):
     assert "InvalidAuthToken" in log.read_text()
 
     # ours: one line that says what to set, instead of ~20 s of retries ending in a traceback
-    for env, expected in ((without_token(ray_cluster.env), "RAY_AUTH_MODE is not 'token' here"),
-                          ({**ray_cluster.env, "RAY_AUTH_TOKEN": "0" * 32}, "refused the token from RAY_AUTH_TOKEN")):
-        result = subprocess.run([sys.executable, "-m", "tuner.cluster", "--address", ray_cluster.address], cwd=ROOT,
-                                env=env, capture_output=True, text=True, timeout=120)
+    for env, expected in (
+        (without_token(ray_cluster.env), "RAY_AUTH_MODE is not 'token' here"),
+        ({**ray_cluster.env, "RAY_AUTH_TOKEN": "0" * 32}, "refused the token from RAY_AUTH_TOKEN"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "tuner.cluster", "--address", ray_cluster.address],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.stderr
@@ -345,10 +435,28 @@ def test_run_refuses_what_two_nodes_cannot_share(ray_cluster, fake_data, tmp_pat
     """`tuner.run --address` on two nodes: a SQLite tracking file is refused before any trial starts."""
     space = tmp_path / "cluster_tiny.yaml"
     space.write_text(CLUSTER_SPACE)
-    result = subprocess.run([sys.executable, "-m", "tuner.run", "--space", str(space), "--data-dir", str(fake_data),
-                             "--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                             "--address", ray_cluster.address], cwd=tmp_path, env=ray_cluster.env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner.run",
+            "--space",
+            str(space),
+            "--data-dir",
+            str(fake_data),
+            "--storage",
+            str(tmp_path / "runs"),
+            "--mlflow-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--address",
+            ray_cluster.address,
+        ],
+        cwd=tmp_path,
+        env=ray_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--mlflow-uri sqlite:" in lines[0] and "mlflow server" in lines[0], result.stderr
@@ -365,22 +473,51 @@ def test_search_on_two_nodes_survives_losing_one(ray_cluster, mlflow_server, pos
 
     # the cluster checks, on two real nodes: the storage is seen by both, a SQLite file is refused
     check = [sys.executable, "-m", "tuner.cluster", "--address", ray_cluster.address]
-    ok = subprocess.run([*check, "--storage", str(storage), "--mlflow-uri", mlflow_server], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [*check, "--storage", str(storage), "--mlflow-uri", mlflow_server],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "2 nodes alive" in ok.stdout and "every node sees it" in ok.stdout
-    refused = subprocess.run([*check, "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        [*check, "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert refused.returncode == 2 and "mlflow server" in refused.stderr, refused.stdout + refused.stderr
 
     space = tmp_path / "cluster_tiny.yaml"
     space.write_text(CLUSTER_SPACE)
     log = tmp_path / "search.log"
     with open(log, "w") as out:
-        search = subprocess.Popen([sys.executable, "-m", "tuner.run", "--space", str(space), "--data-dir",
-                                   str(fake_data), "--storage", str(storage), "--mlflow-uri", mlflow_server,
-                                   "--address", ray_cluster.address], cwd=tmp_path, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT)
+        search = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tuner.run",
+                "--space",
+                str(space),
+                "--data-dir",
+                str(fake_data),
+                "--storage",
+                str(storage),
+                "--mlflow-uri",
+                mlflow_server,
+                "--address",
+                ray_cluster.address,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     client = MlflowClient(mlflow_server)
     try:
         killed_trial = kill_worker_node_mid_trial(ray_cluster, client, search)
@@ -410,14 +547,16 @@ def test_search_on_two_nodes_survives_losing_one(ray_cluster, mlflow_server, pos
     with psycopg.connect(postgres) as db:
         stored = db.execute("SELECT run_uuid FROM runs WHERE experiment_id = %s", (int(experiment.experiment_id),))
         assert {row[0] for row in stored.fetchall()} == {r.info.run_id for r in runs}
-        points = dict(db.execute("SELECT run_uuid, count(*) FROM metrics WHERE key = 'val_acc' GROUP BY run_uuid")
-                      .fetchall())
+        points = dict(
+            db.execute("SELECT run_uuid, count(*) FROM metrics WHERE key = 'val_acc' GROUP BY run_uuid").fetchall()
+        )
     assert all(points.get(r.info.run_id) == EPOCHS for r in children)
 
     # trials ran on both nodes; the killed one went on from its checkpoint on the head
     folder = Path(parents[0].data.tags["dt.storage"])
-    results = {p.parent.name: [json.loads(line) for line in p.read_text().splitlines()]
-               for p in folder.glob("*/result.json")}
+    results = {
+        p.parent.name: [json.loads(line) for line in p.read_text().splitlines()] for p in folder.glob("*/result.json")
+    }
     assert len(results) == 4
     nodes_used = {ray_cluster.node_of_pid(row["pid"]) for rows in results.values() for row in rows}
     assert nodes_used == {"head", "worker"}
@@ -447,7 +586,8 @@ def kill_worker_node_mid_trial(ray_cluster: RayCluster, client, search: subproce
                 continue
             trial_id = os.path.basename(cwd)
             runs = client.search_runs(
-                [e.experiment_id for e in client.search_experiments()], f"tags.`dt.trial_id` = '{trial_id}'")
+                [e.experiment_id for e in client.search_experiments()], f"tags.`dt.trial_id` = '{trial_id}'"
+            )
             epochs = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_acc")] if runs else []
             if 2 <= max(epochs, default=0) < EPOCHS:
                 kill_session(worker.pid)

@@ -5,12 +5,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakedata import learnable_arrays, write_cifar_folder
 from torchvision.datasets import CIFAR10
 
-from fakedata import learnable_arrays, write_cifar_folder
+from tuner.data import (
+    DataError,
+    Split,
+    augment,
+    load_arrays,
+    make_splits,
+    normalise,
+    stratified_split,
+    stratified_subset,
+)
 from tuner.errors import ConfigError
-from tuner.data import (DataError, Split, augment, load_arrays, make_splits, normalise, stratified_split,
-                        stratified_subset)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = Path(os.environ.get("CIFAR10_DIR", REPO / ".." / "shared" / "data"))
@@ -58,15 +66,18 @@ def test_md5_mismatch_rejected_by_torchvision_but_loads_here(folder):
     assert len(load_arrays(folder.parent)["train_y"]) == 200
 
 
-@pytest.mark.parametrize("file, damage, message", [
-    ("data_batch_3", lambda p: p.unlink(), "missing"),
-    ("test_batch", lambda p: p.write_bytes(b"this is not a pickle"), "not a readable pickle"),
-    ("data_batch_2", lambda p: _rewrite(p, lambda e: e.update(data=e["data"][:, :3000])), "shape"),
-    ("data_batch_5", lambda p: _rewrite(p, lambda e: e.update(labels=[10] + e["labels"][1:])), "0..9"),
-    ("data_batch_1", lambda p: _rewrite(p, lambda e: e.update(labels=e["labels"][:-1])), "labels"),
-    ("data_batch_4", lambda p: _rewrite(p, lambda e: e.update(data=e["data"].astype(np.float32))), "uint8"),
-    ("batches.meta", lambda p: _rewrite(p, lambda e: e.pop("label_names")), "label_names"),
-])
+@pytest.mark.parametrize(
+    "file, damage, message",
+    [
+        ("data_batch_3", lambda p: p.unlink(), "missing"),
+        ("test_batch", lambda p: p.write_bytes(b"this is not a pickle"), "not a readable pickle"),
+        ("data_batch_2", lambda p: _rewrite(p, lambda e: e.update(data=e["data"][:, :3000])), "shape"),
+        ("data_batch_5", lambda p: _rewrite(p, lambda e: e.update(labels=[10] + e["labels"][1:])), "0..9"),
+        ("data_batch_1", lambda p: _rewrite(p, lambda e: e.update(labels=e["labels"][:-1])), "labels"),
+        ("data_batch_4", lambda p: _rewrite(p, lambda e: e.update(data=e["data"].astype(np.float32))), "uint8"),
+        ("batches.meta", lambda p: _rewrite(p, lambda e: e.pop("label_names")), "label_names"),
+    ],
+)
 def test_malformed_folder_names_the_file(folder, file, damage, message):
     damage(folder / file)
     with pytest.raises(DataError, match=message) as info:
@@ -84,6 +95,7 @@ def test_folder_without_cifar(tmp_path):
 def test_no_data_and_no_download_gives_data_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
+
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
     with pytest.raises(DataError, match="pass --data-dir DIR") as info:
         load_arrays(None, download_root=tmp_path / "data")
@@ -154,10 +166,12 @@ def test_make_splits(arrays):
 def _candidates(image, pad=4):
     """Every crop of the zero-padded image, and the mirror of each."""
     padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
-    crops = [padded[:, dy:dy + 32, dx:dx + 32] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
-    return {(dy, dx, flip): c.flip(-1) if flip else c
-            for (dy, dx), c in zip([(a, b) for a in range(2 * pad + 1) for b in range(2 * pad + 1)], crops)
-            for flip in (False, True)}
+    crops = [padded[:, dy : dy + 32, dx : dx + 32] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    return {
+        (dy, dx, flip): c.flip(-1) if flip else c
+        for (dy, dx), c in zip([(a, b) for a in range(2 * pad + 1) for b in range(2 * pad + 1)], crops)
+        for flip in (False, True)
+    }
 
 
 def test_augment_is_a_crop_and_flip_per_image():

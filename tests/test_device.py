@@ -17,8 +17,9 @@ def test_threads_follow_the_cpus_granted():
 
 def test_a_gpu_share_caps_the_trials_memory(monkeypatch):
     calls = []
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
-                        lambda fraction, device=None: calls.append((fraction, device)))
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda fraction, device=None: calls.append((fraction, device))
+    )
     assert limit_gpu_memory(torch.device("cuda"), 0.25) == 0.25
     assert limit_gpu_memory(torch.device("cuda:1"), 0.5) == 0.5
     assert calls == [(0.25, None), (0.5, 1)]  # a float, and the device index (None: the current device)

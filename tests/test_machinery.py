@@ -43,8 +43,14 @@ def _searcher(max_concurrent=None):
     def define_by_run(trial):
         trial.suggest_float("lr", low, 1.0, log=True)
 
-    return make_searcher(define_by_run, optuna.samplers.TPESampler(seed=0), "val_acc", "max",
-                         points_to_evaluate=None, max_concurrent=max_concurrent)
+    return make_searcher(
+        define_by_run,
+        optuna.samplers.TPESampler(seed=0),
+        "val_acc",
+        "max",
+        points_to_evaluate=None,
+        max_concurrent=max_concurrent,
+    )
 
 
 def _epochs(searcher, trial_id, values, **last_extra):
@@ -128,8 +134,14 @@ def client(uri):
 
 
 def _parent(client, name="space"):
-    return start_parent_run(client, name, f"{name}-20261128-021500", {"dt.space": name, "dt.trainer": "dgl"},
-                            {"trainer": "dgl", "epochs": 4}, "name: space\n")
+    return start_parent_run(
+        client,
+        name,
+        f"{name}-20261128-021500",
+        {"dt.space": name, "dt.trainer": "dgl"},
+        {"trainer": "dgl", "epochs": 4},
+        "name: space\n",
+    )
 
 
 def _children(client, parent_run_id):
@@ -147,9 +159,20 @@ def test_tracker_is_idempotent_across_a_driver_restart(client, uri, tmp_path):
     tracker = MLflowTracker(uri, parent, {"dt.trainer": "backprop", "dt.model": "vgg11"})
     tracker.on_trial_start(iteration=0, trials=[trial], trial=trial)
     for epoch in (1, 2):
-        tracker.on_trial_result(0, [trial], trial, {"epoch": epoch, "val_acc": 0.1 * epoch, "val_loss": float("nan"),
-                                                    block_metric(1, "val"): 0.05 * epoch, "training_iteration": epoch,
-                                                    "time_total_s": 1.0, "trainer": "dgl"})
+        tracker.on_trial_result(
+            0,
+            [trial],
+            trial,
+            {
+                "epoch": epoch,
+                "val_acc": 0.1 * epoch,
+                "val_loss": float("nan"),
+                block_metric(1, "val"): 0.05 * epoch,
+                "training_iteration": epoch,
+                "time_total_s": 1.0,
+                "trainer": "dgl",
+            },
+        )
 
     restarted = pickle.loads(pickle.dumps(tracker))  # what Tune keeps of it in tuner.pkl: no client, no caches
     restarted.on_trial_start(0, [trial], trial)
@@ -166,8 +189,15 @@ def test_tracker_is_idempotent_across_a_driver_restart(client, uri, tmp_path):
     assert (tags["dt.role"], tags["dt.trial_id"], tags["dt.outcome"]) == ("trial", "toy_00000", "completed")
     assert (tags["dt.trainer"], tags["dt.model"]) == ("dgl", "basiccnn")  # the trial's config wins over base tags
     # params: only the keys a dgl trial with the flatten_mlp head, local_loss=pred, sgd and a cosine schedule reads
-    assert set(run.data.params) == set(KEYS) - {"sim_weight", "lr_step_epochs", "lr_gamma", "aux_pool", "aux_convs",
-                                                "sg_kernel", "sg_after_last_block"}
+    assert set(run.data.params) == set(KEYS) - {
+        "sim_weight",
+        "lr_step_epochs",
+        "lr_gamma",
+        "aux_pool",
+        "aux_convs",
+        "sg_kernel",
+        "sg_after_last_block",
+    }
     assert run.data.params["lr"] == "0.1"
     logged = json.loads(Path(client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))).read_text())
     assert logged == resolve(trial.config).model_dump()  # the resolved config, exactly (params are strings)
@@ -184,7 +214,8 @@ def test_tracker_errors_and_dangling_runs(client, uri, tmp_path):
     crashed.error_file = str(tmp_path / "error.txt")
     Path(crashed.error_file).write_text(  # as Ray writes it, colours included
         "Failure # 1 (occurred at 2026-11-28_06-42-50)\n\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1)\n"
-        '  File "models/trainers.py", line 9, in train_step\ntorch.OutOfMemoryError: CUDA out of memory.\n')
+        '  File "models/trainers.py", line 9, in train_step\ntorch.OutOfMemoryError: CUDA out of memory.\n'
+    )
     for trial in (crashed, diverged, cut_off):
         tracker.on_trial_start(0, [], trial)
         tracker.on_trial_result(0, [], trial, {"epoch": 1, "val_acc": 0.1})
@@ -196,7 +227,10 @@ def test_tracker_errors_and_dangling_runs(client, uri, tmp_path):
     assert close_dangling_runs(client, parent) == [tracker._run_id(cut_off)]
     runs = {run.data.tags["dt.trial_id"]: run for run in _children(client, parent)}
     assert {name: (run.info.status, run.data.tags["dt.outcome"]) for name, run in runs.items()} == {
-        "toy_00000": ("FAILED", "failed"), "toy_00001": ("FAILED", "diverged"), "toy_00002": ("FAILED", "failed")}
+        "toy_00000": ("FAILED", "failed"),
+        "toy_00001": ("FAILED", "diverged"),
+        "toy_00002": ("FAILED", "failed"),
+    }
     assert runs["toy_00000"].data.tags["dt.trainer"] == "dgl"  # base tags when the config does not say
     # why it crashed: the exception line, and the error file (without terminal colours) as an artifact
     assert runs["toy_00000"].data.tags["dt.error"] == "torch.OutOfMemoryError: CUDA out of memory."
@@ -216,7 +250,10 @@ def test_parent_run_lifecycle(client):
     run = client.get_run(parent)
     assert run.info.run_name == "space-20261128-021500" and run.info.status == "RUNNING"
     assert (run.data.tags["dt.role"], run.data.tags["dt.status"], run.data.tags["dt.space"]) == (
-        "search", "running", "space")
+        "search",
+        "running",
+        "space",
+    )
     assert run.data.params == {"trainer": "dgl", "epochs": "4"}
     with open(client.download_artifacts(parent, "space.yaml")) as f:
         assert f.read() == "name: space\n"
@@ -225,13 +262,21 @@ def test_parent_run_lifecycle(client):
     assert client.get_run(parent).info.status == "KILLED"
     reopen_run(client, parent)
     assert client.get_run(parent).data.tags["dt.status"] == "running"
-    summary = {"best_val_acc": 0.6, "best_test_acc": 0.58, "num_trials": 6, "best_trial_id": "toy_00003",
-               "best_config": {"lr": 0.1}}
+    summary = {
+        "best_val_acc": 0.6,
+        "best_test_acc": 0.58,
+        "num_trials": 6,
+        "best_trial_id": "toy_00003",
+        "best_config": {"lr": 0.1},
+    }
     finish_parent_run(client, parent, "finished", summary)
     finish_parent_run(client, parent, "finished", summary)  # finishing twice with the same best is fine
     run = client.get_run(parent)
     assert (run.info.status, run.data.tags["dt.status"], run.data.tags["dt.best_trial_id"]) == (
-        "FINISHED", "finished", "toy_00003")
+        "FINISHED",
+        "finished",
+        "toy_00003",
+    )
     assert run.data.metrics == {"best_val_acc": 0.6, "best_test_acc": 0.58, "num_trials": 6}
     assert run.data.params["best.lr"] == "0.1"
     with pytest.raises(ValueError, match="status"):
@@ -274,31 +319,49 @@ def test_search_with_asha_optuna_and_mlflow(ray_cluster, client, uri, tmp_path):
             if lr > 0.5 and epoch == 2:
                 tune.report({"epoch": epoch, "val_acc": float("nan"), "train_loss": float("inf"), "diverged": True})
                 return
-            tune.report({"epoch": epoch, "val_acc": lr ** 0.25 * epoch / 4, "train_loss": 1 / epoch,
-                         "block1_val_acc": lr * epoch / 8, "finished": epoch == config["epochs"]})
+            tune.report(
+                {
+                    "epoch": epoch,
+                    "val_acc": lr**0.25 * epoch / 4,
+                    "train_loss": 1 / epoch,
+                    "block1_val_acc": lr * epoch / 8,
+                    "finished": epoch == config["epochs"],
+                }
+            )
 
     def define_by_run(trial):
         trial.suggest_float("lr", 1e-3, 1.0, log=True)
 
     parent = _parent(client, "toy")
     tracker = MLflowTracker(uri, parent, {"dt.trainer": "dgl", "dt.model": "basiccnn"})
-    limited = make_searcher(define_by_run, optuna.samplers.TPESampler(seed=0), "val_acc", "max",
-                            points_to_evaluate=[{"lr": lr} for lr in LRS], max_concurrent=2)
+    limited = make_searcher(
+        define_by_run,
+        optuna.samplers.TPESampler(seed=0),
+        "val_acc",
+        "max",
+        points_to_evaluate=[{"lr": lr} for lr in LRS],
+        max_concurrent=2,
+    )
     tuner = tune.Tuner(
         toy_trainable,
         param_space={"trainer": "dgl", "model": "basiccnn", "epochs": 4},
-        tune_config=tune.TuneConfig(metric="val_acc", mode="max", search_alg=limited, num_samples=len(LRS),
-                                    scheduler=ASHAScheduler(max_t=4, grace_period=1, reduction_factor=2)),
-        run_config=tune.RunConfig(name="toy", storage_path=str(tmp_path / "ray"), verbose=0,
-                                  callbacks=[tracker]),
+        tune_config=tune.TuneConfig(
+            metric="val_acc",
+            mode="max",
+            search_alg=limited,
+            num_samples=len(LRS),
+            scheduler=ASHAScheduler(max_t=4, grace_period=1, reduction_factor=2),
+        ),
+        run_config=tune.RunConfig(name="toy", storage_path=str(tmp_path / "ray"), verbose=0, callbacks=[tracker]),
     )
     grid = tuner.fit()
 
     # the ground truth, from Ray's own record: each trial's last result (an errored one has only Ray's defaults)
     last = {result.metrics["trial_id"]: result.metrics for result in grid}
     lr_of = {result.metrics["trial_id"]: result.config["lr"] for result in grid}
-    outcome = {result.metrics["trial_id"]: trial_outcome(result.metrics, error=result.error is not None)
-               for result in grid}
+    outcome = {
+        result.metrics["trial_id"]: trial_outcome(result.metrics, error=result.error is not None) for result in grid
+    }
     assert sorted(lr_of.values()) == sorted(LRS)
     counts = {o: sum(1 for v in outcome.values() if v == o) for o in ("completed", "stopped", "diverged", "failed")}
     assert [lr_of[t] for t, o in outcome.items() if o == "diverged"] == [0.9]
@@ -308,8 +371,12 @@ def test_search_with_asha_optuna_and_mlflow(ray_cluster, client, uri, tmp_path):
     # Optuna: every trial told, with the state its outcome calls for
     ot_trials = sorted(limited.searcher.study.get_trials(), key=lambda t: t.number)
     assert len(ot_trials) == len(LRS) and all(t.state.is_finished() for t in ot_trials)
-    expected_state = {"completed": State.COMPLETE, "stopped": State.PRUNED, "diverged": State.FAIL,
-                      "failed": State.FAIL}
+    expected_state = {
+        "completed": State.COMPLETE,
+        "stopped": State.PRUNED,
+        "diverged": State.FAIL,
+        "failed": State.FAIL,
+    }
     for ot_trial in ot_trials:
         (trial_id,) = [t for t, lr in lr_of.items() if lr == ot_trial.params["lr"]]
         assert ot_trial.state == expected_state[outcome[trial_id]], (trial_id, outcome[trial_id])

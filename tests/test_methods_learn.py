@@ -16,9 +16,9 @@ from fakedata import structured_arrays
 import models.losses
 from models.heads import SyntheticGradient
 from models.trainers import DGL, DNI, build_trainer
-from tuner.schema import resolve
 from tuner.data import make_splits
 from tuner.epoch import run_epoch, steps_per_epoch
+from tuner.schema import resolve
 
 CHANCE = 0.25
 LEARNED = 0.8  # every block's validation accuracy must reach this (chance 0.25; frozen convolutions ~0.5)
@@ -31,8 +31,21 @@ def data():
 
 
 def make(data, **overrides):
-    cfg = resolve({"model": "basiccnn", "width": 0.125, "batch_size": 32, "lr": 0.05, "epochs": 2, "val_size": 200,
-                   "augment": False, "aux_head": "pooled_mlp", "aux_pool": 1, "aux_depth": 0, **overrides})
+    cfg = resolve(
+        {
+            "model": "basiccnn",
+            "width": 0.125,
+            "batch_size": 32,
+            "lr": 0.05,
+            "epochs": 2,
+            "val_size": 200,
+            "augment": False,
+            "aux_head": "pooled_mlp",
+            "aux_pool": 1,
+            "aux_depth": 0,
+            **overrides,
+        }
+    )
     return build_trainer(cfg, "cpu", steps_per_epoch(data.train, cfg.batch_size))
 
 
@@ -66,10 +79,12 @@ def dgl_gradient_failures(data) -> list[str]:
     trainer.train_step(x, y)
     out0 = net.blocks[0](x)
     want0 = torch.autograd.grad(F.cross_entropy(head(out0), y), list(net.blocks[0].parameters()))
-    want1 = torch.autograd.grad(F.cross_entropy(net.classifier(net.blocks[1](out0.detach())), y),
-                                list(net.blocks[1].parameters()))
-    return (mismatches("block 0 gradient", grads(trainer.network.blocks[0]), want0)
-            + mismatches("block 1 gradient", grads(trainer.network.blocks[1]), want1))
+    want1 = torch.autograd.grad(
+        F.cross_entropy(net.classifier(net.blocks[1](out0.detach())), y), list(net.blocks[1].parameters())
+    )
+    return mismatches("block 0 gradient", grads(trainer.network.blocks[0]), want0) + mismatches(
+        "block 1 gradient", grads(trainer.network.blocks[1]), want1
+    )
 
 
 def dgl_failures(data, **overrides) -> list[str]:
@@ -83,11 +98,13 @@ def freeze_blocks(monkeypatch, cls):
     def without_blocks(self):
         blocks = {id(p) for p in self.network.blocks.parameters()}
         return [[p for p in group if id(p) not in blocks] for group in original(self)]
+
     monkeypatch.setattr(cls, "param_groups", without_blocks)
 
 
 def no_detach(monkeypatch):
     """Mutant: a "DGL" whose blocks are not detached, so every later loss reaches every earlier block."""
+
     def train_step(self, x, y):
         h, losses, logits_all = x, [], []
         for stage in self.stages:
@@ -100,6 +117,7 @@ def no_detach(monkeypatch):
         for opt in self.optimizers:
             opt.step()
         return logits_all, losses[-1]
+
     monkeypatch.setattr(DGL, "train_step", train_step)
 
 

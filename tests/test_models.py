@@ -33,7 +33,7 @@ def test_basiccnn_is_the_writeups():
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [(128, (5, 5), (2, 2))] * 3
     linears = [m for m in net.classifier if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(128 * 16, 256), (256, 10)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(128 * 16, 256), (256, 10)]
 
 
 def test_vgg16_layers_and_grouping():
@@ -83,13 +83,16 @@ def test_mlp_sr_is_eugenium_dgls():
     assert sum(isinstance(m, torch.nn.Linear) for m in h) == 4
 
 
-@pytest.mark.parametrize("channels, size, kernel, features", [
-    (128, 32, (8, 4), 128 * 4 * 8),   # 131,072 inputs > 4096: kernel doubled h, w, h, w, h until C*h*w <= 4096
-    (64, 32, (4, 4), 64 * 8 * 8),
-    (512, 4, (2, 1), 512 * 2 * 4),    # 8192: halving the height is enough
-    (8192, 2, (2, 2), 8192),          # the height kernel reaches the size: the loop stops above 4096
-    (16, 8, None, 16 * 8 * 8),        # already <= 4096: no pooling
-])
+@pytest.mark.parametrize(
+    "channels, size, kernel, features",
+    [
+        (128, 32, (8, 4), 128 * 4 * 8),  # 131,072 inputs > 4096: kernel doubled h, w, h, w, h until C*h*w <= 4096
+        (64, 32, (4, 4), 64 * 8 * 8),
+        (512, 4, (2, 1), 512 * 2 * 4),  # 8192: halving the height is enough
+        (8192, 2, (2, 2), 8192),  # the height kernel reaches the size: the loop stops above 4096
+        (16, 8, None, 16 * 8 * 8),  # already <= 4096: no pooling
+    ],
+)
 def test_nokland_head_is_his_decoder(channels, size, kernel, features):
     # anokland/local-loss train.py LocalLossBlockConv: avg_pool resolved against --dim-in-decoder 4096, then
     # decoder_y = Linear(dim_in_decoder, num_classes) with its weight zeroed
@@ -157,7 +160,7 @@ def noklands_similarity(x):
         else:
             x = x.view(x.size(0), -1)
     xc = x - x.mean(dim=1).unsqueeze(1)
-    xn = xc / (1e-8 + torch.sqrt(torch.sum(xc ** 2, dim=1))).unsqueeze(1)
+    xn = xc / (1e-8 + torch.sqrt(torch.sum(xc**2, dim=1))).unsqueeze(1)
     return xn.matmul(xn.transpose(1, 0)).clamp(-1, 1)
 
 
@@ -185,8 +188,17 @@ def test_sim_loss_matches_hand_computation():
 
 
 def tiny(trainer, **overrides):
-    cfg = resolve({"trainer": trainer, "model": "vgg11", "width": 0.125, "aux_width": 32, "epochs": 2,
-                   "batch_size": 16, **overrides})
+    cfg = resolve(
+        {
+            "trainer": trainer,
+            "model": "vgg11",
+            "width": 0.125,
+            "aux_width": 32,
+            "epochs": 2,
+            "batch_size": 16,
+            **overrides,
+        }
+    )
     return build_trainer(cfg, "cpu", steps_per_epoch=4)
 
 
@@ -214,8 +226,16 @@ class RecordingDNI(DNI):
 
 @pytest.mark.parametrize("after_last", [False, True])
 def test_dni_regression_target_is_the_true_gradient(after_last):
-    cfg = resolve({"trainer": "dni", "model": "basiccnn", "width": 0.125, "num_blocks": 2, "batch_size": 8,
-                   "sg_after_last_block": after_last})
+    cfg = resolve(
+        {
+            "trainer": "dni",
+            "model": "basiccnn",
+            "width": 0.125,
+            "num_blocks": 2,
+            "batch_size": 8,
+            "sg_after_last_block": after_last,
+        }
+    )
     trainer = RecordingDNI(cfg, "cpu", steps_per_epoch=1)
     trainer.targets = []
     before = copy.deepcopy(trainer.network).train()
@@ -244,7 +264,7 @@ def test_dni_module_next_to_the_loss_learns_at_once():
 def test_dgl_with_one_block_is_backprop():
     torch.manual_seed(0)
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
-    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
     losses = {}
     for name in ("backprop", "dgl", "dni"):
         trainer = tiny(name, num_blocks=1, dropout=0.1, sg_after_last_block=False)

@@ -20,10 +20,10 @@ from fakedata import learnable_arrays
 
 from models.pipeline import PipelinedDGL, PipelineError, balanced_partition
 from models.trainers import DGL, build_trainer
-from tuner.errors import ConfigError
-from tuner.schema import resolve
 from tuner.data import make_splits
 from tuner.epoch import steps_per_epoch
+from tuner.errors import ConfigError
+from tuner.schema import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,8 +43,18 @@ def two_threads():
 
 
 def make(data, **overrides):
-    cfg = resolve({"model": "basiccnn", "width": 0.125, "aux_width": 32, "batch_size": 32, "epochs": 2,
-                   "val_size": 160, "local_loss": "predsim", **overrides})
+    cfg = resolve(
+        {
+            "model": "basiccnn",
+            "width": 0.125,
+            "aux_width": 32,
+            "batch_size": 32,
+            "epochs": 2,
+            "val_size": 160,
+            "local_loss": "predsim",
+            **overrides,
+        }
+    )
     return build_trainer(cfg, "cpu", steps_per_epoch(data.train, cfg.batch_size))
 
 
@@ -174,8 +184,15 @@ if __name__ == "__main__":
 
 
 def test_stages_exit_when_their_parent_is_killed():
-    result = subprocess.run([sys.executable, "-c", PARENT], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", PARENT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr
     pids = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(pids) == 2
@@ -186,13 +203,33 @@ def test_stages_exit_when_their_parent_is_killed():
 
 
 def run_bench(*flags):
-    return subprocess.run([sys.executable, "bench/parallel.py", *flags], cwd=ROOT, capture_output=True, text=True,
-                          check=False, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, "bench/parallel.py", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_bench_rows_and_a_clean_gpu_skip():
-    result = run_bench("--quick", "--model", "basiccnn", "--width", "0.0625", "--batch-size", "16", "--steps", "2",
-                       "--warmup-steps", "1", "--rounds", "2")
+    result = run_bench(
+        "--quick",
+        "--model",
+        "basiccnn",
+        "--width",
+        "0.0625",
+        "--batch-size",
+        "16",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--rounds",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     speeds = {row["runner"]: row["images_per_s"] for row in rows if row["bench"] == "parallel"}
@@ -206,8 +243,10 @@ def test_bench_rows_and_a_clean_gpu_skip():
         assert {"bench": "parallel_skipped", "section": "gpu", "reason": "no CUDA device"} in rows
 
 
-@pytest.mark.parametrize("flags, named", [(["--cores", "1"], "--cores"), (["--sections", "tpu"], "--sections"),
-                                          (["--model", "vgg99"], "'model'")])
+@pytest.mark.parametrize(
+    "flags, named",
+    [(["--cores", "1"], "--cores"), (["--sections", "tpu"], "--sections"), (["--model", "vgg99"], "'model'")],
+)
 def test_bench_bad_flag_is_one_line(flags, named):
     result = run_bench(*flags)
     assert result.returncode == 2 and named in result.stderr and len(result.stderr.strip().splitlines()) == 1

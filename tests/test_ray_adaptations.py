@@ -55,8 +55,7 @@ def fake_trial(trial_id: str, folder: Path):
 
 
 def new_asha() -> PersistentASHA:
-    return PersistentASHA(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2, metric="val_acc",
-                          mode="max")
+    return PersistentASHA(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2, metric="val_acc", mode="max")
 
 
 def test_asha_state_survives_save_and_restore(tmp_path):
@@ -83,8 +82,9 @@ def test_asha_state_survives_save_and_restore(tmp_path):
 
 def test_a_plain_asha_restored_by_tune_starts_empty():
     """What PersistentASHA answers: without its own restore, the state is what the constructor made."""
-    asha = AsyncHyperBandScheduler(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2,
-                                   metric="val_acc", mode="max", brackets=1)
+    asha = AsyncHyperBandScheduler(
+        time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2, metric="val_acc", mode="max", brackets=1
+    )
     assert all(not recorded for milestone, recorded in asha._brackets[0]._rungs)
 
 
@@ -160,8 +160,9 @@ def test_experiment_state_is_copied_in_the_background_in_place():
 def test_experiment_state_is_written_every_10_s_by_default():
     assert 'os.getenv("TUNE_GLOBAL_CHECKPOINT_S", "auto")' in inspect.getsource(TuneController.__init__)
     assert _ExperimentCheckpointManager(storage=None, checkpoint_period="auto")._checkpoint_period == 10.0
-    every_step = _ExperimentCheckpointManager(storage=None, checkpoint_period=STATE_EVERY_STEP[
-        "TUNE_GLOBAL_CHECKPOINT_S"])
+    every_step = _ExperimentCheckpointManager(
+        storage=None, checkpoint_period=STATE_EVERY_STEP["TUNE_GLOBAL_CHECKPOINT_S"]
+    )
     assert every_step._checkpoint_period == 0
 
 
@@ -214,8 +215,13 @@ def test_the_notices_we_replace_are_still_printed_by_ray():
 def test_the_settings_we_pass_are_read_by_ray():
     from ray.tune.constants import TUNE_ENV_VARS
 
-    read = TUNE_ENV_VARS | {"RAY_USAGE_STATS_ENABLED", "RAY_AIR_NEW_OUTPUT", "RAY_DEDUP_LOGS",
-                            "RAY_DEDUP_LOGS_ALLOW_REGEX", "RAY_TRAIN_V2_ENABLED"}
+    read = TUNE_ENV_VARS | {
+        "RAY_USAGE_STATS_ENABLED",
+        "RAY_AIR_NEW_OUTPUT",
+        "RAY_DEDUP_LOGS",
+        "RAY_DEDUP_LOGS_ALLOW_REGEX",
+        "RAY_TRAIN_V2_ENABLED",
+    }
     ours = {key for key in {**QUIET_ENV, **STATE_EVERY_STEP} if key.startswith(("RAY_", "TUNE_"))}
     assert ours <= read, ours - read
     assert os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "0") == "0"

@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from tuner import locations, ranking, text  # noqa: E402
 from tuner.metric_names import SCHEDULED_LR, block_metric  # noqa: E402
-from tuner.schema import resolve  # noqa: E402
 from tuner.report import cli, gaps, importance  # noqa: E402
 from tuner.report import store as report_store  # noqa: E402
+from tuner.schema import resolve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,46 +44,93 @@ def new_store(blank_db, folder):
 
 def _curve(peak: float, epochs: int, rng) -> list:
     """A rising accuracy curve that ends near `peak`, with a little noise so the best epoch is not always the last."""
-    return [min(0.999, peak * (1 - math.exp(-3 * e / epochs)) / (1 - math.exp(-3)) + rng.uniform(-0.004, 0.004))
-            for e in range(1, epochs + 1)]
+    return [
+        min(0.999, peak * (1 - math.exp(-3 * e / epochs)) / (1 - math.exp(-3)) + rng.uniform(-0.004, 0.004))
+        for e in range(1, epochs + 1)
+    ]
 
 
-def fabricate_search(client, space, trainer, model, trials, searched=("lr", "weight_decay"), start_ms=T0_MS,
-                     num_blocks=4, artifact_root=None):
+def fabricate_search(
+    client,
+    space,
+    trainer,
+    model,
+    trials,
+    searched=("lr", "weight_decay"),
+    start_ms=T0_MS,
+    num_blocks=4,
+    artifact_root=None,
+):
     """One search in the MLflow layout. trials: dicts with outcome, epochs (trained), peak (val_acc it approaches)
     and searched values (lr, weight_decay, ...). Returns {"parent": run_id, "trials": [{..., "run_id", "val"}]}."""
     rng = random.Random(hash((space, trainer, model)) % 1000)
     exp = client.get_experiment_by_name(space)
     exp_id = exp.experiment_id if exp else client.create_experiment(space, artifact_location=artifact_root)
     fixed = {"trainer": trainer, "model": model, "epochs": 8}
-    parent = client.create_run(exp_id, run_name=f"{space}-20261128-021500", start_time=start_ms, tags={
-        "dt.role": "search", "dt.space": space, "dt.trainer": trainer, "dt.model": model,
-        "dt.storage": f"/tmp/ray/{space}", "dt.status": "running", "dt.code_version": "abc1234"}).info.run_id
+    parent = client.create_run(
+        exp_id,
+        run_name=f"{space}-20261128-021500",
+        start_time=start_ms,
+        tags={
+            "dt.role": "search",
+            "dt.space": space,
+            "dt.trainer": trainer,
+            "dt.model": model,
+            "dt.storage": f"/tmp/ray/{space}",
+            "dt.status": "running",
+            "dt.code_version": "abc1234",
+        },
+    ).info.run_id
     client.log_batch(parent, params=[Param(k, str(v)) for k, v in fixed.items()])
     ranges = {"lr": (1e-3, 1.0), "weight_decay": (1e-5, 1e-2)}  # loguniform: the report must read log from here
-    client.log_text(parent, yaml.safe_dump({
-        "trainer": trainer, "model": model, "fixed": {"epochs": 8}, "num_samples": len(trials),
-        "search": {k: {"type": "loguniform", "low": ranges[k][0], "high": ranges[k][1]} for k in searched}}),
-        "space.yaml")
+    client.log_text(
+        parent,
+        yaml.safe_dump(
+            {
+                "trainer": trainer,
+                "model": model,
+                "fixed": {"epochs": 8},
+                "num_samples": len(trials),
+                "search": {k: {"type": "loguniform", "low": ranges[k][0], "high": ranges[k][1]} for k in searched},
+            }
+        ),
+        "space.yaml",
+    )
     logged = []
     for i, spec in enumerate(trials):
         trial_id = f"{space[:4]}_{i:05d}"
         config = resolve({**fixed, **{k: spec[k] for k in searched if k in spec}})
         t_start = start_ms + 1000 * (i + 1)
-        run_id = client.create_run(exp_id, run_name=trial_id, start_time=t_start, tags={
-            "mlflow.parentRunId": parent, "dt.role": "trial", "dt.trial_id": trial_id, "dt.trainer": trainer,
-            "dt.model": model, "dt.outcome": spec["outcome"]}).info.run_id
+        run_id = client.create_run(
+            exp_id,
+            run_name=trial_id,
+            start_time=t_start,
+            tags={
+                "mlflow.parentRunId": parent,
+                "dt.role": "trial",
+                "dt.trial_id": trial_id,
+                "dt.trainer": trainer,
+                "dt.model": model,
+                "dt.outcome": spec["outcome"],
+            },
+        ).info.run_id
         val = _curve(spec.get("peak", 0.8), spec.get("epochs", 8), rng) if spec["outcome"] != "failed" else []
         if spec["outcome"] == "diverged":
-            val = val[:-1]   # its last epoch's metrics were NaN, and the tracker skips non-finite values
+            val = val[:-1]  # its last epoch's metrics were NaN, and the tracker skips non-finite values
         metrics = []
         for epoch, acc in enumerate(val, start=1):
             ts = t_start + 1000 * epoch
-            values = {"val_acc": acc, "train_acc": min(1.0, acc + 0.03 * epoch / len(val)),
-                      "val_loss": 2.3 * (1 - acc) + 0.1, "train_loss": 2.3 * (1 - acc), SCHEDULED_LR: config.lr,
-                      "epoch_s": 30.0, "images_per_s": 1500.0}
+            values = {
+                "val_acc": acc,
+                "train_acc": min(1.0, acc + 0.03 * epoch / len(val)),
+                "val_loss": 2.3 * (1 - acc) + 0.1,
+                "train_loss": 2.3 * (1 - acc),
+                SCHEDULED_LR: config.lr,
+                "epoch_s": 30.0,
+                "images_per_s": 1500.0,
+            }
             if trainer == "dgl":
-                for b in range(1, num_blocks + 1):   # deeper blocks are better; block K is the network's own head
+                for b in range(1, num_blocks + 1):  # deeper blocks are better; block K is the network's own head
                     values[block_metric(b, "val")] = acc * (0.6 + 0.4 * b / num_blocks)
                     values[block_metric(b, "train")] = values["train_acc"] * (0.65 + 0.35 * b / num_blocks)
             metrics += [Metric(k, v, ts, epoch) for k, v in values.items()]
@@ -94,21 +141,27 @@ def fabricate_search(client, space, trainer, model, trials, searched=("lr", "wei
             client.set_terminated(run_id, status, end_time=t_start + 1000 * (len(val) + 1))
         logged.append({**spec, "run_id": run_id, "trial_id": trial_id, "val": val})
     scored = [t for t in logged if t["val"] and t["outcome"] != "diverged"]
-    best = max(scored, key=lambda t: t["val"][-1])   # the search ranks by the final val_acc
+    best = max(scored, key=lambda t: t["val"][-1])  # the search ranks by the final val_acc
     best["test_acc"] = best["val"][-1] - 0.01
     client.log_metric(best["run_id"], "test_acc", best["test_acc"])
-    client.log_batch(parent, metrics=[Metric("best_val_acc", best["val"][-1], start_ms, 0),
-                                      Metric("best_test_acc", best["test_acc"], start_ms, 0),
-                                      Metric("num_trials", len(logged), start_ms, 0)],
-                     params=[Param(f"best.{k}", str(best.get(k))) for k in searched],
-                     tags=[RunTag("dt.status", "finished"), RunTag("dt.best_trial_id", best["trial_id"])])
+    client.log_batch(
+        parent,
+        metrics=[
+            Metric("best_val_acc", best["val"][-1], start_ms, 0),
+            Metric("best_test_acc", best["test_acc"], start_ms, 0),
+            Metric("num_trials", len(logged), start_ms, 0),
+        ],
+        params=[Param(f"best.{k}", str(best.get(k))) for k in searched],
+        tags=[RunTag("dt.status", "finished"), RunTag("dt.best_trial_id", best["trial_id"])],
+    )
     client.set_terminated(parent, "FINISHED")
     return {"parent": parent, "trials": logged, "best": best}
 
 
 def _trials(peaks_lrs, extra=()):
-    return [dict(outcome="completed", peak=p, lr=lr, weight_decay=5e-4 * (1 + i % 3))
-            for i, (p, lr) in enumerate(peaks_lrs)] + list(extra)
+    return [
+        dict(outcome="completed", peak=p, lr=lr, weight_decay=5e-4 * (1 + i % 3)) for i, (p, lr) in enumerate(peaks_lrs)
+    ] + list(extra)
 
 
 @pytest.fixture(scope="module")
@@ -118,23 +171,55 @@ def store(tmp_path_factory, blank_db):
     uri, client = new_store(blank_db, tmp)
     art = str(tmp / "artifacts")
     searches = {
-        "dgl_vgg16": fabricate_search(client, "dgl_vgg16", "dgl", "vgg16", _trials(
-            [(0.86, 0.02), (0.88, 0.05), (0.83, 0.004), (0.87, 0.08)],
-            [dict(outcome="stopped", epochs=2, peak=0.8, lr=0.3, weight_decay=1e-4),
-             # diverged at its 4th epoch after the best accuracy of all: never the best trial
-             dict(outcome="diverged", epochs=4, peak=0.97, lr=1.0, weight_decay=1e-4),
-             dict(outcome="failed", lr=0.5, weight_decay=1e-4)]), artifact_root=art + "/dgl"),
-        "bp_vgg16": fabricate_search(client, "bp_vgg16", "backprop", "vgg16", _trials(
-            [(0.92, 0.05), (0.93, 0.1), (0.90, 0.01)]), artifact_root=art + "/bp"),
-        "bp_basiccnn": fabricate_search(client, "bp_basiccnn", "backprop", "basiccnn", _trials(
-            [(0.75, 0.05), (0.78, 0.1)]), artifact_root=art + "/bpc"),
-        "dni_basiccnn": fabricate_search(client, "dni_basiccnn", "dni", "basiccnn", _trials(
-            [(0.70, 0.05), (0.72, 0.1), (0.65, 0.01)], [dict(outcome="running", epochs=3, peak=0.6, lr=0.2)]),
-            artifact_root=art + "/dni"),
+        "dgl_vgg16": fabricate_search(
+            client,
+            "dgl_vgg16",
+            "dgl",
+            "vgg16",
+            _trials(
+                [(0.86, 0.02), (0.88, 0.05), (0.83, 0.004), (0.87, 0.08)],
+                [
+                    dict(outcome="stopped", epochs=2, peak=0.8, lr=0.3, weight_decay=1e-4),
+                    # diverged at its 4th epoch after the best accuracy of all: never the best trial
+                    dict(outcome="diverged", epochs=4, peak=0.97, lr=1.0, weight_decay=1e-4),
+                    dict(outcome="failed", lr=0.5, weight_decay=1e-4),
+                ],
+            ),
+            artifact_root=art + "/dgl",
+        ),
+        "bp_vgg16": fabricate_search(
+            client,
+            "bp_vgg16",
+            "backprop",
+            "vgg16",
+            _trials([(0.92, 0.05), (0.93, 0.1), (0.90, 0.01)]),
+            artifact_root=art + "/bp",
+        ),
+        "bp_basiccnn": fabricate_search(
+            client,
+            "bp_basiccnn",
+            "backprop",
+            "basiccnn",
+            _trials([(0.75, 0.05), (0.78, 0.1)]),
+            artifact_root=art + "/bpc",
+        ),
+        "dni_basiccnn": fabricate_search(
+            client,
+            "dni_basiccnn",
+            "dni",
+            "basiccnn",
+            _trials([(0.70, 0.05), (0.72, 0.1), (0.65, 0.01)], [dict(outcome="running", epochs=3, peak=0.6, lr=0.2)]),
+            artifact_root=art + "/dni",
+        ),
     }
     out = tmp / "out"
-    result = subprocess.run([sys.executable, "-m", "tuner.report", "--mlflow-uri", uri, "--out", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner.report", "--mlflow-uri", uri, "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return dict(uri=uri, client=client, searches=searches, out=out, result=result, tmp=tmp)
 
 
@@ -153,7 +238,11 @@ def test_table_has_one_row_per_model_and_trainer_and_the_recorded_gap(store):
     rows = gaps.gap_rows(best, searches)
     # models and trainers in the registries' order
     assert [(r["model"], r["trainer"]) for r in rows] == [
-        ("basiccnn", "backprop"), ("basiccnn", "dni"), ("vgg16", "backprop"), ("vgg16", "dgl")]
+        ("basiccnn", "backprop"),
+        ("basiccnn", "dni"),
+        ("vgg16", "backprop"),
+        ("vgg16", "dgl"),
+    ]
     by = {(r["model"], r["trainer"]): r for r in rows}
     fab = store["searches"]
     best_val = {name: s["best"]["val"][-1] for name, s in fab.items()}
@@ -161,12 +250,13 @@ def test_table_has_one_row_per_model_and_trainer_and_the_recorded_gap(store):
     assert by["vgg16", "dgl"]["gap_val"] == pytest.approx((best_val["dgl_vgg16"] - best_val["bp_vgg16"]) * 100)
     assert by["basiccnn", "dni"]["gap_val"] == pytest.approx((best_val["dni_basiccnn"] - best_val["bp_basiccnn"]) * 100)
     assert by["vgg16", "dgl"]["gap_test"] == pytest.approx(
-        (fab["dgl_vgg16"]["best"]["test_acc"] - fab["bp_vgg16"]["best"]["test_acc"]) * 100)
+        (fab["dgl_vgg16"]["best"]["test_acc"] - fab["bp_vgg16"]["best"]["test_acc"]) * 100
+    )
     assert by["vgg16", "backprop"]["gap_val"] is None
     dgl = by["vgg16", "dgl"]
     assert dgl["trial"].trial_id == fab["dgl_vgg16"]["best"]["trial_id"]
     diverged = next(t for t in fab["dgl_vgg16"]["trials"] if t["outcome"] == "diverged")
-    assert diverged["val"][-1] > dgl["val_acc"]   # it would win if diverged trials were ranked
+    assert diverged["val"][-1] > dgl["val_acc"]  # it would win if diverged trials were ranked
     assert dgl["epochs"] == 8 and dgl["planned_epochs"] == 8 and dgl["wall_s"] == pytest.approx(8 * 30.0)
     assert list(dgl["hyperparameters"]) == ["lr", "weight_decay"]
     # the same numbers reach the console and report.md
@@ -184,6 +274,7 @@ def _check_png(path: Path):
     with Image.open(path) as im:
         im.verify()
     import matplotlib.image
+
     pixels = matplotlib.image.imread(path)[..., :3]
     assert pixels.shape[0] > 200 and pixels.shape[1] > 300
     assert (pixels.min(axis=-1) < 0.9).mean() > 0.01, f"{path.name} is (almost) blank"
@@ -192,10 +283,19 @@ def _check_png(path: Path):
 
 def test_figures_are_valid_non_blank_pngs(store):
     names = {p.name for p in store["out"].glob("*.png")}
-    expected = {"curves_vgg16.png", "curves_basiccnn.png", "blocks_vgg16.png",
-                "history_dgl_vgg16.png", "history_bp_vgg16.png", "history_bp_basiccnn.png", "history_dni_basiccnn.png",
-                "importance_dgl_vgg16.png", "importance_bp_vgg16.png", "importance_dni_basiccnn.png"}
-    assert names == expected   # bp_basiccnn has 2 completed trials: too few for importance
+    expected = {
+        "curves_vgg16.png",
+        "curves_basiccnn.png",
+        "blocks_vgg16.png",
+        "history_dgl_vgg16.png",
+        "history_bp_vgg16.png",
+        "history_bp_basiccnn.png",
+        "history_dni_basiccnn.png",
+        "importance_dgl_vgg16.png",
+        "importance_bp_vgg16.png",
+        "importance_dni_basiccnn.png",
+    }
+    assert names == expected  # bp_basiccnn has 2 completed trials: too few for importance
     for name in names:
         _check_png(store["out"] / name)
     assert "bp_basiccnn: no importance figure — only 2 completed trial(s)" in store["result"].stdout
@@ -212,8 +312,17 @@ def test_report_is_logged_on_every_parent_run(store):
 
 
 def test_one_trainer_says_so_and_still_reports(store, capsys):
-    code = cli.main(["--mlflow-uri", store["uri"], "--spaces", "dgl_vgg16", "--out", str(store["tmp"] / "one"),
-                        "--no-log-artifacts"])
+    code = cli.main(
+        [
+            "--mlflow-uri",
+            store["uri"],
+            "--spaces",
+            "dgl_vgg16",
+            "--out",
+            str(store["tmp"] / "one"),
+            "--no-log-artifacts",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "vgg16: only dgl has results — no backprop baseline, so no gap." in out
@@ -226,8 +335,10 @@ def test_unknown_space_is_one_line_listing_what_exists(store, capsys):
     code = cli.main(["--mlflow-uri", store["uri"], "--spaces", "dgl_vgg19"])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == ("error: --spaces: no searches in an experiment named 'dgl_vgg19'; "
-                   "present: bp_basiccnn, bp_vgg16, dgl_vgg16, dni_basiccnn")
+    assert err == (
+        "error: --spaces: no searches in an experiment named 'dgl_vgg19'; "
+        "present: bp_basiccnn, bp_vgg16, dgl_vgg16, dni_basiccnn"
+    )
 
 
 def test_empty_store_says_so(blank_db, tmp_path, capsys):
@@ -242,8 +353,17 @@ def test_no_trial_with_results_says_so(blank_db, tmp_path, capsys):
     uri, client = new_store(blank_db, tmp_path)
     exp = client.create_experiment("dgl_vgg16", artifact_location=str(tmp_path / "art"))
     parent = client.create_run(exp, run_name="dgl_vgg16-1", tags={"dt.role": "search", "dt.status": "running"})
-    client.create_run(exp, run_name="t0", tags={"dt.role": "trial", "dt.outcome": "running", "dt.trainer": "dgl",
-                                                "dt.model": "vgg16", "mlflow.parentRunId": parent.info.run_id})
+    client.create_run(
+        exp,
+        run_name="t0",
+        tags={
+            "dt.role": "trial",
+            "dt.outcome": "running",
+            "dt.trainer": "dgl",
+            "dt.model": "vgg16",
+            "mlflow.parentRunId": parent.info.run_id,
+        },
+    )
     code = cli.main(["--mlflow-uri", uri, "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == 0
@@ -268,8 +388,9 @@ def test_bad_uri_is_one_line_and_exit_2(uri, capsys, monkeypatch):
 def test_configs_and_space_are_read_back_exactly(store):
     client, search = store["client"], store["searches"]["dgl_vgg16"]
     trial = search["trials"][0]
-    config = resolve({"trainer": "dgl", "model": "vgg16", "epochs": 8, "lr": trial["lr"],
-                      "weight_decay": trial["weight_decay"]}).model_dump()
+    config = resolve(
+        {"trainer": "dgl", "model": "vgg16", "epochs": 8, "lr": trial["lr"], "weight_decay": trial["weight_decay"]}
+    ).model_dump()
     back = report_store.logged_config(client, trial["run_id"])
     assert back == config and all(type(back[k]) is type(v) for k, v in config.items())
     dimensions = report_store.logged_dimensions(client, search["parent"])
@@ -278,11 +399,17 @@ def test_configs_and_space_are_read_back_exactly(store):
 
 def test_importance_finds_the_parameter_that_matters():
     rng = random.Random(0)
-    configs = [dict(lr=10 ** rng.uniform(-3, -0.5), weight_decay=10 ** rng.uniform(-5, -3),
-                    aux_head=rng.choice(["flatten_mlp", "conv"])) for _ in range(16)]
+    configs = [
+        dict(
+            lr=10 ** rng.uniform(-3, -0.5),
+            weight_decay=10 ** rng.uniform(-5, -3),
+            aux_head=rng.choice(["flatten_mlp", "conv"]),
+        )
+        for _ in range(16)
+    ]
     values = [0.9 - 0.3 * abs(math.log10(c["lr"]) + 1.3) + rng.uniform(0, 0.01) for c in configs]
     scores, method = importance.param_importances(configs, values, ["lr", "weight_decay", "aux_head", "dropout"])
-    assert set(scores) == {"lr", "weight_decay", "aux_head"}     # dropout never varies
+    assert set(scores) == {"lr", "weight_decay", "aux_head"}  # dropout never varies
     assert max(scores, key=scores.get) == "lr"
     assert sum(scores.values()) == pytest.approx(1.0)
     assert "fANOVA" in method
@@ -290,8 +417,14 @@ def test_importance_finds_the_parameter_that_matters():
 
 
 def test_ranking_skips_diverged_and_non_finite_and_breaks_ties_by_trial_id():
-    trials = [("t3", 0.9, "completed"), ("t1", 0.9, "stopped"), ("t2", 0.95, "diverged"), ("t4", math.nan, "completed"),
-              ("t5", None, "running"), ("t0", 0.5, "completed")]
+    trials = [
+        ("t3", 0.9, "completed"),
+        ("t1", 0.9, "stopped"),
+        ("t2", 0.95, "diverged"),
+        ("t4", math.nan, "completed"),
+        ("t5", None, "running"),
+        ("t0", 0.5, "completed"),
+    ]
 
     def score(t):
         return ranking.final_score(t[1], t[2])
@@ -301,7 +434,7 @@ def test_ranking_skips_diverged_and_non_finite_and_breaks_ties_by_trial_id():
 
     assert [t[0] for t in ranking.rank(trials, score, trial_id)] == ["t1", "t3", "t0"]
     assert [t[0] for t in ranking.rank(trials, score, trial_id, mode="min")] == ["t0", "t1", "t3"]
-    assert ranking.best_trial(list(reversed(trials)), score, trial_id)[0] == "t1"   # input order does not matter
+    assert ranking.best_trial(list(reversed(trials)), score, trial_id)[0] == "t1"  # input order does not matter
     assert ranking.best_trial(trials[2:3], score, trial_id) is None
 
 

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from fakedata import learnable_arrays, write_cifar_folder
 from mlflow.tracking import MlflowClient
 
-from fakedata import learnable_arrays, write_cifar_folder
 from tuner.ray_adaptations.asha import STATE_FILE, PersistentASHA
 from tuner.ray_adaptations.snapshots import RAY_SNAPSHOT, install_ray_snapshot, save_ray_snapshot
 from tuner.search_folder import RESUME_DIR, SearchRecord, claim
@@ -44,22 +44,39 @@ mode: max
 """
 
 
-def write_space(tmp_path, epochs=4, num_samples=5, points="[{lr: 0.05}]",
-                scheduler="{type: asha, max_t: 4, grace_period: 1, reduction_factor: 2}") -> Path:
+def write_space(
+    tmp_path,
+    epochs=4,
+    num_samples=5,
+    points="[{lr: 0.05}]",
+    scheduler="{type: asha, max_t: 4, grace_period: 1, reduction_factor: 2}",
+) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(SPACE.format(epochs=epochs, num_samples=num_samples, points=points, scheduler=scheduler))
     return path
 
 
 def cli_args(space, tmp_path, data=None):
-    args = ["--space", str(space), "--storage", str(tmp_path / "runs"),
-            "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    args = [
+        "--space",
+        str(space),
+        "--storage",
+        str(tmp_path / "runs"),
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+    ]
     return args + (["--data-dir", str(data)] if data else [])
 
 
 def run_cli(*args, cwd, timeout=120):
-    return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "tuner.run", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 class Driver:
@@ -70,8 +87,14 @@ class Driver:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "DT_FAULT": faults, "DT_FAULT_DIR": str(tmp_path / "faults")}
         (tmp_path / "faults").mkdir(exist_ok=True)
         self.started = time.time()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tuner.run", *args], cwd=tmp_path, env=env,
-                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tuner.run", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=open(self.log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def output(self) -> str:
@@ -83,8 +106,9 @@ class Driver:
             value = condition()
             if value:
                 return value
-            assert self.proc.poll() is None, f"the driver exited ({self.proc.returncode}) before {what}:\n" \
-                                             f"{self.output[-3000:]}"
+            assert self.proc.poll() is None, (
+                f"the driver exited ({self.proc.returncode}) before {what}:\n{self.output[-3000:]}"
+            )
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}:\n{self.output[-3000:]}")
 
@@ -168,7 +192,8 @@ def test_ray_state_is_copied_whole_and_put_back(tmp_path):
     (folder / "search.json").write_text("ours")
     assert install_ray_snapshot(folder)
     assert sorted(p.name for p in folder.iterdir() if p.is_file()) == sorted(
-        [f"experiment_state-{new}.json", f"search_gen_state-{new}.json", f"searcher-state-{new}.pkl", "search.json"])
+        [f"experiment_state-{new}.json", f"search_gen_state-{new}.json", f"searcher-state-{new}.pkl", "search.json"]
+    )
     assert (folder / f"experiment_state-{new}.json").read_text() == "current experiment_state-{}.json"
     assert (folder / "search.json").read_text() == "ours"
 
@@ -182,8 +207,9 @@ def test_search_json_holds_the_settings_as_they_are(tmp_path, monkeypatch):
     assert settings.data_dir == str(tmp_path / "data") and settings.storage == str(tmp_path / "runs")
     assert settings.mlflow_uri == f"sqlite:///{tmp_path}/mlflow.db"  # absolute: resumable from anywhere
     folder = tmp_path / "runs" / "dgl_quick-20260101-000000"
-    SearchRecord(name=folder.name, space="dgl_quick", space_path="", settings=settings,
-                 experiment="dgl_quick").save(folder)
+    SearchRecord(name=folder.name, space="dgl_quick", space_path="", settings=settings, experiment="dgl_quick").save(
+        folder
+    )
     assert json.loads((folder / "search.json").read_text())["settings"]["num_samples"] == 3
     found, record = locate_resume("latest", tmp_path / "runs", "dgl_quick")
     assert found == folder and record.settings == settings and record.mlflow_uri == settings.mlflow_uri
@@ -216,8 +242,10 @@ def test_tracker_makes_mlflow_agree_with_the_restored_trials(tmp_path, monkeypat
     assert len(client.search_runs([client.get_run(parent).info.experiment_id], "tags.`dt.role` = 'trial'")) == 4
     after = MLflowTracker(uri, parent)
     after.on_step_begin(0, restored)
-    runs = {r.data.tags["dt.trial_id"]: r for r in client.search_runs(
-        [client.get_run(parent).info.experiment_id], "tags.`dt.role` = 'trial'")}
+    runs = {
+        r.data.tags["dt.trial_id"]: r
+        for r in client.search_runs([client.get_run(parent).info.experiment_id], "tags.`dt.role` = 'trial'")
+    }
     assert sorted(runs) == ["crashed", "done", "inflight"]  # the orphan's run is deleted
     assert (runs["done"].info.status, runs["done"].data.tags["dt.outcome"]) == ("FINISHED", "completed")
     assert (runs["crashed"].info.status, runs["crashed"].data.tags["dt.outcome"]) == ("FAILED", "failed")
@@ -234,8 +262,9 @@ def test_an_unfinished_search_is_not_started_over(tmp_path):
     space = write_space(tmp_path)
     folder = tmp_path / "runs" / "tiny-20260101-000000"
     settings = SearchSettings(space=str(space), storage=str(folder.parent), mlflow_uri="sqlite:///x.db")
-    SearchRecord(name=folder.name, space="tiny", space_path=str(space), settings=settings,
-                 experiment="tiny").save(folder)  # status running: its driver was killed
+    SearchRecord(name=folder.name, space="tiny", space_path=str(space), settings=settings, experiment="tiny").save(
+        folder
+    )  # status running: its driver was killed
     result = run_cli(*cli_args(space, tmp_path), cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
@@ -284,7 +313,8 @@ def test_killed_then_interrupted_search_resumes_with_nothing_lost_or_duplicated(
     stalled_pid = int(first.wait_for(lambda: marker(tmp_path, "stall", 1), "the first stall").read_text())
     folder = next((tmp_path / "runs").iterdir())
     ended_at_kill = first.wait_for(
-        lambda: [t for t, status in durable_trials(folder).items() if status == "TERMINATED"], "a trial to end")
+        lambda: [t for t, status in durable_trials(folder).items() if status == "TERMINATED"], "a trial to end"
+    )
     os.kill(first.proc.pid, signal.SIGKILL)
     first.wait()
     deadline = time.time() + 60
@@ -320,13 +350,16 @@ def test_killed_then_interrupted_search_resumes_with_nothing_lost_or_duplicated(
     third = Driver(cli_args(space, tmp_path) + ["--resume", str(folder)], tmp_path, "third", stall)
     assert third.wait() == 0, third.output[-3000:]
     outputs = {"second": second.output, "third": third.output}
-    print(f"resume: driver start -> the stalled trial training again: {back_after:.0f} s; Ctrl-C -> exit {stop_s:.1f} s")
+    print(
+        f"resume: driver start -> the stalled trial training again: {back_after:.0f} s; Ctrl-C -> exit {stop_s:.1f} s"
+    )
 
     # one run per trial, as many trials as an uninterrupted search, nothing left open
     runs = child_runs(client, "tiny")
     assert len(runs) == 5 and sorted(runs) == sorted(p.name for p in folder.iterdir() if (p / "params.json").exists())
-    assert all(run.info.status in ("FINISHED", "FAILED") and run.data.tags["dt.outcome"] in ENDED
-               for run in runs.values())
+    assert all(
+        run.info.status in ("FINISHED", "FAILED") and run.data.tags["dt.outcome"] in ENDED for run in runs.values()
+    )
     parent = client.get_run(SearchRecord.load(folder).parent_run_id)
     assert (parent.info.status, parent.data.tags["dt.status"]) == ("FINISHED", "finished")
     assert parent.data.metrics["num_trials"] == 5 and SearchRecord.load(folder).status == "finished"
@@ -346,7 +379,7 @@ def test_killed_then_interrupted_search_resumes_with_nothing_lost_or_duplicated(
     for run, before in (("second", before_kill), ("third", before_sigint)):
         for trial_id, epochs in resumed[run].items():
             assert len(epochs) == 1 and epochs[0] >= len(before.get(trial_id, [])) - 1, (run, trial_id, epochs)
-            assert histories[trial_id][:len(before[trial_id])] == before[trial_id]  # kept, not rewritten
+            assert histories[trial_id][: len(before[trial_id])] == before[trial_id]  # kept, not rewritten
     (stalled,) = [t for t, run in runs.items() if run.data.params["lr"] == "0.05"]
     assert resumed["second"][stalled] == [2] and resumed["third"][stalled] == [2]
 
@@ -372,7 +405,8 @@ def test_killed_then_interrupted_search_resumes_with_nothing_lost_or_duplicated(
         assert recorded == pytest.approx(reached), milestone
     stopped = {t for t, run in runs.items() if run.data.tags["dt.outcome"] == "stopped"}
     assert stopped <= asha.stopped and asha.stopped - stopped <= {
-        t for t, points in histories.items() if len(points) == 4}
+        t for t, points in histories.items() if len(points) == 4
+    }
 
 
 # ------------------------------------------------------------------------------------------ faults in a search
@@ -380,11 +414,14 @@ def test_killed_then_interrupted_search_resumes_with_nothing_lost_or_duplicated(
 
 @pytest.mark.slow
 def test_crashed_and_killed_trials_retry_from_their_checkpoint(tmp_path, fake_data):
-    space = write_space(tmp_path, epochs=3, num_samples=3, scheduler="{type: fifo}",
-                        points="[{lr: 0.05}, {lr: 0.03}, {lr: 0.02}]")
-    faults = ("stall:lr=0.05:epoch=2:times=1;"   # its worker is killed (kill -9) during epoch 2
-              "raise:lr=0.03:epoch=2;"           # raises on every attempt: retried once, then failed
-              "raise:lr=0.02:epoch=3:times=1")   # raises once: retried, then completes
+    space = write_space(
+        tmp_path, epochs=3, num_samples=3, scheduler="{type: fifo}", points="[{lr: 0.05}, {lr: 0.03}, {lr: 0.02}]"
+    )
+    faults = (
+        "stall:lr=0.05:epoch=2:times=1;"  # its worker is killed (kill -9) during epoch 2
+        "raise:lr=0.03:epoch=2;"  # raises on every attempt: retried once, then failed
+        "raise:lr=0.02:epoch=3:times=1"
+    )  # raises once: retried, then completes
     driver = Driver(cli_args(space, tmp_path, fake_data) + ["--max-failures", "1"], tmp_path, "faults", faults)
     pid = int(driver.wait_for(lambda: marker(tmp_path, "stall", 1), "the stall").read_text())
     os.kill(pid, signal.SIGKILL)
@@ -406,8 +443,10 @@ def test_crashed_and_killed_trials_retry_from_their_checkpoint(tmp_path, fake_da
     injected = "(RuntimeError: DT_FAULT: injected failure at epoch {}); "
     assert f"trial {trial[0.03]} crashed {injected.format(2)}retrying from its last checkpoint" in driver.output
     folder = next((tmp_path / "runs").iterdir())
-    assert f"trial {trial[0.03]} failed {injected.format(2)}traceback in {folder / trial[0.03] / 'error.txt'}" \
+    assert (
+        f"trial {trial[0.03]} failed {injected.format(2)}traceback in {folder / trial[0.03] / 'error.txt'}"
         in driver.output
+    )
     assert f"trial {trial[0.02]} crashed {injected.format(3)}retrying" in driver.output
     assert f"trial {trial[0.05]} crashed (" in driver.output  # its worker was killed
     assert "Trial task failed" not in driver.output

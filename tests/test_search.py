@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from fakedata import learnable_arrays, write_cifar_folder
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +34,9 @@ mode: max
 
 def run_cli(*args, cwd, timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "tuner.run", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tuner.run", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,17 @@ def test_tiny_search_end_to_end(tmp_path, fake_data):
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_cli("--space", str(space), "--data-dir", str(fake_data), "--storage", str(tmp_path / "runs"),
-                     "--mlflow-uri", uri, cwd=tmp_path)
+    result = run_cli(
+        "--space",
+        str(space),
+        "--data-dir",
+        str(fake_data),
+        "--storage",
+        str(tmp_path / "runs"),
+        "--mlflow-uri",
+        uri,
+        cwd=tmp_path,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Traceback" not in output
@@ -95,16 +104,21 @@ def test_tiny_search_end_to_end(tmp_path, fake_data):
 
     # what Optuna was told: completed -> COMPLETE, stopped by ASHA -> PRUNED, diverged -> FAIL
     import optuna
+
     from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch
 
     folder = Path(parent.data.tags["dt.storage"])
     searcher = HonestOptunaSearch()
     searcher.restore_from_dir(str(folder))
-    want = {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED,
-            "diverged": optuna.trial.TrialState.FAIL}
+    want = {
+        "completed": optuna.trial.TrialState.COMPLETE,
+        "stopped": optuna.trial.TrialState.PRUNED,
+        "diverged": optuna.trial.TrialState.FAIL,
+    }
     assert len(searcher._ot_trials) == 4
     assert {trial_id: want[outcome] for trial_id, outcome in outcomes.items()} == {
-        trial_id: searcher.study.trials[trial.number].state for trial_id, trial in searcher._ot_trials.items()}
+        trial_id: searcher.study.trials[trial.number].state for trial_id, trial in searcher._ot_trials.items()
+    }
     pruned = [t for t in searcher.study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned and all(t.intermediate_values for t in pruned)
 
@@ -126,30 +140,53 @@ def test_tiny_search_end_to_end(tmp_path, fake_data):
 
 
 def test_dry_run_starts_nothing(tmp_path):
-    result = run_cli("--space", "dgl_quick", "--dry-run", "--storage", str(tmp_path / "runs"),
-                     "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path, timeout=120)
+    result = run_cli(
+        "--space",
+        "dgl_quick",
+        "--dry-run",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "nothing was started" in result.stdout and "aux_width" in result.stdout
     assert list(tmp_path.iterdir()) == []
 
 
-VALID = "trainer: dgl\nmodel: vgg16\nfixed: {width: 0.5}\nsearch: {lr: {type: loguniform, low: 0.01, high: 0.1}}\nnum_samples: 2\n"
+VALID = (
+    "trainer: dgl\nmodel: vgg16\nfixed: {width: 0.5}\n"
+    "search: {lr: {type: loguniform, low: 0.01, high: 0.1}}\nnum_samples: 2\n"
+)
 
 
-@pytest.mark.parametrize("old, new, key", [
-    ("low: 0.01, high: 0.1", "low: 0.1, high: 0.01", "search.lr"),
-    ("width: 0.5", "widht: 0.5", "widht"),
-    ("trainer: dgl", "trainer: sgd", "trainer"),
-    ("{lr: {type: loguniform, low: 0.01, high: 0.1}}", "{aux_width: {type: choice, values: []}}", "aux_width"),
-    ("type: loguniform, low: 0.01", "type: loguniform, low: 0.0", "search.lr"),
-    ("num_samples: 2", "num_samples: two", "num_samples"),
-])
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        ("low: 0.01, high: 0.1", "low: 0.1, high: 0.01", "search.lr"),
+        ("width: 0.5", "widht: 0.5", "widht"),
+        ("trainer: dgl", "trainer: sgd", "trainer"),
+        ("{lr: {type: loguniform, low: 0.01, high: 0.1}}", "{aux_width: {type: choice, values: []}}", "aux_width"),
+        ("type: loguniform, low: 0.01", "type: loguniform, low: 0.0", "search.lr"),
+        ("num_samples: 2", "num_samples: two", "num_samples"),
+    ],
+)
 def test_bad_space_is_one_line_exit_2_and_creates_nothing(tmp_path, old, new, key):
     space = tmp_path / "bad.yaml"
     assert old in VALID
     space.write_text(VALID.replace(old, new))
-    result = run_cli("--space", str(space), "--storage", str(tmp_path / "runs"),
-                     "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path, timeout=120)
+    result = run_cli(
+        "--space",
+        str(space),
+        "--storage",
+        str(tmp_path / "runs"),
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.yaml" in lines[0] and key in lines[0], result.stderr

@@ -14,8 +14,19 @@ from tuner.space_file import SPACES_DIR, find_space, list_spaces, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SHIPPED = ["bp_vgg16", "dgl_vgg16", "dni_vgg16", "cdni_vgg16", "bp_basiccnn", "dgl_basiccnn", "dni_basiccnn",
-           "cdni_basiccnn", "dgl_quick", "bp_quick", "example"]
+SHIPPED = [
+    "bp_vgg16",
+    "dgl_vgg16",
+    "dni_vgg16",
+    "cdni_vgg16",
+    "bp_basiccnn",
+    "dgl_basiccnn",
+    "dni_basiccnn",
+    "cdni_basiccnn",
+    "dgl_quick",
+    "bp_quick",
+    "example",
+]
 
 
 def sample(space, asks=20):
@@ -83,9 +94,13 @@ def test_define_by_run_survives_pickling_and_works_with_ray():
     space = load_space("dgl_quick")
     pickle.loads(pickle.dumps(space.define_by_run))  # Ray's OptunaSearch.save pickles it
     optuna_search = pytest.importorskip("ray.tune.search.optuna")
-    searcher = optuna_search.OptunaSearch(space=space.define_by_run, metric=space.metric, mode=space.mode,
-                                          sampler=make_sampler(space),
-                                          points_to_evaluate=space.searcher.points_to_evaluate)
+    searcher = optuna_search.OptunaSearch(
+        space=space.define_by_run,
+        metric=space.metric,
+        mode=space.mode,
+        sampler=make_sampler(space),
+        points_to_evaluate=space.searcher.points_to_evaluate,
+    )
     point, first = space.searcher.points_to_evaluate[0], searcher.suggest("trial-0")
     assert {k: first[k] for k in point} == point
     assert set(first) >= {k for k, p in space.params.items() if not p.when}
@@ -93,8 +108,9 @@ def test_define_by_run_survives_pickling_and_works_with_ray():
 
 def test_with_overrides_caps_and_copies():
     space = load_space("dgl_vgg16")
-    small = space.with_overrides(max_epochs=4, num_samples=2, train_subset=500, seed=7, cpus=1, gpus=0,
-                                 max_concurrent=1)
+    small = space.with_overrides(
+        max_epochs=4, num_samples=2, train_subset=500, seed=7, cpus=1, gpus=0, max_concurrent=1
+    )
     assert small.base_config().epochs == 4
     assert small.scheduler.max_t == 4 and small.scheduler.grace_period <= 4
     assert small.fixed["seed"] == small.searcher.seed == 7
@@ -114,11 +130,15 @@ def test_describe_names_everything():
 
 
 GOOD = {
-    "trainer": "dgl", "model": "vgg16", "fixed": {"epochs": 10, "width": 0.5},
-    "search": {"lr": {"type": "loguniform", "low": 0.01, "high": 0.1},
-               "local_loss": {"type": "choice", "values": ["pred", "predsim"]},
-               "sim_weight": {"type": "uniform", "low": 0.5, "high": 1.0, "when": {"local_loss": "predsim"}},
-               "aux_depth": {"type": "int", "low": 0, "high": 3}},
+    "trainer": "dgl",
+    "model": "vgg16",
+    "fixed": {"epochs": 10, "width": 0.5},
+    "search": {
+        "lr": {"type": "loguniform", "low": 0.01, "high": 0.1},
+        "local_loss": {"type": "choice", "values": ["pred", "predsim"]},
+        "sim_weight": {"type": "uniform", "low": 0.5, "high": 1.0, "when": {"local_loss": "predsim"}},
+        "aux_depth": {"type": "int", "low": 0, "high": 3},
+    },
     "scheduler": {"type": "asha", "max_t": 10, "grace_period": 1},
     "searcher": {"type": "optuna_tpe", "points_to_evaluate": [{"lr": 0.05}]},
     "num_samples": 4,
@@ -169,30 +189,49 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "epochs searched": (variant(search__epochs={"type": "int", "low": 1, "high": 5}), "search.epochs"),
     "param not a mapping": (variant(search__lr=0.05), "search.lr"),
     "unknown distribution": (variant(search__lr={"type": "normal", "low": 0.1, "high": 0.2}), "search.lr.type"),
-    "unknown param key": (variant(search__lr={"type": "uniform", "low": 0.1, "high": 0.2, "step": 0.1}),
-                          "search.lr.step: unknown key"),
+    "unknown param key": (
+        variant(search__lr={"type": "uniform", "low": 0.1, "high": 0.2, "step": 0.1}),
+        "search.lr.step: unknown key",
+    ),
     "missing bound": (variant(search__lr={"type": "uniform", "low": 0.1}), "search.lr.high"),
     "low >= high": (variant(search__lr={"type": "uniform", "low": 0.1, "high": 0.01}), "search.lr.low: must be < high"),
     "lr low 0": (variant(search__lr={"type": "uniform", "low": 0, "high": 0.1}), "search.lr.low"),
     "bound is text": (variant(search__lr={"type": "uniform", "low": "0.01", "high": 0.1}), "search.lr.low"),
-    "loguniform low 0": (variant(search__weight_decay={"type": "loguniform", "low": 0.0, "high": 0.1}),
-                         "search.weight_decay.low: must be > 0"),
-    "int log low 0": (variant(search__aux_depth={"type": "int", "low": 0, "high": 3, "log": True}),
-                      "search.aux_depth.low: must be > 0"),
+    "loguniform low 0": (
+        variant(search__weight_decay={"type": "loguniform", "low": 0.0, "high": 0.1}),
+        "search.weight_decay.low: must be > 0",
+    ),
+    "int log low 0": (
+        variant(search__aux_depth={"type": "int", "low": 0, "high": 3, "log": True}),
+        "search.aux_depth.low: must be > 0",
+    ),
     "int float bound": (variant(search__aux_depth={"type": "int", "low": 0.5, "high": 3}), "search.aux_depth.low"),
-    "int bad step": (variant(search__aux_depth={"type": "int", "low": 0, "high": 3, "step": 2}),
-                     "search.aux_depth.high"),
-    "float dist on int key": (variant(search__aux_width={"type": "uniform", "low": 8, "high": 64}),
-                              "search.aux_width.type"),
+    "int bad step": (
+        variant(search__aux_depth={"type": "int", "low": 0, "high": 3, "step": 2}),
+        "search.aux_depth.high",
+    ),
+    "float dist on int key": (
+        variant(search__aux_width={"type": "uniform", "low": 8, "high": 64}),
+        "search.aux_width.type",
+    ),
     "empty choices": (variant(search__aux_head={"type": "choice", "values": []}), "search.aux_head.values"),
-    "bad choice": (variant(search__aux_head={"type": "choice", "values": ["flatten_mlp", "foo"]}), "search.aux_head.values[1]"),
+    "bad choice": (
+        variant(search__aux_head={"type": "choice", "values": ["flatten_mlp", "foo"]}),
+        "search.aux_head.values[1]",
+    ),
     "duplicate choice": (variant(search__aux_width={"type": "choice", "values": [64, 64]}), "search.aux_width.values"),
-    "when unknown parent": (variant(search__dropout={"type": "uniform", "low": 0, "high": 0.5, "when": {"aux_head": "mlp"}}),
-                            "search.dropout.when.aux_head: unknown key"),
-    "when parent not choice": (variant(search__dropout={"type": "uniform", "low": 0, "high": 0.5,
-                                                        "when": {"lr": 0.1}}), "search.dropout.when.lr"),
-    "when value not a choice": (variant(search__sim_weight={"type": "uniform", "low": 0.5, "high": 1.0,
-                                                            "when": {"local_loss": "sim"}}), "search.sim_weight.when.local_loss"),
+    "when unknown parent": (
+        variant(search__dropout={"type": "uniform", "low": 0, "high": 0.5, "when": {"aux_head": "mlp"}}),
+        "search.dropout.when.aux_head: unknown key",
+    ),
+    "when parent not choice": (
+        variant(search__dropout={"type": "uniform", "low": 0, "high": 0.5, "when": {"lr": 0.1}}),
+        "search.dropout.when.lr",
+    ),
+    "when value not a choice": (
+        variant(search__sim_weight={"type": "uniform", "low": 0.5, "high": 1.0, "when": {"local_loss": "sim"}}),
+        "search.sim_weight.when.local_loss",
+    ),
     "empty search": (variant(search={}), "search: names no hyperparameter"),
     "unknown scheduler": (variant(scheduler={"type": "hyperband"}), "scheduler.type"),
     "unknown scheduler key": (variant(scheduler={"type": "asha", "max_epochs": 3}), "scheduler.max_epochs"),
@@ -201,12 +240,18 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "reduction factor 1": (variant(scheduler={"type": "asha", "reduction_factor": 1}), "scheduler.reduction_factor"),
     "unknown searcher": (variant(searcher={"type": "bayesopt"}), "searcher.type"),
     "tpe key on random": (variant(searcher={"type": "random", "n_startup_trials": 3}), "searcher.n_startup_trials"),
-    "point outside range": (variant(searcher={"type": "random", "points_to_evaluate": [{"lr": 0.5}]}),
-                            "searcher.points_to_evaluate[0].lr"),
-    "point unknown key": (variant(searcher={"type": "random", "points_to_evaluate": [{"width": 0.5}]}),
-                          "searcher.points_to_evaluate[0].width: unknown key"),
-    "point contradicts when": (variant(searcher={"type": "random", "points_to_evaluate": [
-        {"local_loss": "pred", "sim_weight": 0.7}]}), "searcher.points_to_evaluate[0].sim_weight"),
+    "point outside range": (
+        variant(searcher={"type": "random", "points_to_evaluate": [{"lr": 0.5}]}),
+        "searcher.points_to_evaluate[0].lr",
+    ),
+    "point unknown key": (
+        variant(searcher={"type": "random", "points_to_evaluate": [{"width": 0.5}]}),
+        "searcher.points_to_evaluate[0].width: unknown key",
+    ),
+    "point contradicts when": (
+        variant(searcher={"type": "random", "points_to_evaluate": [{"local_loss": "pred", "sim_weight": 0.7}]}),
+        "searcher.points_to_evaluate[0].sim_weight",
+    ),
     "num_samples 0": (variant(num_samples=0), "num_samples"),
     "num_samples text": (variant(num_samples="many"), "num_samples"),
     "max_concurrent 0": (variant(max_concurrent=0), "max_concurrent"),
@@ -218,11 +263,16 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "duplicate key": (variant().replace("num_samples: 4", "num_samples: 4\nnum_samples: 8"), "duplicate key"),
     "yes as a number": (variant().replace("num_samples: 4", "num_samples: yes"), "num_samples"),
     "yes as a bound": (variant().replace("high: 3", "high: yes"), "search.aux_depth.high"),
-    "when cycle": (variant(search={"aux_head": {"type": "choice", "values": ["flatten_mlp", "conv"],
-                                                "when": {"local_loss": "pred"}},
-                                   "local_loss": {"type": "choice", "values": ["pred", "sim"],
-                                                  "when": {"aux_head": "flatten_mlp"}}},
-                           searcher={"type": "random"}), "search: 'when' conditions form a cycle"),
+    "when cycle": (
+        variant(
+            search={
+                "aux_head": {"type": "choice", "values": ["flatten_mlp", "conv"], "when": {"local_loss": "pred"}},
+                "local_loss": {"type": "choice", "values": ["pred", "sim"], "when": {"aux_head": "flatten_mlp"}},
+            },
+            searcher={"type": "random"},
+        ),
+        "search: 'when' conditions form a cycle",
+    ),
 }
 
 

@@ -33,8 +33,16 @@ def sealed_splits(*args, **kwargs):
 
 def test_a_trial_never_reads_the_test_split_and_the_final_evaluation_does(monkeypatch, tmp_path):
     arrays = learnable_arrays(300, 50, seed=0)
-    config = {"trainer": "dgl", "model": "basiccnn", "width": 0.125, "aux_width": 32, "epochs": 2,
-              "batch_size": 32, "val_size": 100, "device": "cpu"}
+    config = {
+        "trainer": "dgl",
+        "model": "basiccnn",
+        "width": 0.125,
+        "aux_width": 32,
+        "epochs": 2,
+        "batch_size": 32,
+        "val_size": 100,
+        "device": "cpu",
+    }
     reports = []
 
     def report(metrics, checkpoint=None):
@@ -69,9 +77,17 @@ def test_the_validation_split_follows_split_seed_not_the_model_seed():
     import torch
 
     arrays = learnable_arrays(300, 20, seed=0)
-    base = {"trainer": "backprop", "model": "basiccnn", "width": 0.125, "val_size": 50, "train_subset": 100,
-            "device": "cpu"}
-    val = {key: trial.build_trial({**base, **extra}, arrays)[1].val.x for key, extra in
-           {"a": {"seed": 0}, "b": {"seed": 7}, "c": {"seed": 0, "split_seed": 1}}.items()}
+    base = {
+        "trainer": "backprop",
+        "model": "basiccnn",
+        "width": 0.125,
+        "val_size": 50,
+        "train_subset": 100,
+        "device": "cpu",
+    }
+    val = {
+        key: trial.build_trial({**base, **extra}, arrays)[1].val.x
+        for key, extra in {"a": {"seed": 0}, "b": {"seed": 7}, "c": {"seed": 0, "split_seed": 1}}.items()
+    }
     assert torch.equal(val["a"], val["b"])
     assert not torch.equal(val["a"], val["c"])

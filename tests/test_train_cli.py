@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from fakedata import learnable_arrays, write_cifar_folder
+
 from tuner.metric_names import block_metric
 from tuner.train import main
 
@@ -22,8 +22,21 @@ def train_cli(*args):
     return subprocess.run([sys.executable, "-m", "tuner.train", *args], capture_output=True, text=True, timeout=300)
 
 
-COMMON = ["--model", "basiccnn", "--epochs", "2", "--train-subset", "500", "--threads", "1",
-          "--set", "width=0.0625", "val_size=300", "batch_size=50", "dropout=0.1"]
+COMMON = [
+    "--model",
+    "basiccnn",
+    "--epochs",
+    "2",
+    "--train-subset",
+    "500",
+    "--threads",
+    "1",
+    "--set",
+    "width=0.0625",
+    "val_size=300",
+    "batch_size=50",
+    "dropout=0.1",
+]
 
 
 def test_train_prints_epochs_and_a_final_json_line(data_dir):
@@ -33,8 +46,16 @@ def test_train_prints_epochs_and_a_final_json_line(data_dir):
     assert sum(line.startswith("epoch") for line in lines) == 2
     final = json.loads(lines[-1])
     assert final["epochs"] == 2 and final["trainer"] == "dgl"
-    for key in ("val_acc", "val_loss", "train_loss", "train_acc", "images_per_s", "test_acc",
-                block_metric(1, "val"), block_metric(3, "val")):
+    for key in (
+        "val_acc",
+        "val_loss",
+        "train_loss",
+        "train_acc",
+        "images_per_s",
+        "test_acc",
+        block_metric(1, "val"),
+        block_metric(3, "val"),
+    ):
         assert key in final, key
     assert 0.0 <= final["val_acc"] <= 1.0 and final["val_acc"] > 0.5  # chance is 0.1
 
@@ -48,13 +69,16 @@ def test_dgl_with_one_block_matches_backprop_from_the_command_line(data_dir, cap
         assert outputs["dgl"][key] == outputs["backprop"][key], key
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--set", "lr=fast"], "lr"),
-    (["--set", "aux_widht=3"], "aux_widht"),
-    (["--set", "aux_head=transformer"], "aux_head"),
-    (["--trainer", "sgd"], "trainer"),
-    (["--set", "num_blocks=9", "--model", "basiccnn"], "num_blocks"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--set", "lr=fast"], "lr"),
+        (["--set", "aux_widht=3"], "aux_widht"),
+        (["--set", "aux_head=transformer"], "aux_head"),
+        (["--trainer", "sgd"], "trainer"),
+        (["--set", "num_blocks=9", "--model", "basiccnn"], "num_blocks"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(args, fragment, capsys):
     assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()

@@ -5,14 +5,14 @@ import itertools
 
 import pytest
 import torch
+from fakedata import learnable_arrays
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fakedata import learnable_arrays
 from models.trainers import build_trainer
-from tuner.schema import resolve
 from tuner.data import make_splits
 from tuner.epoch import run_epoch, steps_per_epoch
 from tuner.metric_names import block_accuracies
+from tuner.schema import resolve
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,18 @@ def data():
 
 
 def make(data, **overrides):
-    cfg = resolve({"model": "basiccnn", "width": 0.125, "aux_width": 64, "batch_size": 32, "lr": 0.05,
-                   "epochs": 2, "val_size": 400, **overrides})
+    cfg = resolve(
+        {
+            "model": "basiccnn",
+            "width": 0.125,
+            "aux_width": 64,
+            "batch_size": 32,
+            "lr": 0.05,
+            "epochs": 2,
+            "val_size": 400,
+            **overrides,
+        }
+    )
     return build_trainer(cfg, "cpu", steps_per_epoch(data.train, cfg.batch_size))
 
 
@@ -35,8 +45,15 @@ CASES = [dict(trainer=t) for t in ("backprop", "dgl", "dni", "cdni")] + [
     dict(trainer="dgl", local_loss="sim"),
     dict(trainer="dgl", local_loss="predsim"),
     dict(trainer="dgl", model="vgg11", num_blocks=3, dropout=0.1),
-    dict(trainer="backprop", optimizer="adamw", lr=0.003, schedule="step", lr_step_epochs=1, warmup_epochs=1,
-         label_smoothing=0.1),
+    dict(
+        trainer="backprop",
+        optimizer="adamw",
+        lr=0.003,
+        schedule="step",
+        lr_step_epochs=1,
+        warmup_epochs=1,
+        label_smoothing=0.1,
+    ),
 ]
 
 

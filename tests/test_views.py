@@ -30,7 +30,7 @@ def test_block_metrics_sort_in_depth_order_in_their_own_section():
 def test_accuracies_are_exact_fractions_of_counts():
     import torch
 
-    from models.trainers import Trainer
+    from models.trainer_base import Trainer
 
     metrics = Trainer._accuracies(Trainer.__new__(Trainer), torch.tensor([67, 134]), 400, "acc")
     assert metrics["acc"] == 0.335  # float32 division gives 0.33500000834465027
@@ -54,7 +54,14 @@ def test_only_the_params_a_trial_reads_are_logged():
     defaults = resolve().model_dump()
     dgl_pred = {**defaults, "trainer": "dgl", "local_loss": "pred"}
     assert set(mlflow_views.applicable_params(dgl_pred)) == set(defaults) - {
-        "sim_weight", "lr_step_epochs", "lr_gamma", "aux_pool", "aux_convs", "sg_kernel", "sg_after_last_block"}
+        "sim_weight",
+        "lr_step_epochs",
+        "lr_gamma",
+        "aux_pool",
+        "aux_convs",
+        "sg_kernel",
+        "sg_after_last_block",
+    }
     assert "aux_convs" in mlflow_views.applicable_params({**dgl_pred, "aux_head": "conv"})
     assert "sg_kernel" in mlflow_views.applicable_params({**defaults, "trainer": "dni"})
     assert "sim_weight" in mlflow_views.applicable_params({**dgl_pred, "local_loss": "predsim"})
@@ -65,19 +72,34 @@ def test_only_the_params_a_trial_reads_are_logged():
 
 
 def test_trial_run_names_are_readable():
-    config = {"trainer": "dgl", "lr": 0.0123456, "local_loss": "pred", "sim_weight": 0.7, "aux_head": "conv",
-              "dropout": 0.1}
-    name = mlflow_views.trial_run_name(4, config, ["lr", "sim_weight", "local_loss", "aux_head",
-                                                                "dropout"])
+    config = {
+        "trainer": "dgl",
+        "lr": 0.0123456,
+        "local_loss": "pred",
+        "sim_weight": 0.7,
+        "aux_head": "conv",
+        "dropout": 0.1,
+    }
+    name = mlflow_views.trial_run_name(4, config, ["lr", "sim_weight", "local_loss", "aux_head", "dropout"])
     assert name == "#4 dgl lr=0.01235 local_loss=pred aux_head=conv"  # sim_weight does not apply: skipped
 
 
 def test_parent_description_names_the_best_trial():
-    summary = {"best_trial_id": "ab12c_00001", "best_val_acc": 0.41, "best_test_acc": 0.4, "num_trials": 4,
-               "best_config": {"lr": 0.05}}
-    text = mlflow_views.parent_description(summary, "val_acc", {"completed": 2, "stopped": 2}, ["history.png"],
-                                           "#2 dgl lr=0.05")
-    assert text.startswith("Best: #2 dgl lr=0.05 (Ray trial ab12c_00001, tagged dt.best)") and "val_acc 0.4100" in text and "test_acc 0.4000" in text
+    summary = {
+        "best_trial_id": "ab12c_00001",
+        "best_val_acc": 0.41,
+        "best_test_acc": 0.4,
+        "num_trials": 4,
+        "best_config": {"lr": 0.05},
+    }
+    text = mlflow_views.parent_description(
+        summary, "val_acc", {"completed": 2, "stopped": 2}, ["history.png"], "#2 dgl lr=0.05"
+    )
+    assert (
+        text.startswith("Best: #2 dgl lr=0.05 (Ray trial ab12c_00001, tagged dt.best)")
+        and "val_acc 0.4100" in text
+        and "test_acc 0.4000" in text
+    )
     assert "lr=0.05" in text and "2 completed, 2 stopped" in text and "history.png" in text
 
 
@@ -85,16 +107,28 @@ def test_experiment_description_and_best_trial_tag(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = client.create_experiment("space", artifact_location=(tmp_path / "art").as_uri())
     parent = client.create_run(experiment_id).info.run_id
-    children = [client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "dt.trial_id": f"t_0000{i}"})
-                for i in range(2)]
+    children = [
+        client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "dt.trial_id": f"t_0000{i}"})
+        for i in range(2)
+    ]
     mlflow_views.describe_experiment(client, experiment_id, "Quick DGL.", "val_acc", "max", ["lr", "dropout"])
     assert mlflow_views.mark_best_trial(client, parent, "t_00001") == children[1].info.run_name
     tags = client.get_experiment(experiment_id).tags
     assert tags[mlflow_views.NOTE] == "Quick DGL." and tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(tags["mlflow.sharedViewState.trials-by-val_acc"])  # what viewStateShareKey= opens
-    assert view == {"searchFilter": "tags.`dt.role` = 'trial'", "orderByKey": "metrics.`val_acc`", "orderByAsc": False,
-                    "selectedColumns": ["metrics.`val_acc`", "metrics.`train_acc`", "metrics.`val_loss`",
-                                        "tags.`dt.outcome`", "params.`lr`", "params.`dropout`"]}
+    assert view == {
+        "searchFilter": "tags.`dt.role` = 'trial'",
+        "orderByKey": "metrics.`val_acc`",
+        "orderByAsc": False,
+        "selectedColumns": [
+            "metrics.`val_acc`",
+            "metrics.`train_acc`",
+            "metrics.`val_loss`",
+            "tags.`dt.outcome`",
+            "params.`lr`",
+            "params.`dropout`",
+        ],
+    }
     best = client.search_runs([experiment_id], "tags.`dt.best` = 'true'")
     assert [r.info.run_id for r in best] == [children[1].info.run_id]
 
@@ -107,14 +141,17 @@ class FakeTrial:
 
 
 def test_progress_line_says_how_far_and_how_long():
-    trials = [FakeTrial("x_00000", "TERMINATED", {"epoch": 3, "val_acc": 0.4, "finished": True}),
-              FakeTrial("x_00001", "TERMINATED", {"epoch": 1, "val_acc": 0.2}),
-              FakeTrial("x_00002", "RUNNING", {"epoch": 2, "val_acc": 0.45}),
-              FakeTrial("x_00003", "PENDING")]
+    trials = [
+        FakeTrial("x_00000", "TERMINATED", {"epoch": 3, "val_acc": 0.4, "finished": True}),
+        FakeTrial("x_00001", "TERMINATED", {"epoch": 1, "val_acc": 0.2}),
+        FakeTrial("x_00002", "RUNNING", {"epoch": 2, "val_acc": 0.45}),
+        FakeTrial("x_00003", "PENDING"),
+    ]
     line = progress_line(trials, 75, num_samples=6, max_epochs=3, metric="val_acc", mode="max")
     # 6 epochs in 75 s; left: 1 (running) + 3 (pending) + 2 * 3 (not created) = 10 epochs -> 125 s at most
-    assert line == ("[01:15] 1 done, 1 running, 1 stopped, 1 starting of 6 | best val_acc 0.4500 (#3) | #3 epoch 2/3 "
-                    "| ETA <= 02:05")
+    assert line == (
+        "[01:15] 1 done, 1 running, 1 stopped, 1 starting of 6 | best val_acc 0.4500 (#3) | #3 epoch 2/3 | ETA <= 02:05"
+    )
     assert eta_seconds(trials[3:], 10, 6, 3) is None  # nothing finished yet: no rate to go by
     assert clock(3725) == "1:02:05"
 
@@ -136,8 +173,14 @@ def test_optuna_study_lives_in_the_search_folder_and_survives_a_pickled_searcher
         trial.suggest_float("lr", 1e-3, 1.0, log=True)
 
     storage = optuna_storage.fresh_study_storage(tmp_path, "s1")
-    searcher = HonestOptunaSearch(space=space, metric="val_acc", mode="max", storage=storage, study_name="s1",
-                                  sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher = HonestOptunaSearch(
+        space=space,
+        metric="val_acc",
+        mode="max",
+        storage=storage,
+        study_name="s1",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     searcher.suggest("a")
     searcher.on_trial_result("a", {"val_acc": 0.3, "epoch": 1})
     searcher.on_trial_complete("a", {"val_acc": 0.3, "epoch": 1})  # no `finished`: ASHA stopped it -> PRUNED

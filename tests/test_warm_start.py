@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from tuner import optuna_storage
-from tuner.run import main
 from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch
+from tuner.run import main
 from tuner.search_folder import SearchRecord
 from tuner.settings import SearchSettings
 from tuner.space import make_sampler
@@ -19,12 +19,22 @@ from tuner.warm_start import WarmStartError, load_warm_start, new_search_study
 
 def earlier_search(folder, space, lrs):
     """A finished search's folder: search.json and an optuna.db whose trials have the given lr values."""
-    record = SearchRecord(name="old-1", space=space.name, space_path="", experiment="x", status="finished",
-                          settings=SearchSettings(space=space.name, storage=str(folder.parent), mlflow_uri=""))
+    record = SearchRecord(
+        name="old-1",
+        space=space.name,
+        space_path="",
+        experiment="x",
+        status="finished",
+        settings=SearchSettings(space=space.name, storage=str(folder.parent), mlflow_uri=""),
+    )
     folder.mkdir()
     record.save(folder)
-    study = optuna.create_study(study_name=record.name, storage=optuna_storage.storage_url(folder),
-                                direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name=record.name,
+        storage=optuna_storage.storage_url(folder),
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     for i, lr in enumerate(lrs):
         study.enqueue_trial({"lr": lr, "local_loss": "pred"})
         trial = study.ask()
@@ -48,15 +58,24 @@ def test_fitting_trials_seed_the_new_study(tmp_path):
     warm = load_warm_start(str(source), space, top=1)
     assert len(warm.trials) == 3 and len(warm.dropped) == 1 and "lr=0.15 outside the new range" in warm.dropped[0]
     assert warm.top == [dict(warm.trials[2].params)]  # trial 2 (lr 0.03) scored best, 0.4
-    assert warm.summary().endswith("3 trials of old-1 (2 complete, 1 pruned); 1 left out (e.g. trial 3: lr=0.15 "
-                                   "outside the new range); its best config runs first")
+    assert warm.summary().endswith(
+        "3 trials of old-1 (2 complete, 1 pruned); 1 left out (e.g. trial 3: lr=0.15 "
+        "outside the new range); its best config runs first"
+    )
 
     new = tmp_path / "new"
     new.mkdir()
     storage, points = new_search_study(new, "new-1", space, str(source), top=1)
     assert points[0] == warm.top[0] and points[1:] == space.searcher.points_to_evaluate
-    searcher = HonestOptunaSearch(space=space.define_by_run, metric="val_acc", mode="max", storage=storage,
-                                  study_name="new-1", sampler=make_sampler(space), points_to_evaluate=points)
+    searcher = HonestOptunaSearch(
+        space=space.define_by_run,
+        metric="val_acc",
+        mode="max",
+        storage=storage,
+        study_name="new-1",
+        sampler=make_sampler(space),
+        points_to_evaluate=points,
+    )
     searcher.suggest("a")
     trials = optuna.load_study(study_name="new-1", storage=optuna_storage.storage_url(new)).trials
     assert [t.state.name for t in trials[:3]] == ["COMPLETE", "PRUNED", "COMPLETE"]

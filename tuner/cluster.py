@@ -27,12 +27,10 @@ from urllib.parse import urlparse
 from tuner.errors import ClusterError, one_line
 from tuner.ray_adaptations.environment import WORKER_SETUP, prepare_environment
 
-DEFAULT_PORT = 6379           # Ray's GCS port when an address names none
-PROBE_TIMEOUT_S = 5           # a TCP connect to the head; ray.init itself would retry for minutes
-NODE_ANSWER_TIMEOUT_S = 60    # the storage check's tiny task on each node
+DEFAULT_PORT = 6379  # Ray's GCS port when an address names none
+PROBE_TIMEOUT_S = 5  # a TCP connect to the head; ray.init itself would retry for minutes
+NODE_ANSWER_TIMEOUT_S = 60  # the storage check's tiny task on each node
 DOCS = "docs/cluster.md"
-
-
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -44,8 +42,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address:
         probe_address(address)
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
-                  configure_logging=True, runtime_env=WORKER_SETUP)
+    kwargs = dict(
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        configure_logging=True,
+        runtime_env=WORKER_SETUP,
+    )
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -83,8 +86,10 @@ def probe_address(address: str) -> None:
     try:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as error:
-        raise ClusterError(f"--address {address}: nothing answers there ({error.strerror or error}); is the head "
-                           f"started (`ray start --head --port={port}`) and the port open to this machine?") from None
+        raise ClusterError(
+            f"--address {address}: nothing answers there ({error.strerror or error}); is the head "
+            f"started (`ray start --head --port={port}`) and the port open to this machine?"
+        ) from None
     from ray._raylet import GcsClient
 
     try:
@@ -117,12 +122,16 @@ def token_message(address: str) -> str:
     get_token = "`ray get-auth-token` on the head prints it"
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         # Ray sends a token to an explicit address only in token mode, even when ~/.ray/auth_token exists
-        return (f"--address {address}: the cluster requires its authentication token and RAY_AUTH_MODE is not "
-                f"'token' here; export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<token> ({get_token}; see {DOCS})")
+        return (
+            f"--address {address}: the cluster requires its authentication token and RAY_AUTH_MODE is not "
+            f"'token' here; export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<token> ({get_token}; see {DOCS})"
+        )
     source = token_source()
     if source is None:
-        return (f"--address {address}: RAY_AUTH_MODE=token but this machine has no token; export "
-                f"RAY_AUTH_TOKEN=<token> ({get_token}; see {DOCS})")
+        return (
+            f"--address {address}: RAY_AUTH_MODE=token but this machine has no token; export "
+            f"RAY_AUTH_TOKEN=<token> ({get_token}; see {DOCS})"
+        )
     return f"--address {address}: the cluster refused the token from {source}; use the head's ({get_token})"
 
 
@@ -182,9 +191,11 @@ def check_cluster_tracking(mlflow_uri: str, address: str | None) -> None:
     nodes = alive_nodes()
     if len(nodes) < 2:
         return
-    raise ClusterError(f"--mlflow-uri {mlflow_uri}: a file on this machine, and this cluster has {len(nodes)} "
-                       f"nodes; log to a tracking server instead: `mlflow server --backend-store-uri "
-                       f"postgresql://...` and --mlflow-uri http://HOST:5000 (see {DOCS})")
+    raise ClusterError(
+        f"--mlflow-uri {mlflow_uri}: a file on this machine, and this cluster has {len(nodes)} "
+        f"nodes; log to a tracking server instead: `mlflow server --backend-store-uri "
+        f"postgresql://...` and --mlflow-uri http://HOST:5000 (see {DOCS})"
+    )
 
 
 def check_cluster_storage(storage: str | Path, address: str | None) -> None:
@@ -212,7 +223,8 @@ def check_cluster_storage(storage: str | Path, address: str | None) -> None:
             why = answer if answer.startswith("<") else "<a different file>"
             raise ClusterError(
                 f"--storage {folder} is not shared with node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): "
-                f"the marker written here reads there as {why}; use a path every node mounts (NFS) (see {DOCS})")
+                f"the marker written here reads there as {why}; use a path every node mounts (NFS) (see {DOCS})"
+            )
 
 
 def read_on_each_node(path: str, node_ids: list[str]) -> dict[str, str]:
@@ -222,8 +234,10 @@ def read_on_each_node(path: str, node_ids: list[str]) -> dict[str, str]:
 
     # num_cpus=0: it must run even on a head started with --num-cpus=0 or a node busy with other work
     read = ray.remote(num_cpus=0, max_retries=0)(_read_text)
-    refs = {node_id: read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
-            .remote(path) for node_id in node_ids}
+    refs = {
+        node_id: read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(path)
+        for node_id in node_ids
+    }
     seen = {}
     for node_id, ref in refs.items():
         try:
@@ -253,9 +267,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tuner.cluster",
         description="Check a Ray cluster before a search: the head answers and accepts this machine's token "
-                    "(run it on a machine before `ray start --address`, too); with --storage / --mlflow-uri, run "
-                    "on a node of the cluster, it also checks that every node sees the storage and that the "
-                    "tracking store suits a cluster.")
+        "(run it on a machine before `ray start --address`, too); with --storage / --mlflow-uri, run "
+        "on a node of the cluster, it also checks that every node sees the storage and that the "
+        "tracking store suits a cluster.",
+    )
     p.add_argument("--address", required=True, help="the head node, HOST:PORT")
     p.add_argument("--storage", help="the --storage folder a search would use")
     p.add_argument("--mlflow-uri", help="the --mlflow-uri a search would use")
@@ -267,9 +282,14 @@ def main(argv=None) -> int:
         if args.storage or args.mlflow_uri:
             init_ray(args.address)
             nodes = alive_nodes()
-            print(f"{len(nodes)} nodes alive: " + ", ".join(
-                f"{n['NodeManagerAddress']} ({n['NodeID'][:8]}, {n['Resources'].get('CPU', 0):g} CPU, "
-                f"{n['Resources'].get('GPU', 0):g} GPU)" for n in nodes))
+            print(
+                f"{len(nodes)} nodes alive: "
+                + ", ".join(
+                    f"{n['NodeManagerAddress']} ({n['NodeID'][:8]}, {n['Resources'].get('CPU', 0):g} CPU, "
+                    f"{n['Resources'].get('GPU', 0):g} GPU)"
+                    for n in nodes
+                )
+            )
         if args.mlflow_uri:
             check_cluster_tracking(args.mlflow_uri, args.address)
             print(f"--mlflow-uri {args.mlflow_uri}: suits this cluster")

@@ -127,8 +127,10 @@ def load_arrays(data_dir: str | Path | None, download_root: str | Path = "./data
             try:
                 CIFAR10(str(download_root), train=False, download=True)
             except Exception as e:
-                raise DataError(f"no CIFAR-10 in {download_root / BATCHES_FOLDER} and the download failed "
-                                f"({type(e).__name__}: {e}); {HOW_TO_FIX}") from None
+                raise DataError(
+                    f"no CIFAR-10 in {download_root / BATCHES_FOLDER} and the download failed "
+                    f"({type(e).__name__}: {e}); {HOW_TO_FIX}"
+                ) from None
         data_dir = download_root
     folder = find_folder(data_dir)
     try:
@@ -205,9 +207,9 @@ def augment(x_uint8: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=device)
     dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=device)
     flip = torch.randint(0, 2, (n, 1), generator=generator, device=device).bool()
-    rows = dy + torch.arange(height, device=device)                               # (n, height)
+    rows = dy + torch.arange(height, device=device)  # (n, height)
     col = torch.arange(width, device=device)
-    cols = dx + torch.where(flip, width - 1 - col, col)                           # (n, width)
+    cols = dx + torch.where(flip, width - 1 - col, col)  # (n, width)
     image = torch.arange(n, device=device)[:, None, None, None]
     channel = torch.arange(channels, device=device)[None, :, None, None]
     return padded[image, channel, rows[:, None, :, None], cols[:, None, None, :]]
@@ -240,8 +242,16 @@ class Split:
             return len(self) // batch_size
         return -(-len(self) // batch_size)
 
-    def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool | None = None, augment: bool = True):
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_last: bool | None = None,
+        augment: bool = True,
+    ):
         """Yield (x float32 in [-1, 1], y int64) on the split's device.
 
         train=True: shuffled and (if `augment`) cropped and flipped, a pure function of (seed, epoch).
@@ -255,12 +265,12 @@ class Split:
             order = torch.randperm(n, generator=generator, device=self.x.device)
         for start in range(0, stop, batch_size):
             if train:
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 x, y = self.x[idx], self.y[idx]
                 if augment:
                     x = _crop_and_flip(x, generator)
             else:
-                x, y = self.x[start:start + batch_size], self.y[start:start + batch_size]
+                x, y = self.x[start : start + batch_size], self.y[start : start + batch_size]
             yield normalise(x), y
 
 
@@ -274,8 +284,7 @@ class CifarData:
 def _to_split(x: np.ndarray, y: np.ndarray, device) -> Split:
     # arrays from Ray's object store are read-only views; torch wants memory it may write
     x = np.ascontiguousarray(x) if x.flags.writeable else np.array(x)
-    return Split(torch.from_numpy(x).to(device),
-                 torch.from_numpy(np.array(y, dtype=np.int64)).to(device))
+    return Split(torch.from_numpy(x).to(device), torch.from_numpy(np.array(y, dtype=np.int64)).to(device))
 
 
 def make_splits(arrays: dict, *, val_size: int, train_subset: int | None, seed: int, device) -> CifarData:
@@ -285,8 +294,10 @@ def make_splits(arrays: dict, *, val_size: int, train_subset: int | None, seed: 
     wanted = val_size + (train_subset or 0)
     if val_size < 0 or val_size >= n_train or wanted > n_train:
         subset = f" + train_subset {train_subset}" if train_subset else ""
-        raise ConfigError(f"val_size {val_size}{subset} does not fit the {n_train} training images "
-                          f"(at least one must remain for training)")
+        raise ConfigError(
+            f"val_size {val_size}{subset} does not fit the {n_train} training images "
+            f"(at least one must remain for training)"
+        )
     keep, val = stratified_split(arrays["train_y"], val_size, seed)
     if train_subset is not None:
         keep = stratified_subset(keep, arrays["train_y"], train_subset, seed + 1)

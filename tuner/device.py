@@ -12,6 +12,7 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         from tuner.errors import ConfigError
+
         raise ConfigError("'device' is cuda but no CUDA device is visible; use device=auto or device=cpu")
     return torch.device(name)
 

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from models.trainers import Trainer
+from models.trainer_base import Trainer
 from tuner.data import CifarData, Split
 from tuner.metric_names import SCHEDULED_LR, block_metric, split_metric
 
@@ -31,7 +31,7 @@ def _block_name(key: str, split: str) -> str | None:
     """The trainer's `block3_acc` / `block3_train_acc` as `blocks/{split}_acc_b03`; None for any other key."""
     if not key.startswith("block"):
         return None
-    return block_metric(int(key[len("block"):].split("_", 1)[0]), split)
+    return block_metric(int(key[len("block") :].split("_", 1)[0]), split)
 
 
 def run_epoch(trainer: Trainer, data: CifarData) -> dict:

@@ -12,7 +12,7 @@ SQLITE = "sqlite:///"
 def sqlite_path(tracking_uri: str) -> str | None:
     """The database file of a `sqlite:///` URI as written (relative to the working directory unless it starts with
     '/', i.e. `sqlite:////abs/path`); None for any other store."""
-    return tracking_uri[len(SQLITE):] if tracking_uri.startswith(SQLITE) else None
+    return tracking_uri[len(SQLITE) :] if tracking_uri.startswith(SQLITE) else None
 
 
 def absolute_tracking_uri(tracking_uri: str) -> str:

@@ -18,23 +18,29 @@ from tuner.text import fmt_value
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
 TRIAL_FILTER = "tags.`dt.role` = 'trial'"
-NOTE = "mlflow.note.content"        # the description MLflow's UI shows for an experiment or a run
+NOTE = "mlflow.note.content"  # the description MLflow's UI shows for an experiment or a run
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 BEST_TAG = "dt.best"
 SHARED_VIEW = "mlflow.sharedViewState."
-TABLE_PARAMS = 6                    # searched params shown as columns beside the metrics
-NAME_PARAMS = 3                     # searched values in a trial's run name, beyond its trainer and number
+TABLE_PARAMS = 6  # searched params shown as columns beside the metrics
+NAME_PARAMS = 3  # searched values in a trial's run name, beyond its trainer and number
 
 # key -> (the key it depends on, the values under which it is used by the trainers in models/)
 APPLIES_WHEN = {
-    "aux_head": ("trainer", ("dgl",)), "local_loss": ("trainer", ("dgl",)), "stages": ("trainer", ("dgl",)),
+    "aux_head": ("trainer", ("dgl",)),
+    "local_loss": ("trainer", ("dgl",)),
+    "stages": ("trainer", ("dgl",)),
     "aux_width": ("aux_head", ("flatten_mlp", "pooled_mlp", "conv")),
     "aux_depth": ("aux_head", ("flatten_mlp", "pooled_mlp")),
-    "aux_pool": ("aux_head", ("pooled_mlp", "conv")), "aux_convs": ("aux_head", ("conv",)),
-    "sg_kernel": ("trainer", ("dni", "cdni")), "sg_after_last_block": ("trainer", ("dni", "cdni")),
+    "aux_pool": ("aux_head", ("pooled_mlp", "conv")),
+    "aux_convs": ("aux_head", ("conv",)),
+    "sg_kernel": ("trainer", ("dni", "cdni")),
+    "sg_after_last_block": ("trainer", ("dni", "cdni")),
     "sim_weight": ("local_loss", ("predsim",)),
-    "momentum": ("optimizer", ("sgd",)), "nesterov": ("optimizer", ("sgd",)),
-    "lr_step_epochs": ("schedule", ("step",)), "lr_gamma": ("schedule", ("step",)),
+    "momentum": ("optimizer", ("sgd",)),
+    "nesterov": ("optimizer", ("sgd",)),
+    "lr_step_epochs": ("schedule", ("step",)),
+    "lr_gamma": ("schedule", ("step",)),
 }
 
 
@@ -53,10 +59,15 @@ def trials_view(metric: str, mode: str, searched: list) -> dict:
     """The runs page state of the ranked trials: the trial runs, best first, with the objective, the other
     accuracies, the outcome and the first searched values as columns."""
     metrics = [metric] + [m for m in ("val_acc", "train_acc", "val_loss") if m != metric]
-    columns = ([f"metrics.`{m}`" for m in metrics] + ["tags.`dt.outcome`"]
-               + [f"params.`{p}`" for p in searched[:TABLE_PARAMS]])
-    return {"searchFilter": TRIAL_FILTER, "orderByKey": f"metrics.`{metric}`",
-            "orderByAsc": mode == "min", "selectedColumns": columns}
+    columns = (
+        [f"metrics.`{m}`" for m in metrics] + ["tags.`dt.outcome`"] + [f"params.`{p}`" for p in searched[:TABLE_PARAMS]]
+    )
+    return {
+        "searchFilter": TRIAL_FILTER,
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": mode == "min",
+        "selectedColumns": columns,
+    }
 
 
 def trials_url(tracking_uri: str, experiment_id: str, metric: str, charts: bool = False) -> str:
@@ -83,18 +94,20 @@ def view_lines(tracking_uri: str, experiment_id: str, metric: str) -> list[str]:
     """The lines the search prints at its start and end: how to open the trials, ranked, and their charts."""
     command = ui_command(tracking_uri)
     lines = [f"  serve it: {command}"] if command else []
-    return lines + [f"  trials, best first: {trials_url(tracking_uri, experiment_id, metric)}",
-                    f"  their charts:       {trials_url(tracking_uri, experiment_id, metric, charts=True)}"]
+    return lines + [
+        f"  trials, best first: {trials_url(tracking_uri, experiment_id, metric)}",
+        f"  their charts:       {trials_url(tracking_uri, experiment_id, metric, charts=True)}",
+    ]
 
 
-def describe_experiment(client, experiment_id: str, description: str, metric: str, mode: str,
-                        searched: list) -> None:
+def describe_experiment(client, experiment_id: str, description: str, metric: str, mode: str, searched: list) -> None:
     """The space's description as the experiment's; the ranked-trials view the links open; the kind tag for UIs
     that choose their view by it."""
     if description:
         client.set_experiment_tag(experiment_id, NOTE, description)
-    client.set_experiment_tag(experiment_id, SHARED_VIEW + trials_view_key(metric),
-                              json.dumps(trials_view(metric, mode, searched)))
+    client.set_experiment_tag(
+        experiment_id, SHARED_VIEW + trials_view_key(metric), json.dumps(trials_view(metric, mode, searched))
+    )
     client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
 
 
@@ -128,8 +141,9 @@ def trial_run_name(number: int | None, config: dict, searched: list) -> str:
 def mark_best_trial(client, parent_run_id: str, trial_id: str) -> str:
     """Tag the best trial's run `dt.best=true`, so `tags.dt.best = 'true'` finds it in the UI; returns its name."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and "
-                                               f"tags.`dt.trial_id` = '{trial_id}'")
+    runs = client.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`dt.trial_id` = '{trial_id}'"
+    )
     for run in runs:
         client.set_tag(run.info.run_id, BEST_TAG, "true")
     return runs[0].info.run_name if runs else trial_id
@@ -141,9 +155,13 @@ def parent_description(summary: dict, metric: str, outcomes: dict, figures: list
     if summary.get("best_trial_id"):
         config = ", ".join(f"{k}={fmt_value(v)}" for k, v in (summary.get("best_config") or {}).items())
         test = summary.get("best_test_acc")
-        lines.append(f"Best: {best_name or 'trial'} (Ray trial {summary['best_trial_id']}, tagged {BEST_TAG}), {metric} "
-                     f"{summary['best_val_acc']:.4f}" + (f", test_acc {test:.4f}" if test is not None else "")
-                     + (f"; {config}" if config else "") + ".")
+        lines.append(
+            f"Best: {best_name or 'trial'} (Ray trial {summary['best_trial_id']}, tagged {BEST_TAG}), {metric} "
+            f"{summary['best_val_acc']:.4f}"
+            + (f", test_acc {test:.4f}" if test is not None else "")
+            + (f"; {config}" if config else "")
+            + "."
+        )
     else:
         lines.append(f"No trial reported a finite {metric}.")
     lines.append(f"{summary.get('num_trials', 0)} trials: " + ", ".join(f"{n} {o}" for o, n in outcomes.items()) + ".")

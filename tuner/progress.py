@@ -31,8 +31,9 @@ def _epoch(trial) -> int:
     return int((trial.last_result or {}).get("epoch") or 0)
 
 
-def progress_line(trials: list, elapsed_s: float, num_samples: int, max_epochs: int, metric: str, mode: str,
-                  epochs_before: int = 0) -> str:
+def progress_line(
+    trials: list, elapsed_s: float, num_samples: int, max_epochs: int, metric: str, mode: str, epochs_before: int = 0
+) -> str:
     """The line for the trials as Ray holds them (status, last_result, trial_id); epochs_before: epochs already run
     when this driver started (a resumed search), left out of the rate."""
     outcomes = {"completed": 0, "stopped": 0, "diverged": 0, "failed": 0}
@@ -44,8 +45,11 @@ def progress_line(trials: list, elapsed_s: float, num_samples: int, max_epochs: 
         elif trial.status == "RUNNING":
             running.append(trial)
         value = result.get(metric)
-        if finite_number(value) and not result.get("diverged") and (
-                best is None or (value > best[0] if mode == "max" else value < best[0])):
+        if (
+            finite_number(value)
+            and not result.get("diverged")
+            and (best is None or (value > best[0] if mode == "max" else value < best[0]))
+        ):
             best = (value, trial)
     pending = sum(t.status == "PENDING" for t in trials)
     counts = [f"{outcomes['completed']} done", f"{len(running)} running", f"{outcomes['stopped']} stopped"]
@@ -62,8 +66,9 @@ def progress_line(trials: list, elapsed_s: float, num_samples: int, max_epochs: 
     return " | ".join(parts)
 
 
-def eta_seconds(trials: list, elapsed_s: float, num_samples: int, max_epochs: int,
-                epochs_before: int = 0) -> float | None:
+def eta_seconds(
+    trials: list, elapsed_s: float, num_samples: int, max_epochs: int, epochs_before: int = 0
+) -> float | None:
     """Seconds left at most: epochs still possible / epochs finished per second so far. None before the first."""
     finished = sum(_epoch(t) for t in trials) - epochs_before
     if finished == 0 or elapsed_s <= 0:
@@ -76,8 +81,15 @@ def eta_seconds(trials: list, elapsed_s: float, num_samples: int, max_epochs: in
 class ProgressLine(ProgressReporter):
     """A Ray Tune progress reporter that prints `progress_line` on each change and every `heartbeat_s` seconds."""
 
-    def __init__(self, num_samples: int, max_epochs: int, metric: str, mode: str, heartbeat_s: float = HEARTBEAT_S,
-                 print_fn=print):
+    def __init__(
+        self,
+        num_samples: int,
+        max_epochs: int,
+        metric: str,
+        mode: str,
+        heartbeat_s: float = HEARTBEAT_S,
+        print_fn=print,
+    ):
         self.num_samples, self.max_epochs, self.metric, self.mode = num_samples, max_epochs, metric, mode
         self.heartbeat_s, self.print_fn = heartbeat_s, print_fn
         self._start = time.time()
@@ -96,5 +108,15 @@ class ProgressLine(ProgressReporter):
 
     def report(self, trials: list, done: bool, *sys_info: str) -> None:
         self._last_print = time.time()
-        self.print_fn(progress_line(trials, self._last_print - self._start, self.num_samples, self.max_epochs,
-                                    self.metric, self.mode, self._epochs_before or 0), flush=True)
+        self.print_fn(
+            progress_line(
+                trials,
+                self._last_print - self._start,
+                self.num_samples,
+                self.max_epochs,
+                self.metric,
+                self.mode,
+                self._epochs_before or 0,
+            ),
+            flush=True,
+        )

@@ -28,9 +28,11 @@ def announce_search(client, record, space, folder: Path) -> list[str]:
     """Describe the experiment and return the lines that say where to watch the search."""
     experiment_id = client.get_run(record.parent_run_id).info.experiment_id
     describe_experiment(client, experiment_id, space.description, space.metric, space.mode, list(space.params))
-    return (["Watch it in MLflow (in the UI, 'Model training' shows runs; these links open it there):"]
-            + view_lines(record.mlflow_uri, experiment_id, space.metric)
-            + [f"  the Optuna study: {dashboard_command(folder)}   (pip install '.[dashboard]')"])
+    return (
+        ["Watch it in MLflow (in the UI, 'Model training' shows runs; these links open it there):"]
+        + view_lines(record.mlflow_uri, experiment_id, space.metric)
+        + [f"  the Optuna study: {dashboard_command(folder)}   (pip install '.[dashboard]')"]
+    )
 
 
 def log_block_figure(client, run_id: str, run_name: str, trainer: str, result: dict) -> bool:
@@ -82,10 +84,14 @@ def publish_results(client, record, space, summary: dict, outcomes: dict) -> lis
             lines.append(f"Figures logged on the search's MLflow run under {FIGURES_DIR}/: {', '.join(names)}")
     except Exception as error:  # matplotlib or the store; the search's results stand without its figures
         lines.append(f"warning: the search's figures were not logged ({one_line(error)})")
-    client.set_tag(record.parent_run_id, NOTE,
-                   parent_description(summary, space.metric, outcomes, names, best_name))
+    client.set_tag(record.parent_run_id, NOTE, parent_description(summary, space.metric, outcomes, names, best_name))
     experiment_id = client.get_run(record.parent_run_id).info.experiment_id
-    lines += (["MLflow:"] + view_lines(record.mlflow_uri, experiment_id, space.metric)
-              + ["  the search's run (description, figures): "
-                 + run_url(record.mlflow_uri, experiment_id, record.parent_run_id)])
+    lines += (
+        ["MLflow:"]
+        + view_lines(record.mlflow_uri, experiment_id, space.metric)
+        + [
+            "  the search's run (description, figures): "
+            + run_url(record.mlflow_uri, experiment_id, record.parent_run_id)
+        ]
+    )
     return lines

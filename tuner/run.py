@@ -40,38 +40,69 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
     p.add_argument("--seed", type=int)
     p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; start nothing")
-    p.add_argument("--resume", nargs="?", const="latest", metavar="PATH",
-                   help="continue the latest unfinished search of this space, or the one at PATH")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="PATH",
+        help="continue the latest unfinished search of this space, or the one at PATH",
+    )
     p.add_argument("--fresh", action="store_true", help="start a new search even if an unfinished one exists")
-    p.add_argument("--warm-start", metavar="SEARCH",
-                   help="an earlier search's folder: its completed and pruned trials seed this search's sampler")
-    p.add_argument("--warm-start-top", type=int, default=0, metavar="K",
-                   help="with --warm-start: run its K best configs first")
-    p.add_argument("--verbose", action="store_true",
-                   help="Ray's full status table every 10 s instead of one progress line per event")
+    p.add_argument(
+        "--warm-start",
+        metavar="SEARCH",
+        help="an earlier search's folder: its completed and pruned trials seed this search's sampler",
+    )
+    p.add_argument(
+        "--warm-start-top", type=int, default=0, metavar="K", help="with --warm-start: run its K best configs first"
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's full status table every 10 s instead of one progress line per event",
+    )
     return p.parse_args(argv)
 
 
 def settings_from_flags(args: argparse.Namespace) -> SearchSettings:
     """The flags that say what the search does (not --dry-run/--resume/--fresh, which say what to do with it);
     paths made absolute, so a search resumed from another folder finds the same files."""
+
     def absolute(path: str | None) -> str | None:
         return str(Path(path).expanduser().resolve()) if path else None
 
     return SearchSettings(
-        space=args.space, storage=absolute(args.storage), mlflow_uri=absolute_tracking_uri(args.mlflow_uri),
-        experiment_name=args.name, data_dir=absolute(args.data_dir), address=args.address,
-        max_failures=args.max_failures, num_samples=args.num_samples, max_epochs=args.max_epochs,
-        train_subset=args.train_subset, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, verbose=args.verbose,
-        warm_start=absolute(args.warm_start), warm_start_top=args.warm_start_top)
+        space=args.space,
+        storage=absolute(args.storage),
+        mlflow_uri=absolute_tracking_uri(args.mlflow_uri),
+        experiment_name=args.name,
+        data_dir=absolute(args.data_dir),
+        address=args.address,
+        max_failures=args.max_failures,
+        num_samples=args.num_samples,
+        max_epochs=args.max_epochs,
+        train_subset=args.train_subset,
+        seed=args.seed,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        verbose=args.verbose,
+        warm_start=absolute(args.warm_start),
+        warm_start_top=args.warm_start_top,
+    )
 
 
 def resolve_space(settings: SearchSettings) -> Space:
     space = load_space(settings.space)
-    return space.with_overrides(num_samples=settings.num_samples, max_epochs=settings.max_epochs,
-                                train_subset=settings.train_subset, seed=settings.seed, cpus=settings.cpus_per_trial,
-                                gpus=settings.gpus_per_trial, max_concurrent=settings.max_concurrent)
+    return space.with_overrides(
+        num_samples=settings.num_samples,
+        max_epochs=settings.max_epochs,
+        train_subset=settings.train_subset,
+        seed=settings.seed,
+        cpus=settings.cpus_per_trial,
+        gpus=settings.gpus_per_trial,
+        max_concurrent=settings.max_concurrent,
+    )
 
 
 def locate_resume(resume: str, storage: Path, space_name: str) -> tuple[Path, SearchRecord]:
@@ -104,34 +135,48 @@ def new_search(settings: SearchSettings, space: Space, fresh: bool) -> tuple[Pat
     if pending and not fresh:
         pid = driver_pid(pending[-1])
         if pid:
-            raise SetupError(f"a search of '{space.name}' is running now at {pending[-1]} (driver pid {pid}); "
-                             f"start another beside it with --fresh")
-        raise SetupError(f"an unfinished search of '{space.name}' is at {pending[-1]}; continue it with "
-                         f"`{resume_command(settings.space, pending[-1])}` or start another with --fresh")
+            raise SetupError(
+                f"a search of '{space.name}' is running now at {pending[-1]} (driver pid {pid}); "
+                f"start another beside it with --fresh"
+            )
+        raise SetupError(
+            f"an unfinished search of '{space.name}' is at {pending[-1]}; continue it with "
+            f"`{resume_command(settings.space, pending[-1])}` or start another with --fresh"
+        )
     name = new_name(space.name)
-    record = SearchRecord(name=name, space=space.name, space_path=str(space.path), settings=settings,
-                          experiment=settings.experiment_name or space.name)
+    record = SearchRecord(
+        name=name,
+        space=space.name,
+        space_path=str(space.path),
+        settings=settings,
+        experiment=settings.experiment_name or space.name,
+    )
     return storage / name, record
 
 
 def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, address: str | None) -> str:
     cfg = space.base_config()
     sched = space.scheduler
-    asha = (f"ASHA (max_t {sched.max_t}, grace {sched.grace_period}, reduction {sched.reduction_factor})"
-            if sched.type == "asha" else "no early stopping")
+    asha = (
+        f"ASHA (max_t {sched.max_t}, grace {sched.grace_period}, reduction {sched.reduction_factor})"
+        if sched.type == "asha"
+        else "no early stopping"
+    )
     subset = cfg.train_subset or "all"
-    return "\n".join([
-        f"{'Resuming' if resume else 'Search'} {record.name}: {space.trainer} on {space.model} "
-        f"(width {cfg.width}), {space.num_samples} trials x up to {cfg.epochs} epochs, {asha}",
-        f"  searching {', '.join(space.params) or 'nothing'} with {space.searcher.type} "
-        f"(seed {space.searcher.seed}); objective: {space.mode} {space.metric} on {cfg.val_size} "
-        f"held-out training images; train subset: {subset}",
-        f"  per trial: {space.resources.cpu:g} CPU, {space.resources.gpu:g} GPU; "
-        f"at most {space.max_concurrent or 'unlimited'} at once; Ray: {address or 'local'}",
-        f"  trials and checkpoints: {folder}",
-        f"  MLflow: {record.mlflow_uri}, experiment '{record.experiment}'",
-        f"  watch it: mlflow ui --backend-store-uri {record.mlflow_uri} --workers 1   (then http://127.0.0.1:5000)",
-    ])
+    return "\n".join(
+        [
+            f"{'Resuming' if resume else 'Search'} {record.name}: {space.trainer} on {space.model} "
+            f"(width {cfg.width}), {space.num_samples} trials x up to {cfg.epochs} epochs, {asha}",
+            f"  searching {', '.join(space.params) or 'nothing'} with {space.searcher.type} "
+            f"(seed {space.searcher.seed}); objective: {space.mode} {space.metric} on {cfg.val_size} "
+            f"held-out training images; train subset: {subset}",
+            f"  per trial: {space.resources.cpu:g} CPU, {space.resources.gpu:g} GPU; "
+            f"at most {space.max_concurrent or 'unlimited'} at once; Ray: {address or 'local'}",
+            f"  trials and checkpoints: {folder}",
+            f"  MLflow: {record.mlflow_uri}, experiment '{record.experiment}'",
+            f"  watch it: mlflow ui --backend-store-uri {record.mlflow_uri} --workers 1   (then http://127.0.0.1:5000)",
+        ]
+    )
 
 
 def check_warm_start_flags(args: argparse.Namespace) -> None:
@@ -143,8 +188,10 @@ def check_storage_flag(storage: str) -> None:
     from tuner.cluster import is_uri
 
     if is_uri(storage):
-        raise SetupError(f"--storage {storage}: storage URIs are not supported yet (the search's records are local "
-                         f"files); use a folder, on a cluster one every node mounts (NFS), see docs/cluster.md")
+        raise SetupError(
+            f"--storage {storage}: storage URIs are not supported yet (the search's records are local "
+            f"files); use a folder, on a cluster one every node mounts (NFS), see docs/cluster.md"
+        )
 
 
 def preflight(folder: Path, mlflow_uri: str) -> None:
@@ -187,8 +234,9 @@ def main(argv=None) -> int:
             # a resumed search keeps what it started with; flags given now are not silently mixed in. Only where
             # Ray runs may differ (a cluster restarted at another address), and the space as named now.
             # --verbose only changes the console: today's flag (though a search Ray restores keeps its first display)
-            settings = dataclasses.replace(record.settings, space=args.space, address=args.address,
-                                           verbose=args.verbose)
+            settings = dataclasses.replace(
+                record.settings, space=args.space, address=args.address, verbose=args.verbose
+            )
             record.settings = settings
             space = resolve_space(settings)
         else:
@@ -207,14 +255,18 @@ def main(argv=None) -> int:
             return 0
         preflight(folder, record.mlflow_uri)
         from tuner.search import run_search  # heavy imports (Ray, torch) only once the plan stands
+
         return run_search(space, folder, record, bool(args.resume), settings)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside Ray Tune's own handling (loading data, starting Ray, a 2nd Ctrl-C)
         started = folder is not None and (folder / RECORD).exists()
-        print("\nInterrupted." + (f" Continue with:\n  {resume_command(args.space, folder)}" if started else ""),
-              file=sys.stderr, flush=True)
+        print(
+            "\nInterrupted." + (f" Continue with:\n  {resume_command(args.space, folder)}" if started else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         return 130
 
 

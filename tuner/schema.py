@@ -73,16 +73,18 @@ class TrialConfig(BaseModel):
     def _blocks_fit_the_model(self) -> TrialConfig:
         units = num_units(self.model)
         if self.num_blocks is not None and self.num_blocks > units:
-            raise ValueError(f"'num_blocks' must lie in [1, {units}] for {self.model} (its conv layers), "
-                             f"got {self.num_blocks}")
+            raise ValueError(
+                f"'num_blocks' must lie in [1, {units}] for {self.model} (its conv layers), got {self.num_blocks}"
+            )
         if self.stages > 1 and self.trainer != "dgl":
-            raise ValueError(f"'stages' > 1 needs trainer dgl (the only one whose blocks train apart), "
-                             f"got trainer {self.trainer}")
+            raise ValueError(
+                f"'stages' > 1 needs trainer dgl (the only one whose blocks train apart), got trainer {self.trainer}"
+            )
         if self.stages > (self.num_blocks or units):
-            raise ValueError(f"'stages' must lie in [1, {self.num_blocks or units}] (the number of blocks), "
-                             f"got {self.stages}")
+            raise ValueError(
+                f"'stages' must lie in [1, {self.num_blocks or units}] (the number of blocks), got {self.stages}"
+            )
         return self
-
 
     def updated(self, **changes) -> TrialConfig:
         """A copy with `changes`, checked like any config."""
@@ -101,8 +103,13 @@ def _kind(annotation) -> str:
     return annotation.__name__
 
 
-TYPE_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
-              "int?": "an integer or null"}
+TYPE_NAMES = {
+    "bool": "true or false",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "int?": "an integer or null",
+}
 ACCEPTS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "int?": (int, type(None))}
 
 
@@ -130,8 +137,10 @@ def _config_problem(error: dict, where: str) -> ConfigError:
     return ConfigError(prefix + value_problem(error["loc"][0], error["input"]))
 
 
-_FIELD_CHECKS = {key: TypeAdapter(Annotated[field.annotation, field], config=ConfigDict(strict=True))
-                 for key, field in TrialConfig.model_fields.items()}
+_FIELD_CHECKS = {
+    key: TypeAdapter(Annotated[field.annotation, field], config=ConfigDict(strict=True))
+    for key, field in TrialConfig.model_fields.items()
+}
 
 
 def check_value(key: str, value, where: str = "") -> object:
@@ -245,9 +254,9 @@ class Resources(_Shape):
     gpu: int | float = Field(0, ge=0)
 
 
-Distribution = Annotated[Union[Uniform, LogUniform, IntRange, Choice], Field(discriminator="type")]
-Scheduler = Annotated[Union[Asha, Fifo], Field(discriminator="type")]
-Searcher = Annotated[Union[OptunaTPE, RandomSearch], Field(discriminator="type")]
+Distribution = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discriminator="type")]
+Scheduler = Annotated[Asha | Fifo, Field(discriminator="type")]
+Searcher = Annotated[OptunaTPE | RandomSearch, Field(discriminator="type")]
 
 
 class SpaceFile(_Shape):

@@ -20,9 +20,9 @@ from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from ray.tune.logger import JsonLoggerCallback
 
 from tuner.cluster import check_cluster, init_ray
-from tuner.errors import SetupError, one_line
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
+from tuner.errors import SetupError, one_line
 from tuner.outcome import trial_outcome
 from tuner.progress import ProgressLine
 from tuner.publish import announce_search, publish_results
@@ -36,8 +36,16 @@ from tuner.search_folder import SearchRecord, claim, resume_command
 from tuner.settings import SearchSettings
 from tuner.space import Space, make_sampler
 from tuner.text import fmt_value, text_table
-from tuner.tracking import (MLflowTracker, close_dangling_runs, delete_child_runs, find_parent_run, finish_parent_run,
-                            log_trial_metric, reopen_run, start_parent_run)
+from tuner.tracking import (
+    MLflowTracker,
+    close_dangling_runs,
+    delete_child_runs,
+    find_parent_run,
+    finish_parent_run,
+    log_trial_metric,
+    reopen_run,
+    start_parent_run,
+)
 from tuner.trial import build_trial, load_checkpoint, train_trial
 from tuner.warm_start import new_search_study
 
@@ -52,18 +60,23 @@ def trainable_for(space: Space, arrays: dict):
         # go to Ray tasks only; a child process sees just the first bundle's GPU)
         stages = config.get("stages", 1)
         return tune.PlacementGroupFactory([{"CPU": space.resources.cpu * stages, "GPU": space.resources.gpu * stages}])
+
     return tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), resources)
 
 
 def progress_reporter(space: Space):
     metrics = {"epoch": "epoch", "val_acc": "val_acc", "train_loss": "train_loss", "images_per_s": "img/s"}
     always_sampled = [name for name, param in space.params.items() if not param.when]  # Ray needs every column
-    return tune.CLIReporter(metric_columns=metrics, parameter_columns=always_sampled,
-                            max_report_frequency=PROGRESS_EVERY_S, sort_by_metric=True, max_progress_rows=12)
+    return tune.CLIReporter(
+        metric_columns=metrics,
+        parameter_columns=always_sampled,
+        max_report_frequency=PROGRESS_EVERY_S,
+        sort_by_metric=True,
+        max_progress_rows=12,
+    )
 
 
-def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict,
-              settings: SearchSettings) -> tune.Tuner:
+def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, settings: SearchSettings) -> tune.Tuner:
     base = space.base_config()
     constants = {k: v for k, v in base.model_dump().items() if k not in space.params}
 
@@ -73,33 +86,61 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict,
 
     # the study in the search folder's optuna.db, with a warm start's trials in it (tuner/warm_start.py)
     storage, points = new_search_study(folder, record.name, space, settings.warm_start, settings.warm_start_top)
-    searcher = make_searcher(define_by_run, make_sampler(space), space.metric, space.mode, points,
-                             space.max_concurrent, storage=storage, study_name=record.name)
-    tracker = MLflowTracker(record.mlflow_uri, record.parent_run_id,
-                            {"dt.trainer": space.trainer, "dt.model": space.model}, searched=tuple(space.params))
+    searcher = make_searcher(
+        define_by_run,
+        make_sampler(space),
+        space.metric,
+        space.mode,
+        points,
+        space.max_concurrent,
+        storage=storage,
+        study_name=record.name,
+    )
+    tracker = MLflowTracker(
+        record.mlflow_uri,
+        record.parent_run_id,
+        {"dt.trainer": space.trainer, "dt.model": space.model},
+        searched=tuple(space.params),
+    )
     # one line per event (tuner/progress.py); Ray's status table with --verbose
-    progress = (progress_reporter(space) if settings.verbose else
-                ProgressLine(space.num_samples, base.epochs, space.metric, space.mode))
+    progress = (
+        progress_reporter(space)
+        if settings.verbose
+        else ProgressLine(space.num_samples, base.epochs, space.metric, space.mode)
+    )
     return tune.Tuner(
         trainable_for(space, arrays),
-        tune_config=TuneConfig(search_alg=searcher, scheduler=make_trial_scheduler(space),
-                               num_samples=space.num_samples, metric=space.metric, mode=space.mode,
-                               trial_dirname_creator=lambda trial: trial.trial_id,
-                               trial_name_creator=lambda trial: trial.trial_id),
+        tune_config=TuneConfig(
+            search_alg=searcher,
+            scheduler=make_trial_scheduler(space),
+            num_samples=space.num_samples,
+            metric=space.metric,
+            mode=space.mode,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+            trial_name_creator=lambda trial: trial.trial_id,
+        ),
         run_config=RunConfig(
             # result.json per trial (what Tune's ResultGrid reads back); MLflow is the record users look at
-            name=folder.name, storage_path=str(folder.parent),
+            name=folder.name,
+            storage_path=str(folder.parent),
             callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents(), FailureNotices()],
-            progress_reporter=progress, verbose=1,
+            progress_reporter=progress,
+            verbose=1,
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-            failure_config=FailureConfig(max_failures=settings.max_failures)),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+        ),
     )
 
 
 def code_version() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -111,8 +152,13 @@ def open_parent_run(client: MlflowClient, space: Space, folder: Path, record: Se
         if record.parent_run_id:
             reopen_run(client, record.parent_run_id)
             return
-    tags = {"dt.space": space.name, "dt.trainer": space.trainer, "dt.model": space.model, "dt.storage": str(folder),
-            "dt.code_version": code_version()}
+    tags = {
+        "dt.space": space.name,
+        "dt.trainer": space.trainer,
+        "dt.model": space.model,
+        "dt.storage": str(folder),
+        "dt.code_version": code_version(),
+    }
     fixed = {k: v for k, v in space.base_config().model_dump().items() if k not in space.params}
     record.parent_run_id = start_parent_run(client, record.experiment, record.name, tags, fixed, space.text)
 
@@ -120,8 +166,13 @@ def open_parent_run(client: MlflowClient, space: Space, folder: Path, record: Se
 def restore_tuner(space: Space, folder: Path, arrays: dict) -> tune.Tuner:
     try:
         # unfinished trials continue from their checkpoints; errored ones used up their retries and stay failed
-        return tune.Tuner.restore(str(folder), trainable=trainable_for(space, arrays), resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
+        return tune.Tuner.restore(
+            str(folder),
+            trainable=trainable_for(space, arrays),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
     except Exception as error:  # Ray raises many types for an unreadable folder; the user needs one line
         raise SetupError(f"--resume {folder}: Ray cannot restore this search ({one_line(error)})") from None
 
@@ -170,8 +221,11 @@ def interrupted(results, space: Space, folder: Path, record: SearchRecord, clien
     finish_parent_run(client, record.parent_run_id, "interrupted", {})
     record.status = "interrupted"
     record.save(folder)
-    print(f"\nInterrupted: {ended} of {space.num_samples} trials ended; the trials in flight continue from their "
-          f"last epoch checkpoint. Continue with:\n  {resume_command(record.settings.space, folder)}", flush=True)
+    print(
+        f"\nInterrupted: {ended} of {space.num_samples} trials ended; the trials in flight continue from their "
+        f"last epoch checkpoint. Continue with:\n  {resume_command(record.settings.space, folder)}",
+        flush=True,
+    )
     return 130
 
 
@@ -199,22 +253,36 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
     print(f"Top trials by final {space.metric}:")
     table = [["trial", "outcome", "epochs", space.metric, *space.params]]
     for value, result, outcome in scored[:5]:
-        table.append([result.metrics.get("trial_id", "?"), outcome, str(result.metrics.get("epoch", 0)),
-                      f"{value:.4f}", *(fmt_value(result.config.get(k)) for k in space.params)])
+        table.append(
+            [
+                result.metrics.get("trial_id", "?"),
+                outcome,
+                str(result.metrics.get("epoch", 0)),
+                f"{value:.4f}",
+                *(fmt_value(result.config.get(k)) for k in space.params),
+            ]
+        )
     print("\n".join(text_table(table[0], table[1:], indent="  ")))
     best_value, best, _ = scored[0]
     best_config = {k: best.config[k] for k in space.params if k in best.config}
     test_acc = best_test_accuracy(best, arrays)
-    print(f"\nBest: trial {best.metrics.get('trial_id')}  {space.metric} {best_value:.4f}"
-          + (f"  test_acc {test_acc:.4f} (from its last checkpoint)" if test_acc is not None else ""))
+    print(
+        f"\nBest: trial {best.metrics.get('trial_id')}  {space.metric} {best_value:.4f}"
+        + (f"  test_acc {test_acc:.4f} (from its last checkpoint)" if test_acc is not None else "")
+    )
     print("Best config: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in best_config.items()))
     trial_id = best.metrics.get("trial_id")
     if test_acc is not None:
         log_trial_metric(client, record.parent_run_id, trial_id, "test_acc", test_acc)
     print(f"Trials and checkpoints: {best.path.rsplit('/', 1)[0] if best.path else record.name}")
     print(f"MLflow: experiment '{record.experiment}' in {record.mlflow_uri}")
-    return {"best_val_acc": best_value, "best_test_acc": test_acc, "num_trials": len(rows),
-            "best_trial_id": trial_id, "best_config": best_config}
+    return {
+        "best_val_acc": best_value,
+        "best_test_acc": test_acc,
+        "num_trials": len(rows),
+        "best_trial_id": trial_id,
+        "best_config": best_config,
+    }
 
 
 def best_test_accuracy(result, arrays: dict) -> float | None:

@@ -15,9 +15,9 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tuner.errors import SetupError  # noqa: F401  (raised by callers of this module's checks)
 from tuner.settings import SearchSettings
@@ -30,12 +30,12 @@ RESUME_DIR = "resume_state"
 @dataclass
 class SearchRecord:
     name: str
-    space: str                 # the space's name
+    space: str  # the space's name
     space_path: str
-    settings: SearchSettings   # what it was started with; a resumed search keeps them (but for --address)
-    experiment: str            # MLflow experiment name
+    settings: SearchSettings  # what it was started with; a resumed search keeps them (but for --address)
+    experiment: str  # MLflow experiment name
     parent_run_id: str = ""
-    status: str = "running"    # running | interrupted | finished ("running" after a killed driver, too)
+    status: str = "running"  # running | interrupted | finished ("running" after a killed driver, too)
     created: float = field(default_factory=time.time)
 
     def save(self, folder: Path) -> None:
@@ -47,7 +47,7 @@ class SearchRecord:
         return self.settings.mlflow_uri
 
     @classmethod
-    def load(cls, folder: Path) -> "SearchRecord":
+    def load(cls, folder: Path) -> SearchRecord:
         saved = json.loads((Path(folder) / RECORD).read_text())
         return cls(**{**saved, "settings": SearchSettings(**saved["settings"])})
 

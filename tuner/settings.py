@@ -8,16 +8,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SearchSettings:
-    space: str                          # a space name or a YAML path, as given
-    storage: str                        # absolute folder holding the searches
-    mlflow_uri: str                     # absolute, so a search resumed from another folder finds it
+    space: str  # a space name or a YAML path, as given
+    storage: str  # absolute folder holding the searches
+    mlflow_uri: str  # absolute, so a search resumed from another folder finds it
     experiment_name: str | None = None  # MLflow experiment; None: the space's name
-    data_dir: str | None = None         # None: ./data, downloaded
-    address: str | None = None          # an existing Ray cluster; None: a local Ray
-    max_failures: int = 2               # retries of a crashed trial from its checkpoint
-    verbose: bool = False               # Ray's status table in place of one progress line per event
-    warm_start: str | None = None       # an earlier search's folder whose trials seed the new Optuna study
-    warm_start_top: int = 0             # with warm_start: its K best configs run first
+    data_dir: str | None = None  # None: ./data, downloaded
+    address: str | None = None  # an existing Ray cluster; None: a local Ray
+    max_failures: int = 2  # retries of a crashed trial from its checkpoint
+    verbose: bool = False  # Ray's status table in place of one progress line per event
+    warm_start: str | None = None  # an earlier search's folder whose trials seed the new Optuna study
+    warm_start_top: int = 0  # with warm_start: its K best configs run first
     # overrides of the space (None: as the space says)
     num_samples: int | None = None
     max_epochs: int | None = None

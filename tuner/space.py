@@ -69,8 +69,9 @@ class SpaceProblems:
 @dataclass(frozen=True)
 class Dimension:
     """One searched hyperparameter. `when`: parent choice dimension -> the values under which this one is sampled."""
+
     name: str
-    type: str                      # uniform | loguniform | int | choice
+    type: str  # uniform | loguniform | int | choice
     low: float | int | None = None
     high: float | int | None = None
     values: tuple | None = None
@@ -110,8 +111,8 @@ class Dimension:
             text = f"choice [{', '.join(fmt(v) for v in self.values)}]"
         else:
             text = f"{self.type} [{fmt(self.low)}, {fmt(self.high)}]"
-            text += (f" step {self.step}" if self.type == "int" and self.step != 1 else "")
-            text += (" log" if self.type == "int" and self.log else "")
+            text += f" step {self.step}" if self.type == "int" and self.step != 1 else ""
+            text += " log" if self.type == "int" and self.log else ""
         for parent, values in self.when.items():
             text += f"  (only when {parent} in [{', '.join(fmt(v) for v in values)}])"
         return text
@@ -121,16 +122,16 @@ class Dimension:
 class Space:
     name: str
     path: Path
-    text: str                      # the file's raw contents (logged to MLflow as an artifact)
+    text: str  # the file's raw contents (logged to MLflow as an artifact)
     trainer: str
     model: str
-    fixed: dict                    # validated fixed values, incl. trainer and model
-    params: dict                   # name -> Dimension, parents before children
+    fixed: dict  # validated fixed values, incl. trainer and model
+    params: dict  # name -> Dimension, parents before children
     scheduler: Asha | Fifo
     searcher: OptunaTPE | RandomSearch  # seed and points_to_evaluate filled in and checked
     num_samples: int
     max_concurrent: int | None
-    resources: Resources           # per trial
+    resources: Resources  # per trial
     metric: str
     mode: str
     description: str = ""
@@ -143,12 +144,23 @@ class Space:
         value is suggested, and Ray collects the suggestions itself."""
         chosen = {}
         for param in self.params.values():  # parents come before their children
-            if all(parent in chosen and any(same(chosen[parent], v) for v in values)
-                   for parent, values in param.when.items()):
+            if all(
+                parent in chosen and any(same(chosen[parent], v) for v in values)
+                for parent, values in param.when.items()
+            ):
                 chosen[param.name] = param.suggest(trial)
 
-    def with_overrides(self, *, num_samples=None, max_epochs=None, train_subset=None, seed=None, cpus=None,
-                       gpus=None, max_concurrent=None) -> Space:
+    def with_overrides(
+        self,
+        *,
+        num_samples=None,
+        max_epochs=None,
+        train_subset=None,
+        seed=None,
+        cpus=None,
+        gpus=None,
+        max_concurrent=None,
+    ) -> Space:
         """A copy with command-line overrides applied (None leaves a setting as the file has it)."""
         problems, fixed = SpaceProblems(f"{self.name}: override"), dict(self.fixed)
         for key, value in (("train_subset", train_subset), ("seed", seed)):
@@ -161,9 +173,13 @@ class Space:
             update["num_samples"] = problems.number(num_samples, "num_samples", 1, integer=True)
         if max_concurrent is not None:
             update["max_concurrent"] = problems.number(max_concurrent, "max_concurrent", 1, integer=True)
-        update["resources"] = self.resources.model_copy(update={
-            key: problems.number(value, flag, 0) for key, flag, value in (("cpu", "cpus", cpus), ("gpu", "gpus", gpus))
-            if value is not None})
+        update["resources"] = self.resources.model_copy(
+            update={
+                key: problems.number(value, flag, 0)
+                for key, flag, value in (("cpu", "cpus", cpus), ("gpu", "gpus", gpus))
+                if value is not None
+            }
+        )
         if seed is not None:
             update["searcher"] = self.searcher.model_copy(update={"seed": fixed["seed"]})
         if max_epochs is not None:
@@ -172,7 +188,8 @@ class Space:
             if self.scheduler.type == "asha":
                 max_t = min(self.scheduler.max_t, max_epochs)
                 update["scheduler"] = self.scheduler.model_copy(
-                    update={"max_t": max_t, "grace_period": min(self.scheduler.grace_period, max_t)})
+                    update={"max_t": max_t, "grace_period": min(self.scheduler.grace_period, max_t)}
+                )
         return replace(self, **update)
 
     def describe(self) -> str:
@@ -180,19 +197,24 @@ class Space:
         config, width = self.base_config(), max(map(len, KEYS))
         lines.append("fixed:")
         lines += [f"  {key:<{width}} = {fmt(getattr(config, key))}" for key in self.fixed]
-        defaults = [f"{key}={fmt(getattr(config, key))}" for key in KEYS
-                    if key not in self.fixed and key not in self.params]
+        defaults = [
+            f"{key}={fmt(getattr(config, key))}" for key in KEYS if key not in self.fixed and key not in self.params
+        ]
         lines.append(f"defaults (not set in the file): {', '.join(defaults) or '-'}")
         lines.append(f"search ({len(self.params)} params):")
         lines += [f"  {name:<{width}} {param.describe()}" for name, param in self.params.items()]
         lines.append("scheduler: " + " ".join(f"{k}={v}" for k, v in self.scheduler.model_dump().items()))
         points = self.searcher.points_to_evaluate
-        lines.append("searcher: " + " ".join(f"{k}={v}" for k, v in self.searcher.model_dump().items()
-                                             if k != "points_to_evaluate")
-                     + f", {len(points)} point(s) to evaluate first")
+        lines.append(
+            "searcher: "
+            + " ".join(f"{k}={v}" for k, v in self.searcher.model_dump().items() if k != "points_to_evaluate")
+            + f", {len(points)} point(s) to evaluate first"
+        )
         lines += [f"  {json.dumps(point)}" for point in points]
-        lines.append(f"samples: {self.num_samples}, max concurrent: {self.max_concurrent or 'unlimited'}, "
-                     f"per trial: cpu {fmt(self.resources.cpu)}, gpu {fmt(self.resources.gpu)}")
+        lines.append(
+            f"samples: {self.num_samples}, max concurrent: {self.max_concurrent or 'unlimited'}, "
+            f"per trial: cpu {fmt(self.resources.cpu)}, gpu {fmt(self.resources.gpu)}"
+        )
         lines.append(f"objective: {self.mode} {self.metric}")
         return "\n".join(lines)
 
@@ -206,8 +228,13 @@ def make_sampler(space: Space):
         return optuna.samplers.RandomSampler(seed=searcher.seed)
     # multivariate + group: TPE models the conditional (when:) params jointly within each group instead of
     # independently; constant_liar: concurrent trials don't all get proposed the same point.
-    options = {"seed": searcher.seed, "n_startup_trials": searcher.n_startup_trials,
-               "multivariate": True, "group": True, "constant_liar": True}
+    options = {
+        "seed": searcher.seed,
+        "n_startup_trials": searcher.n_startup_trials,
+        "multivariate": True,
+        "group": True,
+        "constant_liar": True,
+    }
     accepted = inspect.signature(optuna.samplers.TPESampler).parameters
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -22,8 +22,20 @@ from tuner.space import NOT_SEARCHABLE, Dimension, Space, SpaceProblems, label, 
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # sections in the order a reader checks them: of two mistakes, the first in this order is reported
-CHECK_ORDER = ("trainer", "model", "fixed", "search", "scheduler", "searcher", "resources", "max_concurrent", "metric",
-               "mode", "description", "num_samples")
+CHECK_ORDER = (
+    "trainer",
+    "model",
+    "fixed",
+    "search",
+    "scheduler",
+    "searcher",
+    "resources",
+    "max_concurrent",
+    "metric",
+    "mode",
+    "description",
+    "num_samples",
+)
 
 
 class _Loader(yaml.SafeLoader):
@@ -36,13 +48,15 @@ class _Loader(yaml.SafeLoader):
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 if key_node.value in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key '{key_node.value}'", key_node.start_mark)
+                        None, None, f"duplicate key '{key_node.value}'", key_node.start_mark
+                    )
                 seen.add(key_node.value)
         return super().construct_mapping(node, deep)
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def _shape_problem(file: SpaceProblems, error: dict, data: dict):
@@ -79,8 +93,11 @@ def _unwrap(annotation) -> list:
     """The types an annotation allows, Annotated and None stripped; a discriminated union as its members."""
     while typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
-    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, type(int | None)) \
+    members = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, type(int | None))
         else (annotation,)
+    )
     result = []
     for member in members:
         while typing.get_origin(member) is typing.Annotated:
@@ -99,8 +116,12 @@ def _locate(data, loc: tuple):
     for part in loc:
         models = [t for t in expected if isinstance(t, type) and issubclass(t, BaseModel)]
         union = models if len(models) > 1 else None
-        if union and isinstance(part, str) and not (isinstance(node, dict) and part in node) \
-                and any(part in typing.get_args(m.model_fields["type"].annotation) for m in union):
+        if (
+            union
+            and isinstance(part, str)
+            and not (isinstance(node, dict) and part in node)
+            and any(part in typing.get_args(m.model_fields["type"].annotation) for m in union)
+        ):
             expected = [m for m in union if part in typing.get_args(m.model_fields["type"].annotation)]
             continue  # pydantic names the union member it tried; the user never wrote that
         if isinstance(part, int):
@@ -133,8 +154,10 @@ def find_space(name_or_path: str) -> Path:
         return path
     if path.name == name_or_path and (SPACES_DIR / f"{name_or_path}.yaml").is_file():
         return SPACES_DIR / f"{name_or_path}.yaml"
-    raise SpaceError(f"{name_or_path}: no such search space file or name; allowed: a YAML file path or one of "
-                     f"{', '.join(list_spaces())}")
+    raise SpaceError(
+        f"{name_or_path}: no such search space file or name; allowed: a YAML file path or one of "
+        f"{', '.join(list_spaces())}"
+    )
 
 
 def load_space(name_or_path: str) -> Space:
@@ -154,13 +177,19 @@ def load_space(name_or_path: str) -> Space:
     try:
         spec = SpaceFile.model_validate(data)
     except ValidationError as error:  # the keys the user mistyped first, as a reader checks a mapping
-        errors = sorted(error.errors(), key=lambda e: (
-            ("extra_forbidden", "missing").index(e["type"]) if e["type"] in ("extra_forbidden", "missing") else 2,
-            CHECK_ORDER.index(e["loc"][0]) if e["loc"] and e["loc"][0] in CHECK_ORDER else 0))
+        errors = sorted(
+            error.errors(),
+            key=lambda e: (
+                ("extra_forbidden", "missing").index(e["type"]) if e["type"] in ("extra_forbidden", "missing") else 2,
+                CHECK_ORDER.index(e["loc"][0]) if e["loc"] and e["loc"][0] in CHECK_ORDER else 0,
+            ),
+        )
         _shape_problem(file, errors[0], data)
 
-    fixed = {"trainer": file.value("trainer", spec.trainer, "trainer"),
-             "model": file.value("model", spec.model, "model")}
+    fixed = {
+        "trainer": file.value("trainer", spec.trainer, "trainer"),
+        "model": file.value("model", spec.model, "model"),
+    }
     for key, value in file.mapping(_or(spec.fixed, {}), "fixed", KEYS).items():
         if key in ("trainer", "model"):
             file.fail(f"fixed.{key}", f"set {key} at the top level, not in fixed")
@@ -173,12 +202,23 @@ def load_space(name_or_path: str) -> Space:
         file.fail("metric", f"must be the name of a reported metric, got {fmt(metric)}", "a string, e.g. val_acc")
     if not isinstance(description, str):
         file.fail("description", f"must be a string, got {fmt(description)}")
-    return Space(name=path.stem, path=path, text=text, trainer=fixed["trainer"], model=fixed["model"], fixed=fixed,
-                 params=params, scheduler=_scheduler(file, spec.scheduler or Fifo(), config),
-                 searcher=_searcher(file, spec.searcher or OptunaTPE(), params, config),
-                 num_samples=spec.num_samples, max_concurrent=spec.max_concurrent,
-                 resources=spec.resources or Resources(), metric=metric, mode=spec.mode or "max",
-                 description=" ".join(description.split()))
+    return Space(
+        name=path.stem,
+        path=path,
+        text=text,
+        trainer=fixed["trainer"],
+        model=fixed["model"],
+        fixed=fixed,
+        params=params,
+        scheduler=_scheduler(file, spec.scheduler or Fifo(), config),
+        searcher=_searcher(file, spec.searcher or OptunaTPE(), params, config),
+        num_samples=spec.num_samples,
+        max_concurrent=spec.max_concurrent,
+        resources=spec.resources or Resources(),
+        metric=metric,
+        mode=spec.mode or "max",
+        description=" ".join(description.split()),
+    )
 
 
 def _or(value, default):
@@ -198,8 +238,11 @@ def _dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> di
             file.fail(path, f"'{key}' is also in fixed; a key is either fixed or searched")
         # a sampled value must be a valid config value: float distributions for float keys, int for int keys
         annotation = TrialConfig.model_fields[key].annotation
-        allowed = {float: ("uniform", "loguniform", "choice"), int: ("int", "choice"),
-                   int | None: ("int", "choice")}.get(annotation, ("choice",))
+        allowed = {
+            float: ("uniform", "loguniform", "choice"),
+            int: ("int", "choice"),
+            int | None: ("int", "choice"),
+        }.get(annotation, ("choice",))
         default = TrialConfig.model_fields[key].default
         if kind not in allowed:
             file.fail(f"{path}.type", f"'{kind}' does not fit '{key}' (default {fmt(default)})", ", ".join(allowed))
@@ -232,8 +275,11 @@ def _dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> di
         for parent, values in when.items():
             path, choices = f"search.{key}.when.{parent}", params[parent].values
             if params[parent].type != "choice":
-                file.fail(path, f"'{parent}' is not a choice param",
-                          ", ".join(k for k, p in params.items() if p.type == "choice" and k != key) or "none here")
+                file.fail(
+                    path,
+                    f"'{parent}' is not a choice param",
+                    ", ".join(k for k, p in params.items() if p.type == "choice" and k != key) or "none here",
+                )
             values = tuple(file.value(parent, v, path) for v in (values if isinstance(values, list) else [values]))
             if not values:
                 file.fail(path, "lists no value", ", ".join(map(fmt, choices)))
@@ -255,8 +301,7 @@ def _scheduler(file: SpaceProblems, spec, config: TrialConfig):
         return spec
     max_t = _or(spec.max_t, config.epochs)
     if max_t > config.epochs:
-        file.fail("scheduler.max_t",
-                  f"must be <= the trial's epoch budget, fixed.epochs={config.epochs} (got {max_t})")
+        file.fail("scheduler.max_t", f"must be <= the trial's epoch budget, fixed.epochs={config.epochs} (got {max_t})")
     if spec.grace_period > max_t:
         file.fail("scheduler.grace_period", f"must be <= max_t={max_t} (got {spec.grace_period})")
     return Asha(max_t=max_t, grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
@@ -267,14 +312,19 @@ def _searcher(file: SpaceProblems, spec, params: dict, config: TrialConfig):
     checked = []
     for i, point in enumerate(_or(spec.points_to_evaluate, [])):
         path = f"searcher.points_to_evaluate[{i}]"
-        point = {key: file.value(key, value, f"{path}.{key}")
-                 for key, value in file.mapping(point, path, list(params)).items()}
+        point = {
+            key: file.value(key, value, f"{path}.{key}")
+            for key, value in file.mapping(point, path, list(params)).items()
+        }
         for key, value in point.items():
             if not params[key].contains(value):
                 file.fail(f"{path}.{key}", f"{fmt(value)} is outside the searched range", params[key].describe())
             for parent, values in params[key].when.items():
                 if parent in point and not any(same(point[parent], v) for v in values):
-                    file.fail(f"{path}.{key}", f"'{key}' is only sampled when {parent} in "
-                              f"[{', '.join(map(fmt, values))}], but the point sets {parent}={fmt(point[parent])}")
+                    file.fail(
+                        f"{path}.{key}",
+                        f"'{key}' is only sampled when {parent} in "
+                        f"[{', '.join(map(fmt, values))}], but the point sets {parent}={fmt(point[parent])}",
+                    )
         checked.append(point)
     return spec.model_copy(update={"seed": file.value("seed", seed, "searcher.seed"), "points_to_evaluate": checked})

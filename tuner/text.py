@@ -37,6 +37,7 @@ def text_table(header, rows, indent: str = "") -> list[str]:
 
 def markdown_table(header, rows) -> list[str]:
     """A GitHub-flavoured markdown table (a '|' inside a cell is escaped)."""
+
     def line(cells) -> str:
         return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 

@@ -35,7 +35,7 @@ MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 def _log_params(client: MlflowClient, run_id: str, params: dict) -> None:
     items = [Param(key, str(value)) for key, value in params.items()]
     for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=items[start:start + MAX_PARAMS_PER_BATCH])
+        client.log_batch(run_id, params=items[start : start + MAX_PARAMS_PER_BATCH])
 
 
 def _child_runs(client: MlflowClient, parent_run_id: str, extra_filter: str = "") -> list:
@@ -44,8 +44,7 @@ def _child_runs(client: MlflowClient, parent_run_id: str, extra_filter: str = ""
     return list(client.search_runs([experiment_id], filter_string, max_results=10_000))
 
 
-def log_trial_metric(client: MlflowClient, parent_run_id: str, trial_id: str,
-                     key: str, value: float) -> None:
+def log_trial_metric(client: MlflowClient, parent_run_id: str, trial_id: str, key: str, value: float) -> None:
     """A metric on a trial's child run, found by its dt.trial_id tag (e.g. the best trial's test_acc)."""
     for run in _child_runs(client, parent_run_id, f"tags.`dt.trial_id` = '{trial_id}'"):
         client.log_metric(run.info.run_id, key, value)
@@ -63,19 +62,22 @@ def artifact_location(tracking_uri: str) -> str | None:
     return (Path(database).parent / "mlartifacts").resolve().as_uri()
 
 
-def start_parent_run(client: MlflowClient, experiment_name: str, run_name: str, tags: dict, params: dict,
-                     space_text: str) -> str:
+def start_parent_run(
+    client: MlflowClient, experiment_name: str, run_name: str, tags: dict, params: dict, space_text: str
+) -> str:
     """Create the search's parent run (experiment created if missing); log its fixed config and space.yaml."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        experiment_id = client.create_experiment(experiment_name,
-                                                 artifact_location=artifact_location(client.tracking_uri))
+        experiment_id = client.create_experiment(
+            experiment_name, artifact_location=artifact_location(client.tracking_uri)
+        )
     else:
         experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment_id)  # a deleted experiment still owns its name; reuse it
-    run = client.create_run(experiment_id, run_name=run_name,
-                            tags={"dt.role": "search", "dt.status": "running", **tags})
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={"dt.role": "search", "dt.status": "running", **tags}
+    )
     _log_params(client, run.info.run_id, params)
     client.log_text(run.info.run_id, space_text, "space.yaml")
     return run.info.run_id
@@ -86,8 +88,9 @@ def find_parent_run(client: MlflowClient, experiment_name: str, run_name: str) -
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{run_name}' and "
-                                                          f"tags.`dt.role` = 'search'")
+    runs = client.search_runs(
+        [experiment.experiment_id], f"attributes.run_name = '{run_name}' and tags.`dt.role` = 'search'"
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -106,8 +109,11 @@ def finish_parent_run(client: MlflowClient, run_id: str, status: str, summary: d
     if status not in ("finished", "interrupted"):
         raise ValueError(f"finish_parent_run: status must be 'finished' or 'interrupted', got {status!r}")
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(summary[key]), now, 0) for key in ("best_val_acc", "best_test_acc", "num_trials")
-               if finite_number(summary.get(key))]
+    metrics = [
+        Metric(key, float(summary[key]), now, 0)
+        for key in ("best_val_acc", "best_test_acc", "num_trials")
+        if finite_number(summary.get(key))
+    ]
     tags = [RunTag("dt.status", status)]
     if summary.get("best_trial_id"):
         tags.append(RunTag("dt.best_trial_id", str(summary["best_trial_id"])))
@@ -120,8 +126,9 @@ def finish_parent_run(client: MlflowClient, run_id: str, status: str, summary: d
     client.set_terminated(run_id, status=PARENT_STATUSES[status])
 
 
-def close_dangling_runs(client: MlflowClient, parent_run_id: str, status: str = "FAILED",
-                        outcome: str | None = "failed") -> list[str]:
+def close_dangling_runs(
+    client: MlflowClient, parent_run_id: str, status: str = "FAILED", outcome: str | None = "failed"
+) -> list[str]:
     """End every child run still RUNNING with `status` and dt.outcome `outcome` (None: leave the tag as it is).
 
     The defaults are for trials cut off for good. An interrupted search ends the runs of the trials it will
@@ -164,15 +171,19 @@ class MLflowTracker(Callback):
     def _reset(self) -> None:
         self._client = None
         self._experiment_id = None
-        self._run_ids: dict[str, str] = {}     # trial id -> child run id
+        self._run_ids: dict[str, str] = {}  # trial id -> child run id
         self._last_epoch: dict[str, int] = {}  # child run id -> highest epoch logged
         self._reconciled = False
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks into tuner.pkl; the client holds a database engine, and the caches are
         # rebuilt from MLflow itself on first sight of each trial.
-        return {"tracking_uri": self.tracking_uri, "parent_run_id": self.parent_run_id, "base_tags": self.base_tags,
-                "searched": self.searched}
+        return {
+            "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.parent_run_id,
+            "base_tags": self.base_tags,
+            "searched": self.searched,
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -208,8 +219,13 @@ class MLflowTracker(Callback):
             self._last_epoch[run_id] = self._logged_epochs(run)
         else:
             config = dict(trial.config)
-            tags = {"mlflow.parentRunId": self.parent_run_id, "dt.role": "trial", "dt.trial_id": trial_id,
-                    "dt.outcome": "running", **self.base_tags}
+            tags = {
+                "mlflow.parentRunId": self.parent_run_id,
+                "dt.role": "trial",
+                "dt.trial_id": trial_id,
+                "dt.outcome": "running",
+                **self.base_tags,
+            }
             for key in ("trainer", "model"):
                 if key in config:
                     tags[f"dt.{key}"] = str(config[key])
@@ -258,8 +274,11 @@ class MLflowTracker(Callback):
             return  # redone after a restore: this epoch already has its points
         now = int(time.time() * 1000)
         # NaN/inf are skipped: MLflow stores them but they break its plots; divergence shows in dt.outcome
-        metrics = [Metric(key, float(value), now, epoch) for key, value in result.items()
-                   if (key in EPOCH_METRICS or is_block_metric(key)) and finite_number(value)]
+        metrics = [
+            Metric(key, float(value), now, epoch)
+            for key, value in result.items()
+            if (key in EPOCH_METRICS or is_block_metric(key)) and finite_number(value)
+        ]
         self.client.log_batch(run_id, metrics=metrics)
         self._last_epoch[run_id] = epoch
 
@@ -275,8 +294,13 @@ class MLflowTracker(Callback):
         from tuner.publish import log_block_figure
 
         try:
-            log_block_figure(self.client, run_id, self.client.get_run(run_id).info.run_name,
-                             str(trial.config.get("trainer", "")), trial.last_result or {})
+            log_block_figure(
+                self.client,
+                run_id,
+                self.client.get_run(run_id).info.run_name,
+                str(trial.config.get("trainer", "")),
+                trial.last_result or {},
+            )
         except Exception as error:  # a figure is a convenience: never the reason a search stops
             print(f"warning: no accuracy-by-block figure for trial {trial.trial_id} ({error})", flush=True)
 

@@ -37,8 +37,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_from_args(args) -> TrialConfig:
     overrides = dict(parse_assignment(item) for item in args.set)
-    flags = {"trainer": args.trainer, "model": args.model, "epochs": args.epochs,
-             "train_subset": args.train_subset, "seed": args.seed}
+    flags = {
+        "trainer": args.trainer,
+        "model": args.model,
+        "epochs": args.epochs,
+        "train_subset": args.train_subset,
+        "seed": args.seed,
+    }
     for key, value in flags.items():
         if value is not None:
             if key in overrides and overrides[key] != value:
@@ -49,16 +54,22 @@ def config_from_args(args) -> TrialConfig:
 
 def train(cfg: TrialConfig, data_dir: str | None, with_test: bool = False, log=print) -> dict:
     device = pick_device(cfg.device)
-    data = make_splits(load_arrays(data_dir), val_size=cfg.val_size, train_subset=cfg.train_subset,
-                       seed=cfg.split_seed, device=device)
+    data = make_splits(
+        load_arrays(data_dir), val_size=cfg.val_size, train_subset=cfg.train_subset, seed=cfg.split_seed, device=device
+    )
     trainer = build_trainer(cfg, device, steps_per_epoch(data.train, cfg.batch_size))
-    log(f"{cfg.trainer} on {cfg.model} (width {cfg.width}), {len(data.train)} train / {len(data.val)} val "
-        f"images, {cfg.epochs} epochs on {device}")
+    log(
+        f"{cfg.trainer} on {cfg.model} (width {cfg.width}), {len(data.train)} train / {len(data.val)} val "
+        f"images, {cfg.epochs} epochs on {device}"
+    )
     start, metrics = time.perf_counter(), {}
     for _ in range(cfg.epochs):
         metrics = run_epoch(trainer, data)
-        log(f"epoch {metrics['epoch']:3d}  train_loss {metrics['train_loss']:.4f}  train_acc {metrics['train_acc']:.4f}"
-            f"  val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  {metrics['images_per_s']:.0f} img/s")
+        log(
+            f"epoch {metrics['epoch']:3d}  train_loss {metrics['train_loss']:.4f}  "
+            f"train_acc {metrics['train_acc']:.4f}  val_loss {metrics['val_loss']:.4f}  "
+            f"val_acc {metrics['val_acc']:.4f}  {metrics['images_per_s']:.0f} img/s"
+        )
         if metrics["diverged"]:
             log("the loss is no longer finite: stopping (diverged)")
             break

@@ -22,11 +22,11 @@ import torch
 from ray import tune
 
 from models.trainers import build_trainer
-from tuner.schema import TrialConfig, resolve
 from tuner.data import make_splits
 from tuner.device import limit_gpu_memory, limit_threads, pick_device
 from tuner.epoch import run_epoch, steps_per_epoch
 from tuner.ray_adaptations.environment import prepare_environment
+from tuner.schema import TrialConfig, resolve
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -60,8 +60,7 @@ def build_trial(config: dict, arrays: dict, gpu_share: float | None = None):
     cfg = resolve(config)
     device = pick_device(cfg.device)
     limit_gpu_memory(device, gpu_share)
-    data = make_splits(arrays, val_size=cfg.val_size, train_subset=cfg.train_subset, seed=cfg.split_seed,
-                       device=device)
+    data = make_splits(arrays, val_size=cfg.val_size, train_subset=cfg.train_subset, seed=cfg.split_seed, device=device)
     return build_trainer(cfg, device, steps_per_epoch(data.train, cfg.batch_size)), data
 
 

@@ -28,10 +28,10 @@ class WarmStartError(UserError):
 
 @dataclass
 class WarmStart:
-    source: str                                  # the earlier search's name
-    trials: list = field(default_factory=list)   # FrozenTrials with the new space's distributions
+    source: str  # the earlier search's name
+    trials: list = field(default_factory=list)  # FrozenTrials with the new space's distributions
     dropped: list = field(default_factory=list)  # one reason per trial left out
-    top: list = field(default_factory=list)      # configs of the best completed trials, best first
+    top: list = field(default_factory=list)  # configs of the best completed trials, best first
 
     def summary(self) -> str:
         states = ", ".join(f"{sum(t.state == s for t in self.trials)} {s.name.lower()}" for s in KEPT_STATES)
@@ -71,8 +71,10 @@ def load_warm_start(path: str, space, top: int = 0) -> WarmStart:
     except KeyError:
         raise WarmStartError(f"--warm-start {folder}/{STUDY_FILE}: no study named {record.name}") from None
     if study.direction.name.lower()[:3] != space.mode:
-        raise WarmStartError(f"--warm-start {folder}: that search's objective is to {study.direction.name.lower()}; "
-                             f"this one's is {space.mode} {space.metric}")
+        raise WarmStartError(
+            f"--warm-start {folder}: that search's objective is to {study.direction.name.lower()}; "
+            f"this one's is {space.mode} {space.metric}"
+        )
     warm = WarmStart(source=record.name)
     for old in study.get_trials(deepcopy=False, states=KEPT_STATES):
         reason = _misfit(old.params, space)
@@ -80,10 +82,16 @@ def load_warm_start(path: str, space, top: int = 0) -> WarmStart:
             warm.dropped.append(f"trial {old.number}: {reason}")
             continue
         searched = {k: v for k, v in old.params.items() if k in space.params}
-        warm.trials.append(optuna.trial.create_trial(
-            state=old.state, value=old.value if old.state == optuna.trial.TrialState.COMPLETE else None,
-            params=searched, distributions={k: space.params[k].distribution() for k in searched},
-            intermediate_values=dict(old.intermediate_values), user_attrs={"warm_start_from": record.name}))
+        warm.trials.append(
+            optuna.trial.create_trial(
+                state=old.state,
+                value=old.value if old.state == optuna.trial.TrialState.COMPLETE else None,
+                params=searched,
+                distributions={k: space.params[k].distribution() for k in searched},
+                intermediate_values=dict(old.intermediate_values),
+                user_attrs={"warm_start_from": record.name},
+            )
+        )
     completed = [t for t in warm.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best_first = sorted(completed, key=lambda t: t.value, reverse=space.mode == "max")
     warm.top = [dict(t.params) for t in best_first[:top]]
@@ -92,8 +100,12 @@ def load_warm_start(path: str, space, top: int = 0) -> WarmStart:
 
 def seed_study(storage, study_name: str, space, warm: WarmStart) -> None:
     """Create the new search's study with the earlier trials in it; Ray's OptunaSearch then loads it by name."""
-    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
-                                direction="maximize" if space.mode == "max" else "minimize")
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize" if space.mode == "max" else "minimize",
+    )
     study.add_trials(warm.trials)
 
 

@@ -69,5 +69,6 @@ def make_trial_scheduler(space) -> TrialScheduler:
     sched = space.scheduler
     if sched.type != "asha":
         return FIFOScheduler()
-    return PersistentASHA(time_attr="epoch", max_t=sched.max_t,
-                          grace_period=sched.grace_period, reduction_factor=sched.reduction_factor)
+    return PersistentASHA(
+        time_attr="epoch", max_t=sched.max_t, grace_period=sched.grace_period, reduction_factor=sched.reduction_factor
+    )

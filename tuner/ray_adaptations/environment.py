@@ -16,8 +16,8 @@ WORKER_SETUP = {"worker_process_setup_hook": "tuner.ray_adaptations.interrupts.i
 
 # Quieter logs and no network calls; nothing here changes what a search does.
 QUIET_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",         # no network calls for usage statistics
-    "RAY_AIR_NEW_OUTPUT": "0",              # the classic progress table, which honours max_report_frequency
+    "RAY_USAGE_STATS_ENABLED": "0",  # no network calls for usage statistics
+    "RAY_AIR_NEW_OUTPUT": "0",  # the classic progress table, which honours max_report_frequency
     "RAY_DEDUP_LOGS": "1",
     "RAY_DEDUP_LOGS_ALLOW_REGEX": "resumed from its epoch",  # each resumed trial's line (trial.py), never merged
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard loggers per trial: MLflow is the record
@@ -31,8 +31,18 @@ QUIET_ENV = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
-QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.air", "ray.data", "ray._private", "mlflow", "optuna",
-                 "alembic", "ray.train._internal.storage")
+QUIET_LOGGERS = (
+    "ray",
+    "ray.tune",
+    "ray.train",
+    "ray.air",
+    "ray.data",
+    "ray._private",
+    "mlflow",
+    "optuna",
+    "alembic",
+    "ray.train._internal.storage",
+)
 
 
 def prepare_environment() -> None:

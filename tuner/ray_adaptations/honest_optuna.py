@@ -74,13 +74,27 @@ class HonestOptunaSearch(OptunaSearch):
             cloudpickle.dump(self.__dict__.copy(), f)
 
 
-def make_searcher(define_by_run, sampler, metric: str, mode: str, points_to_evaluate: list[dict] | None = None,
-                  max_concurrent: int | None = None, storage=None, study_name: str | None = None) -> Searcher:
+def make_searcher(
+    define_by_run,
+    sampler,
+    metric: str,
+    mode: str,
+    points_to_evaluate: list[dict] | None = None,
+    max_concurrent: int | None = None,
+    storage=None,
+    study_name: str | None = None,
+) -> Searcher:
     """HonestOptunaSearch over `define_by_run(trial)`, wrapped in a ConcurrencyLimiter when max_concurrent is set.
     storage/study_name: an Optuna storage to keep the study in (tuner/optuna_storage.py); None keeps it in memory."""
-    searcher = HonestOptunaSearch(space=define_by_run, metric=metric, mode=mode, sampler=sampler,
-                                  points_to_evaluate=points_to_evaluate or None, storage=storage,
-                                  study_name=study_name)
+    searcher = HonestOptunaSearch(
+        space=define_by_run,
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        points_to_evaluate=points_to_evaluate or None,
+        storage=storage,
+        study_name=study_name,
+    )
     if max_concurrent:
         return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     return searcher

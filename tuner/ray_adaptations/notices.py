@@ -32,11 +32,17 @@ class FailureNotices(Callback):
     in environment.py): what it raised, and where the whole traceback is (also in MLflow, as the run's error.txt)."""
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        print(f"trial {trial.trial_id} crashed ({error_line(trial_error_text(trial))}); retrying from its last "
-              f"checkpoint", flush=True)
+        print(
+            f"trial {trial.trial_id} crashed ({error_line(trial_error_text(trial))}); retrying from its last "
+            f"checkpoint",
+            flush=True,
+        )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         # the copy in the search's folder: the one beside Ray's session files goes with them
         kept = Path(trial.storage.trial_fs_path) / Path(trial.error_file or "error.txt").name
-        print(f"trial {trial.trial_id} failed ({error_line(trial_error_text(trial))}); traceback in {kept} and in "
-              f"MLflow (error.txt)", flush=True)
+        print(
+            f"trial {trial.trial_id} failed ({error_line(trial_error_text(trial))}); traceback in {kept} and in "
+            f"MLflow (error.txt)",
+            flush=True,
+        )

@@ -28,9 +28,12 @@ def save_ray_snapshot(staging: Path, folder: Path) -> None:
     states = sorted(staging.glob("experiment_state-*.json"))
     if not states:
         return
-    session = states[-1].name[len("experiment_state-"):-len(".json")]
-    files = {path.name: path.read_bytes() for path in staging.iterdir()
-             if path.name.startswith(RAY_STATE_PREFIXES) and path.stem.endswith(f"-{session}")}
+    session = states[-1].name[len("experiment_state-") : -len(".json")]
+    files = {
+        path.name: path.read_bytes()
+        for path in staging.iterdir()
+        if path.name.startswith(RAY_STATE_PREFIXES) and path.stem.endswith(f"-{session}")
+    }
     atomic_write(folder / RESUME_DIR / RAY_SNAPSHOT, pickle.dumps(files))
 
 

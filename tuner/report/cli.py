@@ -26,8 +26,10 @@ def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = Tru
     notes = comparison_notes(best)
     if not best:
         num_trials = plural(sum(len(s.trials) for s in searches), "trial")
-        notes.append(f"No trial has reported a validation accuracy yet ({num_trials} in "
-                     f"{plural(len(searches), 'search')}): nothing to compare.")
+        notes.append(
+            f"No trial has reported a validation accuracy yet ({num_trials} in "
+            f"{plural(len(searches), 'search')}): nothing to compare."
+        )
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,8 +66,11 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--mlflow-uri", default=DEFAULT_URI, help=f"tracking URI (default {DEFAULT_URI})")
     parser.add_argument("--spaces", nargs="+", metavar="NAME", help="experiments to report (default: all)")
     parser.add_argument("--out", default="report", help="folder for report.md and the figures (default report)")
-    parser.add_argument("--no-log-artifacts", action="store_true",
-                        help="do not log the report as artifacts on the searches' parent runs")
+    parser.add_argument(
+        "--no-log-artifacts",
+        action="store_true",
+        help="do not log the report as artifacts on the searches' parent runs",
+    )
     args = parser.parse_args(argv)
     limit_mlflow_http(max_retries=2, timeout_s=30)
     try:

@@ -29,8 +29,13 @@ OUTCOME_MARKERS = {
     "diverged": dict(marker="X", color="tab:red"),
     "failed": dict(marker="s", color="tab:purple"),
 }
-OUTCOME_LABELS = {"completed": "completed", "stopped": "stopped by ASHA", "running": "still running",
-                  "diverged": "diverged", "failed": "failed"}
+OUTCOME_LABELS = {
+    "completed": "completed",
+    "stopped": "stopped by ASHA",
+    "running": "still running",
+    "diverged": "diverged",
+    "failed": "failed",
+}
 DPI = 110
 
 
@@ -49,16 +54,25 @@ def plot_curves(model: str, series: dict, path) -> None:
     series: {trainer: {"label": legend text, "train_loss": [(epoch, v)], "val_loss": ..., "train_acc": ...,
     "val_acc": ...}}; a missing metric leaves its panel without that trainer's line.
     """
-    panels = [("train_loss", "Training loss", "cross-entropy"), ("val_loss", "Validation loss", "cross-entropy"),
-              ("train_acc", "Training accuracy", "accuracy (%)"), ("val_acc", "Validation accuracy", "accuracy (%)")]
+    panels = [
+        ("train_loss", "Training loss", "cross-entropy"),
+        ("val_loss", "Validation loss", "cross-entropy"),
+        ("train_acc", "Training accuracy", "accuracy (%)"),
+        ("val_acc", "Validation accuracy", "accuracy (%)"),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     for ax, (key, title, ylabel) in zip(axes.flat, panels):
         scale = 100.0 if key.endswith("_acc") else 1.0
         for trainer, s in series.items():
             points = s.get(key) or []
             if points:
-                ax.plot([e for e, _ in points], [v * scale for _, v in points], color=trainer_color(trainer),
-                        marker="." if len(points) < 30 else None, label=s["label"])
+                ax.plot(
+                    [e for e, _ in points],
+                    [v * scale for _, v in points],
+                    color=trainer_color(trainer),
+                    marker="." if len(points) < 30 else None,
+                    label=s["label"],
+                )
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -66,7 +80,7 @@ def plot_curves(model: str, series: dict, path) -> None:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = [], []
-    for ax in axes.flat:   # every trainer that appears in any panel, once
+    for ax in axes.flat:  # every trainer that appears in any panel, once
         for h, label in zip(*ax.get_legend_handles_labels()):
             if label not in labels:
                 handles.append(h)
@@ -79,8 +93,9 @@ def plot_curves(model: str, series: dict, path) -> None:
     _save(fig, path)
 
 
-def plot_blocks(model: str, blocks: dict, backprop_val: float | None, backprop_label: str, path,
-                title: str | None = None) -> None:
+def plot_blocks(
+    model: str, blocks: dict, backprop_val: float | None, backprop_label: str, path, title: str | None = None
+) -> None:
     """Accuracy of each block's classifier at the final epoch, against depth.
 
     blocks: {trainer: {"label": legend text, "val": [acc of block 1..K], "train": [acc of block 1..K] or []}};
@@ -92,17 +107,30 @@ def plot_blocks(model: str, blocks: dict, backprop_val: float | None, backprop_l
         color = trainer_color(trainer)
         val = b["val"]
         depth = max(depth, len(val))
-        ax.plot(range(1, len(val) + 1), [v * 100 for v in val], color=color, marker="o",
-                label=f"{b['label']}: validation")
+        ax.plot(
+            range(1, len(val) + 1), [v * 100 for v in val], color=color, marker="o", label=f"{b['label']}: validation"
+        )
         if b.get("train"):
             train = b["train"]
-            ax.plot(range(1, len(train) + 1), [v * 100 for v in train], color=color, marker="o",
-                    linestyle="--", markerfacecolor="none", label=f"{b['label']}: training")
+            ax.plot(
+                range(1, len(train) + 1),
+                [v * 100 for v in train],
+                color=color,
+                marker="o",
+                linestyle="--",
+                markerfacecolor="none",
+                label=f"{b['label']}: training",
+            )
     if backprop_val is not None:
-        ax.axhline(backprop_val * 100, color=trainer_color("backprop"), linestyle=":", linewidth=1.5,
-                   label=f"{backprop_label}: validation ({backprop_val * 100:.2f}%)")
+        ax.axhline(
+            backprop_val * 100,
+            color=trainer_color("backprop"),
+            linestyle=":",
+            linewidth=1.5,
+            label=f"{backprop_label}: validation ({backprop_val * 100:.2f}%)",
+        )
         low, high = ax.get_ylim()
-        ax.set_ylim(low, max(high, backprop_val * 100 + 0.06 * (high - low)))   # the reference line clear of the frame
+        ax.set_ylim(low, max(high, backprop_val * 100 + 0.06 * (high - low)))  # the reference line clear of the frame
     ax.set_xticks(range(1, depth + 1))
     ax.set_xlabel(f"block depth (block {depth} = the network's own classifier)")
     ax.set_ylabel("accuracy of the block's classifier (%)")
@@ -129,19 +157,26 @@ def plot_history(experiment: str, trials: list, path, search_starts: tuple = ())
         if not at:
             continue
         ys = [v * 100 if v is not None else floor for _, v in at]
-        ax.plot([x for x, _ in at], ys, linestyle="none", markersize=7, alpha=0.85,
-                label=f"{OUTCOME_LABELS[outcome]} ({len(at)})", **OUTCOME_MARKERS[outcome])
+        ax.plot(
+            [x for x, _ in at],
+            ys,
+            linestyle="none",
+            markersize=7,
+            alpha=0.85,
+            label=f"{OUTCOME_LABELS[outcome]} ({len(at)})",
+            **OUTCOME_MARKERS[outcome],
+        )
     best, running_best = None, []
     for _, v in trials:
         if v is not None and (best is None or v > best):
             best = v
         running_best.append(best * 100 if best is not None else math.nan)
     if finite:
-        ax.step(xs, running_best, where="post", color="black", linewidth=1.2,
-                label=f"best so far ({best * 100:.2f}%)")
+        ax.step(xs, running_best, where="post", color="black", linewidth=1.2, label=f"best so far ({best * 100:.2f}%)")
     for i, start in enumerate(search_starts):
-        ax.axvline(start - 0.5, color="gray", linestyle=":", linewidth=1,
-                   label="a new search starts" if i == 0 else None)
+        ax.axvline(
+            start - 0.5, color="gray", linestyle=":", linewidth=1, label="a new search starts" if i == 0 else None
+        )
     xlabel = "trial, in order of start"
     if any(v is None for _, v in trials):
         xlabel += "\n(markers along the bottom: diverged, or no accuracy recorded)"
@@ -163,13 +198,15 @@ def plot_importance(experiment: str, importances: dict, method: str, num_trials:
     ax.bar_label(bars, fmt="%.2f", padding=3, fontsize=9)
     ax.set_xlim(0, max(1.0, max(importances.values()) * 1.15))
     ax.set_xlabel("importance for final validation accuracy (normalised to sum to 1)")
-    ax.set_title(f"{experiment}: hyperparameter importance\n{method}, {plural(num_trials, 'completed trial')}",
-                 fontsize=11)
+    ax.set_title(
+        f"{experiment}: hyperparameter importance\n{method}, {plural(num_trials, 'completed trial')}", fontsize=11
+    )
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
 
 
 # ---- which figures the data allows ----
+
 
 def _label(t) -> str:
     return f"{t.trainer} ({t.trial_id})"
@@ -197,8 +234,13 @@ def make_figures(searches: list, best: dict, out_dir: Path) -> tuple:
         if blocks:
             reference = best.get((model, "backprop"))
             path = out_dir / f"blocks_{model}.png"
-            plot_blocks(model, blocks, reference.final_val_acc if reference else None,
-                        _label(reference) if reference else "backprop", path)
+            plot_blocks(
+                model,
+                blocks,
+                reference.final_val_acc if reference else None,
+                _label(reference) if reference else "backprop",
+                path,
+            )
             made.append((path, f"{model}: accuracy of each block's classifier at the final epoch"))
 
     for experiment in in_order([s.experiment for s in searches], []):
@@ -216,8 +258,11 @@ def make_figures(searches: list, best: dict, out_dir: Path) -> tuple:
         completed = [t for t in trials if t.outcome == "completed" and t.final_val_acc is not None]
         keys = sorted({k for s in in_experiment for k in s.searched})
         importances, method = param_importances(
-            [t.params for t in completed], [t.final_val_acc for t in completed], keys,
-            known={k: d.distribution() for s in in_experiment for k, d in s.dimensions.items()})
+            [t.params for t in completed],
+            [t.final_val_acc for t in completed],
+            keys,
+            known={k: d.distribution() for s in in_experiment for k, d in s.dimensions.items()},
+        )
         if importances:
             path = out_dir / f"importance_{experiment}.png"
             plot_importance(experiment, importances, method, len(completed), path)

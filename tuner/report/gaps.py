@@ -30,8 +30,10 @@ def best_trials(searches: list) -> dict:
     for search in searches:
         for t in search.trials:
             groups.setdefault((t.model, t.trainer), []).append(t)
-    best = {key: best_trial(trials, score=lambda t: t.final_val_acc, trial_id=lambda t: t.trial_id)
-            for key, trials in groups.items()}
+    best = {
+        key: best_trial(trials, score=lambda t: t.final_val_acc, trial_id=lambda t: t.trial_id)
+        for key, trials in groups.items()
+    }
     return {key: t for key, t in best.items() if t is not None}
 
 
@@ -71,9 +73,19 @@ def gap_rows(best: dict, searches: list) -> list:
             test = t.metrics.get("test_acc")
             keys = searched.get(t.parent_run_id) or _fallback_keys(trainer)
             epochs = max((e for e, _ in t.histories.get("val_acc", [])), default=None)
-            row = dict(model=model, trainer=trainer, val_acc=val, test_acc=test, epochs=epochs,
-                       planned_epochs=t.params.get("epochs"), wall_s=wall_seconds(t), trial=t,
-                       hyperparameters={k: t.params.get(k) for k in keys}, gap_val=None, gap_test=None)
+            row = dict(
+                model=model,
+                trainer=trainer,
+                val_acc=val,
+                test_acc=test,
+                epochs=epochs,
+                planned_epochs=t.params.get("epochs"),
+                wall_s=wall_seconds(t),
+                trial=t,
+                hyperparameters={k: t.params.get(k) for k in keys},
+                gap_val=None,
+                gap_test=None,
+            )
             if reference is not None and trainer != "backprop":
                 row["gap_val"] = (val - reference.final_val_acc) * 100
                 ref_test = reference.metrics.get("test_acc")

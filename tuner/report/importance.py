@@ -57,5 +57,6 @@ def param_importances(configs: list, values: list, keys: list, known: dict | Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its importance API experimental, at every call
         scores = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
     return dict(scores), "fANOVA (optuna)"

@@ -7,10 +7,22 @@ from pathlib import Path
 
 from tuner.text import fmt_value, markdown_table, plural, text_table
 
-TABLE_HEADER = ("model", "trainer", "val acc*", "test acc", "gap val", "gap test", "epochs", "wall", "trial",
-                "searched hyperparameters")
-TABLE_LEGEND = ("* val acc: the best trial's final epoch (as the search ranks them); epochs: trained/budget; "
-                "gap: trainer - backprop, in points (+ = ahead)")
+TABLE_HEADER = (
+    "model",
+    "trainer",
+    "val acc*",
+    "test acc",
+    "gap val",
+    "gap test",
+    "epochs",
+    "wall",
+    "trial",
+    "searched hyperparameters",
+)
+TABLE_LEGEND = (
+    "* val acc: the best trial's final epoch (as the search ranks them); epochs: trained/budget; "
+    "gap: trainer - backprop, in points (+ = ahead)"
+)
 
 
 def fmt_wall(seconds) -> str:
@@ -29,9 +41,18 @@ def table_cells(row: dict) -> tuple:
 
     t = row["trial"]
     trial = t.trial_id if t.outcome == "completed" else f"{t.trial_id} ({t.outcome})"
-    return (row["model"], row["trainer"], pct(row["val_acc"]), pct(row["test_acc"]), gap(row["gap_val"]),
-            gap(row["gap_test"]), f"{row['epochs']}/{row['planned_epochs']}", fmt_wall(row["wall_s"]), trial,
-            " ".join(f"{k}={fmt_value(v, digits=3)}" for k, v in row["hyperparameters"].items()))
+    return (
+        row["model"],
+        row["trainer"],
+        pct(row["val_acc"]),
+        pct(row["test_acc"]),
+        gap(row["gap_val"]),
+        gap(row["gap_test"]),
+        f"{row['epochs']}/{row['planned_epochs']}",
+        fmt_wall(row["wall_s"]),
+        trial,
+        " ".join(f"{k}={fmt_value(v, digits=3)}" for k, v in row["hyperparameters"].items()),
+    )
 
 
 def console_table(rows: list) -> list:
@@ -49,9 +70,12 @@ def search_summary(search) -> str:
 
 def write_markdown(path: Path, uri: str, searches: list, rows: list, notes: list, made: list, skipped: list) -> None:
     num_trials = plural(sum(len(s.trials) for s in searches), "trial")
-    lines = ["# Gap report: local learning vs backprop", "",
-             f"Store `{uri}`, {plural(len(searches), 'search')}, {num_trials}; "
-             f"generated {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    lines = [
+        "# Gap report: local learning vs backprop",
+        "",
+        f"Store `{uri}`, {plural(len(searches), 'search')}, {num_trials}; generated {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+    ]
     if rows:
         lines += markdown_table(TABLE_HEADER, [table_cells(r) for r in rows])
         lines += ["", TABLE_LEGEND.replace("*", "\\*", 1), ""]

@@ -29,12 +29,12 @@ class Trial:
     experiment: str
     trainer: str
     model: str
-    outcome: str             # running | completed | stopped | diverged | failed
-    params: dict             # the trial's flat config, as its config.json artifact holds it
-    metrics: dict            # latest value of each metric: for per-epoch metrics, the last epoch logged
+    outcome: str  # running | completed | stopped | diverged | failed
+    params: dict  # the trial's flat config, as its config.json artifact holds it
+    metrics: dict  # latest value of each metric: for per-epoch metrics, the last epoch logged
     start_ms: int
     end_ms: int | None
-    histories: dict = field(default_factory=dict)   # metric -> [(epoch, value)], loaded for the best trials only
+    histories: dict = field(default_factory=dict)  # metric -> [(epoch, value)], loaded for the best trials only
 
     @property
     def final_val_acc(self):
@@ -48,8 +48,8 @@ class Search:
     run_id: str
     name: str
     experiment: str
-    status: str              # dt.status: running | finished | interrupted
-    searched: list           # the hyperparameters this search varied
+    status: str  # dt.status: running | finished | interrupted
+    searched: list  # the hyperparameters this search varied
     dimensions: dict = field(default_factory=dict)  # name -> Dimension, from the search's space.yaml
     trials: list = field(default_factory=list)
 
@@ -125,17 +125,23 @@ def _trial_from_run(client, run, experiment: str) -> Trial:
     params = logged_config(client, run.info.run_id)
     status_outcome = {"RUNNING": "running", "FAILED": "failed", "KILLED": "failed"}.get(run.info.status, "completed")
     return Trial(
-        run_id=run.info.run_id, trial_id=tags.get("dt.trial_id") or run.info.run_name,
-        parent_run_id=tags.get("mlflow.parentRunId", ""), experiment=experiment,
+        run_id=run.info.run_id,
+        trial_id=tags.get("dt.trial_id") or run.info.run_name,
+        parent_run_id=tags.get("mlflow.parentRunId", ""),
+        experiment=experiment,
         trainer=tags.get("dt.trainer") or str(params.get("trainer", "?")),
         model=tags.get("dt.model") or str(params.get("model", "?")),
-        outcome=tags.get("dt.outcome") or status_outcome, params=params, metrics=dict(run.data.metrics),
-        start_ms=run.info.start_time or 0, end_ms=run.info.end_time)
+        outcome=tags.get("dt.outcome") or status_outcome,
+        params=params,
+        metrics=dict(run.data.metrics),
+        start_ms=run.info.start_time or 0,
+        end_ms=run.info.end_time,
+    )
 
 
 def _searched_keys(parent, trials: list) -> list:
     """The keys a search varied: its best.* params; else the keys whose values differ between its trials."""
-    keys = sorted(k[len("best."):] for k in parent.data.params if k.startswith("best."))
+    keys = sorted(k[len("best.") :] for k in parent.data.params if k.startswith("best."))
     if keys or len(trials) < 2:
         return keys
     return sorted(k for k in KEYS if len({repr(t.params.get(k)) for t in trials}) > 1)
@@ -144,13 +150,17 @@ def _searched_keys(parent, trials: list) -> list:
 def load_searches(client, spaces: list | None = None) -> list:
     """Every search (with its trials) in the selected experiments; raises ConfigError for an unknown space."""
     experiments = {e.experiment_id: e.name for e in _all_pages(client.search_experiments)}
-    parents = _all_pages(client.search_runs, experiment_ids=list(experiments), filter_string=SEARCH_FILTER) \
-        if experiments else []
+    parents = (
+        _all_pages(client.search_runs, experiment_ids=list(experiments), filter_string=SEARCH_FILTER)
+        if experiments
+        else []
+    )
     present = sorted({experiments[p.info.experiment_id] for p in parents})
     for name in spaces or []:
         if name not in present:
-            raise ConfigError(f"--spaces: no searches in an experiment named '{name}'; "
-                              f"present: {', '.join(present) or 'none'}")
+            raise ConfigError(
+                f"--spaces: no searches in an experiment named '{name}'; present: {', '.join(present) or 'none'}"
+            )
     selected = set(spaces or present)
     parents = [p for p in parents if experiments[p.info.experiment_id] in selected]
     ids = sorted({p.info.experiment_id for p in parents})
@@ -163,9 +173,15 @@ def load_searches(client, spaces: list | None = None) -> list:
     for p in sorted(parents, key=lambda p: (experiments[p.info.experiment_id], p.info.start_time or 0)):
         trials = sorted(trials_by_parent.get(p.info.run_id, []), key=lambda t: t.start_ms)
         dimensions = logged_dimensions(client, p.info.run_id)
-        searches.append(Search(run_id=p.info.run_id, name=p.info.run_name,
-                               experiment=experiments[p.info.experiment_id],
-                               status=p.data.tags.get("dt.status", p.info.status.lower()),
-                               searched=list(dimensions) or _searched_keys(p, trials), trials=trials,
-                               dimensions=dimensions))
+        searches.append(
+            Search(
+                run_id=p.info.run_id,
+                name=p.info.run_name,
+                experiment=experiments[p.info.experiment_id],
+                status=p.data.tags.get("dt.status", p.info.status.lower()),
+                searched=list(dimensions) or _searched_keys(p, trials),
+                trials=trials,
+                dimensions=dimensions,
+            )
+        )
     return searches
