@@ -264,7 +264,7 @@ def section_search(rows: Rows, s: dict, device, data_dir: str | None, dry: bool)
     with tempfile.TemporaryDirectory(prefix="dt-gpu-check-") as storage, DeviceMemoryPoller() as memory:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), resources),
-            param_space={**base, "lr": tune.grid_search(SEARCH_LRS)},
+            param_space={**base.model_dump(), "lr": tune.grid_search(SEARCH_LRS)},
             tune_config=tune.TuneConfig(max_concurrent_trials=len(SEARCH_LRS)),
             run_config=tune.RunConfig(
                 name="gpu_check_search", storage_path=storage, verbose=0, callbacks=[collect, JsonLoggerCallback()]

@@ -207,7 +207,7 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
         with tempfile.TemporaryDirectory(prefix="dt-bench-ray-") as storage:
             tuner = tune.Tuner(
                 tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), {"cpu": threads, "gpu": gpus}),
-                param_space=cfg,
+                param_space=cfg.model_dump(),
                 tune_config=tune.TuneConfig(num_samples=1),
                 run_config=tune.RunConfig(
                     name="throughput", storage_path=storage, verbose=0, callbacks=[collect, JsonLoggerCallback()]

@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tuner.metric_names import block_metric
+from tuner.mlflow_views import applicable_params
 from tuner.outcome import trial_outcome
 from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch, make_searcher
 from tuner.schema import KEYS, resolve
@@ -395,7 +396,10 @@ def test_search_with_asha_optuna_and_mlflow(ray_cluster, client, uri, tmp_path):
     for trial_id, run in runs.items():
         assert run.data.tags["dt.outcome"] == outcome[trial_id]
         assert run.info.status == ("FINISHED" if outcome[trial_id] in ("completed", "stopped") else "FAILED")
-        assert set(KEYS) <= set(run.data.params)
+        # every key that applies to a dgl trial with its default head, loss, optimizer and schedule
+        assert set(run.data.params) == set(
+            applicable_params(resolve({"trainer": "dgl", "model": "basiccnn"}).model_dump())
+        )
         if "epoch" in last[trial_id]:
             finite_epochs = last[trial_id]["epoch"] - (outcome[trial_id] == "diverged")
             assert [s for s, _ in _steps(client, run.info.run_id, "val_acc")] == list(range(1, finite_epochs + 1))

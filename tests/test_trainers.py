@@ -149,8 +149,11 @@ def test_compiled_trainer_trains_as_the_eager_one(data, name):
     eager, compiled = make(data, **settings), make(data, **settings, compile=True)
     for trainer in (eager, compiled):
         trainer.train_epoch(itertools.islice(data.train.batches(32, train=True, epoch=0), 3))
+    # cDNI's synthetic gradients are non-zero from the first step (the write-up's module has biases), so the float
+    # reassociation of compiled kernels reaches block 0 through the regression as well: a looser tolerance
+    rtol, atol = {"dgl": (1e-3, 1e-4), "cdni": (5e-3, 1e-3)}[name]
     for (key, a), (_, b) in zip(eager.parts.state_dict().items(), compiled.parts.state_dict().items()):
-        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), key
+        assert torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol), key
     # DGL: one graph per stage (a block with its head); cDNI: one per block and one per predictor
     expected = {"dgl": 2, "cdni": 3}[name]
     assert counters["stats"]["unique_graphs"] >= expected, dict(counters["stats"])

@@ -88,7 +88,7 @@ class ProgressLine(ProgressReporter):
         metric: str,
         mode: str,
         heartbeat_s: float = HEARTBEAT_S,
-        print_fn=print,
+        print_fn=None,
     ):
         self.num_samples, self.max_epochs, self.metric, self.mode = num_samples, max_epochs, metric, mode
         self.heartbeat_s, self.print_fn = heartbeat_s, print_fn
@@ -108,7 +108,8 @@ class ProgressLine(ProgressReporter):
 
     def report(self, trials: list, done: bool, *sys_info: str) -> None:
         self._last_print = time.time()
-        self.print_fn(
+        # looked up when used: Ray on a cluster swaps builtins.print, and Tune pickles this reporter
+        (self.print_fn or print)(
             progress_line(
                 trials,
                 self._last_print - self._start,

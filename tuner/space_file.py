@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 import typing
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def _unwrap(annotation) -> list:
     for member in members:
         while typing.get_origin(member) is typing.Annotated:
             member = typing.get_args(member)[0]
-        if typing.get_origin(member) is typing.Union:
+        if typing.get_origin(member) in (typing.Union, types.UnionType):
             result += typing.get_args(member)
         elif member is not type(None):
             result.append(member)
