@@ -67,6 +67,16 @@ class HonestOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
         self._completed_trials.add(trial_id)
 
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # With a storage on disk the study outlives the snapshot Ray restores: a trial asked for after it (the driver
+        # killed before Ray recorded that trial) is in the storage but belongs to no Ray trial. It never ran: FAIL.
+        known = {t.number for t in self._ot_trials.values()}
+        unfinished = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+        for trial in self._ot_study.get_trials(deepcopy=False, states=unfinished):
+            if trial.number not in known:
+                self._ot_study.tell(trial.number, None, state=optuna.trial.TrialState.FAIL)
+
     def save(self, checkpoint_path: str) -> None:
         # Ray's save uses the stdlib pickle, which cannot pickle a define-by-run closure or lambda; cloudpickle
         # can, and the inherited restore() (pickle.load) reads what it writes.
