@@ -74,8 +74,12 @@ class HonestOptunaSearch(OptunaSearch):
         known = {t.number for t in self._ot_trials.values()}
         unfinished = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
         for trial in self._ot_study.get_trials(deepcopy=False, states=unfinished):
-            if trial.number not in known:
+            if trial.number in known:
+                continue
+            try:
                 self._ot_study.tell(trial.number, None, state=optuna.trial.TrialState.FAIL)
+            except ValueError:  # an earlier restore told it already; the unpickled study's view was older
+                pass
 
     def save(self, checkpoint_path: str) -> None:
         # Ray's save uses the stdlib pickle, which cannot pickle a define-by-run closure or lambda; cloudpickle
