@@ -29,6 +29,8 @@ QUIET_ENV = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     # with a tracking server (http://), MLflow prints two lines of links for every run it ends, i.e. every trial
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # the search reads each trial's config.json back for its figures: no download progress bar per trial
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 QUIET_LOGGERS = (
