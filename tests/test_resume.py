@@ -381,7 +381,9 @@ def test_killed_then_interrupted_search_resumes_with_nothing_lost_or_duplicated(
             assert len(epochs) == 1 and epochs[0] >= len(before.get(trial_id, [])) - 1, (run, trial_id, epochs)
             assert histories[trial_id][: len(before[trial_id])] == before[trial_id]  # kept, not rewritten
     (stalled,) = [t for t, run in runs.items() if run.data.params["lr"] == "0.05"]
-    assert resumed["second"][stalled] == [2] and resumed["third"][stalled] == [2]
+    # from its epoch-1 checkpoint; or, when the kill came before the driver's snapshot held that checkpoint, from
+    # the start: epoch 1 redone, still at most one epoch (the guarantee checked above)
+    assert resumed["second"][stalled] in ([1], [2]) and resumed["third"][stalled] == [2]
 
     # Optuna: told about every trial once, no config suggested twice; its values are MLflow's
     import optuna
