@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from models.networks import build_network
+from models.registry import build_trainer
 from models.trainer_base import seed_process
-from models.trainers import build_trainer
 from tuner.data import Split
 from tuner.schema import resolve
 
@@ -150,3 +150,24 @@ def report_collector():
             self.reports.append({**result, "trial_id": trial.trial_id, "received": time.time()})
 
     return Collect()
+
+
+def fit_in_temp_storage(trainable, resources: dict, param_space: dict, name: str, **tune_config) -> tuple:
+    """A Tune run whose storage is a temporary folder, removed after: (results, the reports as the driver got them)."""
+    import tempfile
+
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    collect = report_collector()
+    with tempfile.TemporaryDirectory(prefix=f"dt-{name}-") as storage:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(**tune_config),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, verbose=0, callbacks=[collect, JsonLoggerCallback()]
+            ),
+        )
+        results = tuner.fit()
+    return results, collect.reports

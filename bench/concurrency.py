@@ -12,7 +12,7 @@ import time
 import torch
 
 from bench.common import bench_config, emit, summary, synthetic_split, timed_epoch
-from models.trainers import build_trainer
+from models.registry import build_trainer
 from tuner.device import limit_threads, pick_device
 
 

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,12 +36,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch
 
-from bench.common import report_collector, synthetic_arrays
-from bench.concurrency import run_concurrent
-from bench.gpu_probes import DeviceMemoryPoller, measure, peak_tflops, training_flops_per_image
-from models.trainers import TRAINERS
-from tuner.data import load_arrays
-from tuner.errors import DataError, error_line
+from bench.gpu_probes import measure, peak_tflops, training_flops_per_image
+from bench.gpu_sharing import dgl_config, section_concurrency, section_search
+from models.registry import TRAINERS
 from tuner.schema import resolve
 
 GPU = dict(
@@ -84,7 +80,6 @@ DRY = dict(
     threads=1,
 )
 SECTIONS = ("peak", "trainers", "variants", "concurrency", "search", "extra")
-SEARCH_LRS = [0.01, 0.02, 0.05, 0.1]
 TARGET_MFU, TARGET_DGL_COST = 0.35, 1.30
 
 
@@ -185,128 +180,6 @@ def section_variants(rows: Rows, s: dict, device, dry: bool) -> None:
         )
 
 
-def section_concurrency(rows: Rows, s: dict, device) -> None:
-    cfg = resolve(
-        {
-            "trainer": "dgl",
-            "model": s["model"],
-            "width": s["width"],
-            "epochs": 100,
-            "batch_size": s["batch_sizes"][0],
-            "device": str(device),
-        }
-    )
-    single = None
-    for trials in s["concurrency"]:
-        measured = run_concurrent(cfg, trials, threads=1, seconds=s["concurrency_s"])
-        single = single or measured["total_images_per_s"]
-        rows.emit(
-            {
-                "bench": "concurrency",
-                "trainer": "dgl",
-                "model": s["model"],
-                "width": s["width"],
-                "batch_size": cfg.batch_size,
-                "device": str(device),
-                "trials": trials,
-                "seconds": s["concurrency_s"],
-                **measured,
-                "vs_one_trial": round(measured["total_images_per_s"] / single, 3),
-            }
-        )
-
-
-def search_arrays(data_dir: str | None, dry: bool) -> tuple[dict, str]:
-    if data_dir:
-        try:
-            return load_arrays(data_dir), str(data_dir)
-        except DataError as error:
-            print(f"# no CIFAR-10 subset ({error}); searching on random images", file=sys.stderr)
-    n = 500 if dry else 5000
-    return synthetic_arrays(n, 100), "synthetic"
-
-
-def section_search(rows: Rows, s: dict, device, data_dir: str | None, dry: bool) -> None:
-    try:
-        import ray
-        from ray import tune
-        from ray.tune.logger import JsonLoggerCallback
-    except ImportError as error:
-        rows.emit(
-            {
-                "bench": "search",
-                "skipped": f"ray is not importable here ({error}); install the project "
-                f"(pip install -e .) or see bench/gpu_check.sh",
-            }
-        )
-        return
-    from tuner.cluster import init_ray
-    from tuner.trial import train_trial
-
-    arrays, source = search_arrays(data_dir, dry)
-    base = resolve(
-        {
-            "trainer": "dgl",
-            "model": s["model"],
-            "width": s["search_width"],
-            "epochs": 2,
-            "batch_size": s["batch_sizes"][0],
-            "train_subset": s["search_train"],
-            "val_size": s["search_val"],
-            "eval_batch_size": 500,
-            "device": str(device),
-        }
-    )
-    resources = {"cpu": s["search_cpus"], "gpu": s["search_gpus"]}
-    init_ray()
-    collect = report_collector()
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="dt-gpu-check-") as storage, DeviceMemoryPoller() as memory:
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), resources),
-            param_space={**base.model_dump(), "lr": tune.grid_search(SEARCH_LRS)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=len(SEARCH_LRS)),
-            run_config=tune.RunConfig(
-                name="gpu_check_search", storage_path=storage, verbose=0, callbacks=[collect, JsonLoggerCallback()]
-            ),
-        )
-        results = tuner.fit()
-    wall = time.time() - started
-    ray.shutdown()
-    errors = [error_line(str(r.error)) for r in results if r.error is not None]
-    spans = []
-    for trial_id in sorted({r["trial_id"] for r in collect.reports}):
-        reports = [r for r in collect.reports if r["trial_id"] == trial_id]
-        first, last = reports[0], reports[-1]
-        spans.append((first["received"] - first["time_this_iter_s"], last["received"]))
-        rows.emit(
-            {
-                "bench": "search_trial",
-                "trial_id": trial_id,
-                "lr": last.get("config", {}).get("lr"),
-                "epochs": last["epoch"],
-                "val_acc": round(last["val_acc"], 4),
-                "images_per_s": [round(r["images_per_s"], 1) for r in reports],
-                "epoch_s": [round(r["epoch_s"], 2) for r in reports],
-            }
-        )
-    overlap = max((sum(1 for a, b in spans if a <= t < b) for t, _ in spans), default=0)
-    rows.emit(
-        {
-            "bench": "search",
-            "trials": len(spans),
-            "resources_per_trial": resources,
-            "data": source,
-            "width": s["search_width"],
-            "epochs": 2,
-            "wall_s": round(wall, 1),
-            "most_trials_at_once": overlap,
-            "peak_device_mem_gib": None if memory.peak_mib is None else round(memory.peak_mib / 1024, 2),
-            "errors": errors,
-        }
-    )
-
-
 def summary_row(rows: Rows, s: dict, device, started: float) -> dict:
     big, small = s["batch_sizes"][-1], s["batch_sizes"][0]
     backprop_big = rows.find(bench="gpu_trainer", trainer="backprop", batch_size=big) or {}
@@ -390,19 +263,10 @@ def main(argv=None) -> int:
     section("peak", section_peak)
     section("trainers", lambda: section_trainers(rows, s, device, peak.get("tflops")))
     section("variants", lambda: section_variants(rows, s, device, args.dry_run))
-    section("concurrency", lambda: section_concurrency(rows, s, device))
-    section("search", lambda: section_search(rows, s, device, args.data_dir, args.dry_run))
+    section("concurrency", lambda: section_concurrency(rows.emit, s, device))
+    section("search", lambda: section_search(rows.emit, s, device, args.data_dir, args.dry_run))
     if time.time() - started < args.budget_s and not args.dry_run:
-        cfg = resolve(
-            {
-                "trainer": "dgl",
-                "model": s["model"],
-                "width": s["width"],
-                "epochs": 100,
-                "batch_size": s["batch_sizes"][0],
-                "compile": True,
-            }
-        )
+        cfg = dgl_config(s, device, compile=True)
         section(
             "extra",
             lambda: rows.emit(

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bench.common import make_runner, synchronize, synthetic_split, timed_epoch
 from models.networks import build_network
-from models.trainers import build_trainer
+from models.registry import build_trainer
 
 
 def peak_tflops(device, n: int, dtype) -> float:

@@ -32,7 +32,7 @@ import torch
 
 from bench.common import bench_config, emit, summary, synthetic_split, timed_epoch
 from models.networks import CFGS
-from models.trainers import build_trainer
+from models.registry import build_trainer
 from tuner.errors import ConfigError
 from tuner.schema import check_value
 

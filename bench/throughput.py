@@ -22,37 +22,22 @@ the process waited for a core that someone else held, and its numbers are slow f
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m bench.throughput` does
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench.common import (
-    PlainLoop,
-    bench_config,
-    emit,
-    make_runner,
-    report_collector,
-    summary,
-    synthetic_arrays,
-    synthetic_split,
-    timed_epoch,
-)
 from bench.concurrency import bench_concurrency
+from bench.ray_overhead import bench_ray
+from bench.trainer_speed import bench_trainers
 from models.networks import CFGS
-from models.trainers import TRAINERS, build_trainer
-from tuner.data import Split
+from models.registry import TRAINERS
 from tuner.device import limit_threads, pick_device
-from tuner.errors import ConfigError, error_line
+from tuner.errors import ConfigError
 from tuner.schema import check_value
 
 SECTIONS = ("trainers", "ray", "concurrency")
@@ -88,184 +73,6 @@ FULL = dict(
     ray_images=10240,
     ray_rounds=2,
 )
-
-
-class _CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += not func.is_view  # views launch nothing; everything else is a kernel, or a host op, or both
-        return func(*args, **(kwargs or {}))
-
-
-def ops_per_step(runner, split: Split, batch_size: int) -> int:
-    """aten ops (views excepted) one training step dispatches, data pipeline included: the cost a step pays in
-    launches and host overhead whatever the work in them. Unlike time, a count is not disturbed by neighbours."""
-    with _CountOps() as counter:
-        timed_epoch(runner, split, batch_size, 1, epoch=0)
-    return counter.ops
-
-
-def bench_trainers(
-    models, trainers, width, batch_size, steps, warmup_steps, repeats, device, threads, compile_=False, out=None
-) -> list[dict]:
-    """`trainer` rows for plain + each trainer on each model, then `vs_backprop` rows (paired per round)."""
-    rows = []
-    names = ["plain", *trainers]
-    for model in models:
-        split = synthetic_split(steps * batch_size, device)
-        cfg = bench_config("backprop", model, width, batch_size, str(device), compile=compile_)
-        runners = {name: make_runner(name, cfg, device) for name in names}
-        for runner in runners.values():
-            timed_epoch(runner, split, batch_size, warmup_steps, epoch=0)
-        ops = {name: ops_per_step(runner, split, batch_size) for name, runner in runners.items()}
-        times = {name: [] for name in names}
-        for round_ in range(repeats):
-            for name, runner in runners.items():
-                times[name].append(timed_epoch(runner, split, batch_size, steps, epoch=round_ + 1))
-        common = {
-            "model": model,
-            "width": width,
-            "batch_size": batch_size,
-            "device": str(device),
-            "threads": threads,
-            "compile": compile_,
-            "steps": steps,
-            "repeats": repeats,
-        }
-        for name in names:
-            ips = [t["images"] / t["wall_s"] for t in times[name]]
-            busy = [t["cpu_s"] / (t["wall_s"] * threads) for t in times[name]]
-            rows.append(
-                emit(
-                    {
-                        "bench": "trainer",
-                        "trainer": name,
-                        **common,
-                        "images_per_s": summary(ips, 1),
-                        "ops_per_step": ops[name],
-                        "cpu_busy": round(statistics.median(busy), 2),
-                    },
-                    out,
-                )
-            )
-        if "backprop" in names:
-            for name in names:
-                if name == "backprop":
-                    continue
-                cost = [t["wall_s"] / b["wall_s"] for t, b in zip(times[name], times["backprop"])]
-                rows.append(
-                    emit(
-                        {
-                            "bench": "vs_backprop",
-                            "trainer": name,
-                            **common,
-                            "cost_ratio": summary(cost),
-                            "overhead_pct": round(100 * (statistics.median(cost) - 1), 1),
-                        },
-                        out,
-                    )
-                )
-        del runners
-    return rows
-
-
-def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device, threads, out=None) -> list[dict]:
-    """The same trainer inside a Ray Tune trial and outside it (and the plain loop), on the same data."""
-    import ray
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    from tuner.cluster import init_ray
-    from tuner.data import make_splits
-    from tuner.epoch import run_epoch
-    from tuner.trial import train_trial
-
-    val_size = max(100, images // 10)
-    arrays = synthetic_arrays(images + val_size, 100)
-    cfg = bench_config(trainer, model, width, batch_size, str(device), epochs=epochs, val_size=val_size)
-    gpus = 1 if torch.device(device).type == "cuda" else 0
-    limit_threads(threads)  # outside Ray as inside: train_trial gives torch as many threads as the trial has CPUs
-
-    def outside() -> tuple[list[float], list[float], list[float]]:
-        data = make_splits(arrays, val_size=val_size, train_subset=None, seed=0, device=device)
-        trainer_, plain = build_trainer(cfg, device, len(data.train) // batch_size), PlainLoop(cfg, device)
-        trainer_ips, epoch_s, plain_ips = [], [], []
-        for epoch in range(epochs):
-            metrics = run_epoch(trainer_, data)
-            timing = timed_epoch(plain, data.train, batch_size, len(data.train) // batch_size, epoch)
-            if epoch > 0:  # the first epoch is warm-up
-                trainer_ips.append(metrics["images_per_s"])
-                epoch_s.append(metrics["epoch_s"])
-                plain_ips.append(timing["images"] / timing["wall_s"])
-        return trainer_ips, epoch_s, plain_ips
-
-    def in_ray() -> tuple[list[float], list[float]]:
-        collect = report_collector()
-        with tempfile.TemporaryDirectory(prefix="dt-bench-ray-") as storage:
-            tuner = tune.Tuner(
-                tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), {"cpu": threads, "gpu": gpus}),
-                param_space=cfg.model_dump(),
-                tune_config=tune.TuneConfig(num_samples=1),
-                run_config=tune.RunConfig(
-                    name="throughput", storage_path=storage, verbose=0, callbacks=[collect, JsonLoggerCallback()]
-                ),
-            )
-            result = tuner.fit()[0]
-        if result.error is not None:
-            raise RuntimeError(f"the Ray trial failed: {error_line(str(result.error))}")
-        warm = [r for r in collect.reports if r["epoch"] >= 2]
-        # images_per_s times the training loop alone; time_this_iter_s is the epoch + validation + report + checkpoint,
-        # so time_this_iter_s - epoch_s is what Tune adds to each epoch whatever its length: a fixed cost
-        return (
-            [r["images_per_s"] for r in warm],
-            [r["time_this_iter_s"] for r in warm],
-            [r["time_this_iter_s"] - r["epoch_s"] for r in warm],
-        )
-
-    # Ray is started first, so that both sides run beside its (idle) daemons and the driver; what differs is the
-    # trial's process and Tune's session, reports and checkpoints. Outside, trial, outside, trial, outside: each
-    # trial is compared with the measurements on either side of it, as the machine's load drifts.
-    checkpoint = io.BytesIO()
-    torch.save(build_trainer(cfg, "cpu", 1).state_dict(), checkpoint)  # what train_trial writes every epoch
-    checkpoint_mb = checkpoint.getbuffer().nbytes / 2**20
-    init_ray()
-    sides = [outside()]
-    trials = []
-    for _ in range(rounds):
-        trials.append(in_ray())
-        sides.append(outside())
-    ray.shutdown()
-    median = statistics.median
-    vs_outside = [median(t[0]) / median(a[0] + b[0]) for t, a, b in zip(trials, sides, sides[1:])]
-    vs_plain = [median(t[0]) / median(a[2] + b[2]) for t, a, b in zip(trials, sides, sides[1:])]
-    flat = lambda parts, i: [v for part in parts for v in part[i]]  # noqa: E731
-    row = {
-        "bench": "ray",
-        "model": model,
-        "trainer": trainer,
-        "width": width,
-        "batch_size": batch_size,
-        "device": str(device),
-        "threads": threads,
-        "train_images": images,
-        "epochs": epochs,
-        "rounds": rounds,
-        "images_per_s": {
-            "ray": summary(flat(trials, 0), 1),
-            "outside": summary(flat(sides, 0), 1),
-            "plain": summary(flat(sides, 2), 1),
-        },
-        "ray_vs_outside": summary(vs_outside),
-        "ray_vs_plain": summary(vs_plain),
-        "epoch_s": {"ray": summary(flat(trials, 1)), "outside": summary(flat(sides, 1))},
-        # per epoch: the trial's report and checkpoint (torch.save, then Ray copies it into the storage path)
-        "tune_cost_per_epoch_s": summary(flat(trials, 2)),
-        "checkpoint_mb": round(checkpoint_mb, 2),
-    }
-    return [emit(row, out)]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@
             predicted at its output; the predictor learns by regression toward the gradient that actually comes
             back from block i+1 (itself synthetic further up: bootstrapped). cDNI also feeds the label to it.
 
-The shared loop is models/trainer_base.py; DNI and cDNI are models/synthetic_gradients.py.
+The shared loop is models/trainer_base.py; DNI and cDNI are models/synthetic_gradients.py; layer-parallel DGL is
+models/pipeline.py; models/registry.py builds the trainer a config names.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch.nn as nn
 
 from models.heads import aux_head, similarity_conv
 from models.losses import local_loss
-from models.synthetic_gradients import CDNI, DNI
 from models.trainer_base import Trainer
 
 
@@ -124,14 +124,3 @@ class DGL(Trainer):
             h, logits, _ = stage(h)
             all_logits.append(logits)
         return all_logits
-
-
-TRAINERS = {"backprop": Backprop, "dgl": DGL, "dni": DNI, "cdni": CDNI}
-
-
-def build_trainer(cfg: dict, device, steps_per_epoch: int) -> Trainer:
-    if cfg.trainer == "dgl" and cfg.stages > 1:
-        from models.pipeline import PipelinedDGL  # imports this module
-
-        return PipelinedDGL(cfg, device, steps_per_epoch)
-    return TRAINERS[cfg.trainer](cfg, device, steps_per_epoch)

@@ -146,7 +146,7 @@ def forward_macs(modules, size: int = 32) -> tuple[list[int], int]:
 
 def test_training_flops_match_the_modules():
     from bench.gpu_probes import training_flops_per_image
-    from models.trainers import build_trainer
+    from models.registry import build_trainer
     from tuner.schema import resolve
 
     cfg = resolve({"trainer": "backprop", "model": "vgg11", "width": 0.125, "num_blocks": 4, "aux_width": 64})

@@ -15,7 +15,9 @@ from fakedata import structured_arrays
 
 import models.losses
 from models.heads import SyntheticGradient
-from models.trainers import DGL, DNI, build_trainer
+from models.registry import build_trainer
+from models.synthetic_gradients import DNI
+from models.trainers import DGL
 from tuner.data import make_splits
 from tuner.epoch import run_epoch, steps_per_epoch
 from tuner.schema import resolve

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from models.heads import HEAD_FAMILIES, SyntheticGradient, aux_head
 from models.losses import sim_loss, similarity_matrix
 from models.networks import CFGS, build_network, num_units
-from models.trainers import DGL, DNI, build_trainer
+from models.registry import build_trainer
+from models.synthetic_gradients import DNI
+from models.trainers import DGL
 from tuner.errors import ConfigError
 from tuner.schema import resolve
 

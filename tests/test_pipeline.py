@@ -18,8 +18,10 @@ import pytest
 import torch
 from fakedata import learnable_arrays
 
-from models.pipeline import PipelinedDGL, PipelineError, balanced_partition
-from models.trainers import DGL, build_trainer
+from models.pipeline import PipelinedDGL, PipelineError
+from models.pipeline_stage import balanced_partition
+from models.registry import build_trainer
+from models.trainers import DGL
 from tuner.data import make_splits
 from tuner.epoch import steps_per_epoch
 from tuner.errors import ConfigError
@@ -165,7 +167,7 @@ sys.path.insert(0, "tests")
 from fakedata import learnable_arrays
 from tuner.schema import resolve
 from tuner.data import make_splits
-from models.trainers import build_trainer
+from models.registry import build_trainer
 
 if __name__ == "__main__":
     data = make_splits(learnable_arrays(160, 10, seed=1), val_size=0, train_subset=None, seed=0, device="cpu")
@@ -250,3 +252,54 @@ def test_bench_rows_and_a_clean_gpu_skip():
 def test_bench_bad_flag_is_one_line(flags, named):
     result = run_bench(*flags)
     assert result.returncode == 2 and named in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+PIPELINED_SPACE = """
+trainer: dgl
+model: basiccnn
+fixed: {width: 0.0625, epochs: 2, batch_size: 50, train_subset: 400, val_size: 200, eval_batch_size: 200,
+        aux_head: pooled_mlp, aux_width: 32, stages: 2}
+search:
+  lr: {type: loguniform, low: 0.01, high: 0.1}
+scheduler: {type: asha, max_t: 2, grace_period: 1, reduction_factor: 2}
+searcher: {type: optuna_tpe, seed: 0, points_to_evaluate: [{lr: 0.05}]}
+num_samples: 1
+max_concurrent: 1
+resources: {cpu: 1, gpu: 0}
+metric: val_acc
+mode: max
+"""
+
+
+@pytest.mark.slow
+def test_a_pipelined_trial_runs_in_a_real_search(tmp_path):
+    from fakedata import write_cifar_folder
+    from mlflow.tracking import MlflowClient
+
+    from tuner.search import trainable_for
+    from tuner.space_file import load_space
+
+    space_file = tmp_path / "pipelined.yaml"
+    space_file.write_text(PIPELINED_SPACE)
+    data_dir = write_cifar_folder(tmp_path / "cifar", learnable_arrays(600, 100, seed=3))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    flags = ["--space", str(space_file), "--data-dir", str(data_dir), "--storage", str(tmp_path / "runs")]
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner.run", *flags, "--mlflow-uri", uri],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Traceback" not in output, output[-3000:]
+
+    client = MlflowClient(uri)
+    (trial,) = client.search_runs([client.get_experiment_by_name("pipelined").experiment_id], "tags.dt.role = 'trial'")
+    assert trial.data.tags["dt.outcome"] == "completed" and trial.data.params["stages"] == "2"
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_acc")] == [1, 2]
+    assert {"blocks/val_acc_b01", "blocks/val_acc_b02", "blocks/val_acc_b03"} <= set(trial.data.metrics)
+    # the trial's stages are its child processes: Ray gives the trial one bundle holding every stage's share
+    resources = trainable_for(load_space(str(space_file)), {})._resources({"stages": 2})
+    assert resources.bundles == [{"CPU": 2.0}]

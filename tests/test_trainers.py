@@ -8,7 +8,7 @@ import torch
 from fakedata import learnable_arrays
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.trainers import build_trainer
+from models.registry import build_trainer
 from tuner.data import make_splits
 from tuner.epoch import run_epoch, steps_per_epoch
 from tuner.metric_names import block_accuracies

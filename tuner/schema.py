@@ -16,7 +16,7 @@ from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from models.networks import CFGS, num_units
-from models.trainers import TRAINERS
+from models.registry import TRAINERS
 from tuner.errors import ConfigError
 
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)  # a YAML `true` is not 1, a "0.1" is not a number

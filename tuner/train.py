@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from models.trainers import build_trainer
+from models.registry import build_trainer
 from tuner.data import load_arrays, make_splits
 from tuner.device import limit_threads, pick_device
 from tuner.epoch import evaluate_split, run_epoch, steps_per_epoch

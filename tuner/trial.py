@@ -21,7 +21,7 @@ import ray
 import torch
 from ray import tune
 
-from models.trainers import build_trainer
+from models.registry import build_trainer
 from tuner.data import make_splits
 from tuner.device import limit_gpu_memory, limit_threads, pick_device
 from tuner.epoch import run_epoch, steps_per_epoch

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from models.networks import CFGS
-from models.trainers import TRAINERS as TRAINER_CLASSES
+from models.registry import TRAINERS as TRAINER_CLASSES
 from tuner.ranking import best_trial
 from tuner.report.store import Trial, load_searches, metric_history
 from tuner.schema import KEYS

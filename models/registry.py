@@ -1,0 +1,17 @@
+"""The trainer a config names: the one table of every trainer, and the one place that builds them."""
+
+from __future__ import annotations
+
+from models.pipeline import PipelinedDGL
+from models.synthetic_gradients import CDNI, DNI
+from models.trainer_base import Trainer
+from models.trainers import DGL, Backprop
+
+TRAINERS = {"backprop": Backprop, "dgl": DGL, "dni": DNI, "cdni": CDNI}
+
+
+def build_trainer(cfg, device, steps_per_epoch: int) -> Trainer:
+    """`cfg` is a tuner.schema.TrialConfig; DGL with `stages` > 1 runs as a pipeline of processes."""
+    if cfg.trainer == "dgl" and cfg.stages > 1:
+        return PipelinedDGL(cfg, device, steps_per_epoch)
+    return TRAINERS[cfg.trainer](cfg, device, steps_per_epoch)
