@@ -188,7 +188,8 @@ def dni_failures(data, trainer_name="dni") -> list[str]:
 #   these learning rates it diverges (NaN within 6 steps at lr 0.01 and 5e-4 with momentum 0.9, 2e-3 without).
 # - With AdamW (lr 1e-3) the last module learns (cDNI: cosine 0.63 with its target, 0.78 with a zero last bias)
 #   but the earlier ones, whose targets are the next module's predictions, stay at <= 0.02: 75 steps do not carry
-#   the bootstrapping down the chain.
+#   the bootstrapping down the chain. After 150 steps (zero last bias) cDNI's modules reach 0.94 / 0.16 / 0.03
+#   from the last interface to the first, and validation accuracy is still 0.355 (dni: 0.265).
 # - Without the label (dni), a module can only predict E[dL/dh | h]; after the last block that is
 #   J^T (p(h) - E[y | h]), which vanishes as the classifier fits, so its cosine with the true gradient stays far
 #   below cDNI's (<= 0.05 at the last interface in every setting above).
