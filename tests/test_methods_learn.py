@@ -179,9 +179,24 @@ def dni_failures(data, trainer_name="dni") -> list[str]:
     return failures + ([f"synthetic/true gradient cosine {cosine:.3f} < {MIN_COSINE}"] if cosine < MIN_COSINE else [])
 
 
-# Measured: on this task, 3 epochs, the synthetic gradients' cosine with the true ones stays within +-0.03 at every
-# interface (either placement, kernel 3 or 5) and validation accuracy stays at 0.25-0.32: the modules do not learn
-# a useful prediction at this scale, so DNI is not shown to learn here. The check stays, and must start passing.
+# Measured on this task (K=3, batch 32, SGD lr 0.01, 3 epochs = 75 steps): no module's prediction correlates with
+# its own regression target (cosine <= 0.05 at every interface), the block-0 cosine with the true gradient stays
+# within +-0.01 and validation accuracy at 0.25-0.35, below what frozen convolutions give (~0.5). Why:
+# - The write-up's module keeps PyTorch's default bias on its last conv, so before it learns anything it hands each
+#   block a constant per-channel gradient larger than its target (norms 10.9 vs 4.4 at block 0 on the first step,
+#   2.2 vs 0.6 after 75): under SGD the modules learn far slower than the blocks they drive.
+# - dni.py, which the write-up ran (AlonNT/Thesis dni/dni.py `_SyntheticGradientUpdater.backward`: 2/B (sg - true),
+#   the squared error summed over each example), trains a module C*H*W times faster than the mean MSE here, but at
+#   these learning rates it diverges (NaN within 6 steps at lr 0.01 and 5e-4 with momentum 0.9, 2e-3 without).
+# - With AdamW (lr 1e-3) the last module learns (cDNI: cosine 0.63 with its target, 0.78 with a zero last bias)
+#   but the earlier ones, whose targets are the next module's predictions, stay at <= 0.02: 75 steps do not carry
+#   the bootstrapping down the chain. After 150 steps (zero last bias) cDNI's modules reach 0.94 / 0.16 / 0.03
+#   from the last interface to the first, and validation accuracy is still 0.355 (dni: 0.265). With K=2 (one hop
+#   fewer, the write-up's bias), after 150 steps: 0.91 at the last interface, 0.06 at the first, accuracy 0.32.
+# - Without the label (dni), a module can only predict E[dL/dh | h]; after the last block that is
+#   J^T (p(h) - E[y | h]), which vanishes as the classifier fits, so its cosine with the true gradient stays far
+#   below cDNI's (at the last interface after 150 steps: <= 0.11 against cDNI's 0.91-0.94).
+# The check stays, and must start passing; the mutant tests below mean something only once it does.
 @pytest.mark.xfail(strict=True, reason="DNI's synthetic gradients do not align with the true ones at CPU scale")
 @pytest.mark.parametrize("name", ["dni", "cdni"])
 def test_dni_learns_and_its_synthetic_gradients_point_the_right_way(data, name):
@@ -192,6 +207,7 @@ def test_dni_block_gradient_is_the_synthetic_one(data):
     assert dni_gradient_failures(data) == []
 
 
+@pytest.mark.skip(reason="DNI itself fails the learning check (xfail above): a mutant failing it proves nothing")
 @pytest.mark.parametrize("mutant", ["zeroed modules", "frozen modules"])
 def test_broken_dni_fails(data, monkeypatch, mutant):
     if mutant == "zeroed modules":
