@@ -39,6 +39,7 @@ from tuner.schema import check_value
 SECTIONS = ("cpu", "gpu")
 QUICK = {"model": "vgg16", "width": 0.25, "batch_size": 128, "steps": 8, "warmup_steps": 2, "rounds": 3, "cores": 2}
 FULL = {"model": "vgg16", "width": 0.25, "batch_size": 128, "steps": 24, "warmup_steps": 3, "rounds": 5, "cores": 2}
+DEFAULT_HEAD = "flatten_mlp"  # the write-up's DGL head, the config default
 
 
 class Runner:
@@ -62,18 +63,20 @@ class Runner:
 
 def cpu_runners(s: dict) -> list[Runner]:
     cores, base = s["cores"], {"model": s["model"], "width": s["width"], "batch_size": s["batch_size"], "device": "cpu"}
+    head = {"aux_head": s["aux_head"]}
     return [
-        Runner("dgl_1_thread", bench_config("dgl", **base), "cpu", 1),
-        Runner(f"dgl_{cores}_threads", bench_config("dgl", **base), "cpu", cores),
-        Runner(f"pipelined_{cores}_stages_x_1_thread", bench_config("dgl", stages=cores, **base), "cpu", cores),
+        Runner("dgl_1_thread", bench_config("dgl", **head, **base), "cpu", 1),
+        Runner(f"dgl_{cores}_threads", bench_config("dgl", **head, **base), "cpu", cores),
+        Runner(f"pipelined_{cores}_stages_x_1_thread", bench_config("dgl", stages=cores, **head, **base), "cpu", cores),
         Runner(f"backprop_{cores}_threads", bench_config("backprop", **base), "cpu", cores),
     ]
 
 
 def gpu_runners(s: dict) -> list[Runner]:
     gpus, base = torch.cuda.device_count(), {"model": s["model"], "width": s["width"], "batch_size": s["batch_size"]}
+    head = {"aux_head": s["aux_head"]}
     runners = [
-        Runner("dgl_1_gpu", bench_config("dgl", device="cuda", **base), "cuda", None),
+        Runner("dgl_1_gpu", bench_config("dgl", device="cuda", **head, **base), "cuda", None),
         Runner("backprop_1_gpu", bench_config("backprop", device="cuda", **base), "cuda", None),
     ]
     # one GPU: two stages share it (kernels of two processes overlap only where the GPU has room for both)
@@ -82,7 +85,7 @@ def gpu_runners(s: dict) -> list[Runner]:
         1,
         Runner(
             f"pipelined_{stages}_stages_on_{gpus}_gpus",
-            bench_config("dgl", device="cuda", stages=stages, **base),
+            bench_config("dgl", device="cuda", stages=stages, **head, **base),
             "cuda",
             None,
         ),
@@ -109,6 +112,7 @@ def measure(section: str, runners: list[Runner], s: dict, device, out=None) -> l
                 "model": s["model"],
                 "width": s["width"],
                 "batch_size": s["batch_size"],
+                "aux_head": s["aux_head"],
                 "partition": [[b + 1 for b in p] for p in pipelined.trainer.partition],
                 "stage_devices": pipelined.trainer.stage_devices,
                 "stage_threads": pipelined.trainer.stage_threads,
@@ -162,6 +166,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed steps per runner per round")
     parser.add_argument("--warmup-steps", type=int)
     parser.add_argument("--rounds", type=int, help="rounds; each row gives their median, min and max")
+    parser.add_argument("--aux-head", default=DEFAULT_HEAD, help="DGL's auxiliary head family (models/heads.py)")
     parser.add_argument("--cores", type=int, help="CPU section: cores = threads of the sequential runners = stages")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     return parser.parse_args(argv)
@@ -176,6 +181,7 @@ def settings(args) -> dict:
     chosen["model"] = check_value("model", chosen["model"], "--model")
     chosen["width"] = check_value("width", chosen["width"], "--width")
     chosen["batch_size"] = check_value("batch_size", chosen["batch_size"], "--batch-size")
+    chosen["aux_head"] = check_value("aux_head", args.aux_head, "--aux-head")
     for key, least in (("steps", 1), ("rounds", 1), ("cores", 2), ("warmup_steps", 0)):
         if chosen[key] < least:
             raise ConfigError(f"--{key.replace('_', '-')} must be an integer >= {least}, got {chosen[key]}")
