@@ -47,7 +47,11 @@ def test_links_open_the_ranked_trials_in_the_model_training_view():
     assert charts.startswith("http://mlflow:5000/#/experiments/7/runs?") and "compareRunsMode=CHART" in charts
     assert mlflow_views.run_url("http://mlflow:5000", "7", "abc").endswith("/runs/abc?workflowType=machine_learning")
     assert mlflow_views.ui_command("http://mlflow:5000") is None
-    assert mlflow_views.trials_view("val_loss", "min", [])["orderByAsc"] is True
+    view = mlflow_views.trials_view("val_loss", "min", [])
+    assert view["orderByAsc"] is True
+    # the chart view keeps these sections in this order: the headline charts first, the per-block ones after
+    assert view["isAccordionReordered"] and view["compareRunCharts"] == []
+    assert [s["name"] for s in view["compareRunSections"]] == ["Model metrics", "blocks", "System metrics"]
 
 
 def test_only_the_params_a_trial_reads_are_logged():
@@ -116,7 +120,8 @@ def test_experiment_description_and_best_trial_tag(tmp_path):
     tags = client.get_experiment(experiment_id).tags
     assert tags[mlflow_views.NOTE] == "Quick DGL." and tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(tags["mlflow.sharedViewState.trials-by-val_acc"])  # what viewStateShareKey= opens
-    assert view == {
+    assert view == mlflow_views.trials_view("val_acc", "max", ["lr", "dropout"])
+    assert {k: view[k] for k in ("searchFilter", "orderByKey", "orderByAsc", "selectedColumns")} == {
         "searchFilter": "tags.`dt.role` = 'trial'",
         "orderByKey": "metrics.`val_acc`",
         "orderByAsc": False,
@@ -166,6 +171,11 @@ def test_progress_reporter_prints_on_events_and_heartbeats():
     trial.last_result = {"epoch": 2, "val_acc": 0.35}
     assert reporter.should_report([trial]) and reporter.should_report([trial], done=True)
     assert printed and "#1 epoch 1/3" in printed[0]
+    reporter.report([trial], False)
+    trial.last_result = {"epoch": 2, "val_acc": 0.35, "images_per_s": 900}  # a result the line does not show
+    assert not reporter.should_report([trial], done=True)  # the same line again, but for the clock: not printed
+    reporter.heartbeat_s = 0
+    assert reporter.should_report([trial])  # the heartbeat: the clock has moved on
 
 
 def test_optuna_study_lives_in_the_search_folder_and_survives_a_pickled_searcher(tmp_path):
