@@ -204,6 +204,41 @@ def test_optuna_study_lives_in_the_search_folder_and_survives_a_pickled_searcher
     assert "s1" not in optuna.get_all_study_names(optuna_storage.storage_url(tmp_path))
 
 
+def test_a_restored_searcher_takes_the_trials_from_the_storage_not_the_pickle(tmp_path):
+    def space(trial):
+        trial.suggest_float("lr", 1e-3, 1.0, log=True)
+
+    optuna_storage.fresh_study_storage(tmp_path, "s1")
+    first = HonestOptunaSearch(
+        space=space,
+        metric="val_acc",
+        mode="max",
+        storage=optuna_storage.open_storage(tmp_path),
+        study_name="s1",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        points_to_evaluate=[{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}, {"lr": 0.4}],
+    )
+    for trial_id in ("a", "b"):
+        first.suggest(trial_id)
+        first.on_trial_result(trial_id, {"val_acc": 0.3, "epoch": 1})
+    first.save(str(tmp_path / "snapshot.pkl"))
+    # after the snapshot, before the driver died: a finished, b reported epoch 2, c asked for (no Ray trial knows it)
+    first.on_trial_complete("a", {"val_acc": 0.4, "epoch": 2, "finished": True})
+    first.on_trial_result("b", {"val_acc": 0.35, "epoch": 2})
+    first.suggest("c")
+
+    restored = HonestOptunaSearch()  # as Tune restores it: the object unpickled, then its last snapshot loaded
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    restored.on_trial_complete("a", {"val_acc": 0.4, "epoch": 2, "finished": True})  # told once: not again
+    restored.on_trial_result("b", {"val_acc": 0.35, "epoch": 2})  # reported once: no warning, no second value
+    restored.on_trial_result("b", {"val_acc": 0.5, "epoch": 3})
+    # the points to evaluate still run: the one nobody was given, then the one c took and never ran
+    assert restored.suggest("d") == {"lr": 0.4} and restored.suggest("e") == {"lr": 0.3}
+    study = optuna.load_study(study_name="s1", storage=optuna_storage.storage_url(tmp_path))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING", "FAIL", "RUNNING", "RUNNING"]
+    assert study.trials[0].value == 0.4 and study.trials[1].intermediate_values == {1: 0.3, 2: 0.35, 3: 0.5}
+
+
 @pytest.mark.parametrize("with_blocks", [True, False])
 def test_block_figure_only_for_local_learning(tmp_path, with_blocks):
     from tuner.publish import BLOCK_FIGURE, log_block_figure
