@@ -85,8 +85,8 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, se
         space.define_by_run(trial)
         return constants  # Ray merges these fixed values into each suggested config
 
-    # the study in the search folder's optuna.db, with a warm start's trials in it (tuner/warm_start.py)
-    storage, points = new_search_study(folder, record.name, space, settings.warm_start, settings.warm_start_top)
+    # the study in its storage (tuner/optuna_storage.py), with a warm start's trials in it (tuner/warm_start.py)
+    storage, points = new_search_study(folder, record.name, space, settings)
     searcher = make_searcher(
         define_by_run,
         make_sampler(space),
