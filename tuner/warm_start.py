@@ -23,6 +23,7 @@ import optuna
 from tuner.errors import UserError, one_line
 from tuner.optuna_storage import STUDY_FILE, fresh_study_storage, shown_url, storage_url
 from tuner.search_folder import RECORD, SearchRecord
+from tuner.text import fmt_value
 
 KEPT_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 OUTCOME_STATES = {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED}
@@ -55,9 +56,9 @@ def _misfit(params: dict, space) -> str | None:
     fixed = space.base_config().model_dump()
     for key, value in params.items():
         if key in space.params and not space.params[key].contains(value):
-            return f"{key}={value} outside the new range"
+            return f"{key}={fmt_value(value)} outside the new range"
         if key not in space.params and fixed.get(key) != value:
-            return f"{key}={value} where the new space fixes {fixed.get(key)}"
+            return f"{key}={fmt_value(value)} where the new space fixes {fmt_value(fixed.get(key))}"
     for key, param in space.params.items():
         needed = all(params.get(parent) in values for parent, values in param.when.items())
         if needed and key not in params:
