@@ -115,7 +115,9 @@ def _from_mlflow(run_id: str, tracking_uri: str) -> tuple[str, str, str | None, 
         client = connect(tracking_uri)
         parent = client.get_run(run_id)
     except Exception as error:  # a bad store (ConfigError) or no such run (MLflow's own errors), in one line
-        raise WarmStartError(f"--warm-start {RUN_PREFIX}{run_id}: not readable in {tracking_uri} ({one_line(error)})")
+        raise WarmStartError(
+            f"--warm-start {RUN_PREFIX}{run_id}: not readable in {tracking_uri} ({one_line(error)})"
+        ) from None
     earlier = logged_space(client, run_id) if parent.data.tags.get("dt.role") == "search" else None
     if earlier is None:
         raise WarmStartError(
@@ -138,7 +140,7 @@ def _from_mlflow(run_id: str, tracking_uri: str) -> tuple[str, str, str | None, 
         params = {
             key: config[key]
             for key, dimension in earlier.params.items()
-            if key in config and all(config.get(parent) in values for parent, values in dimension.when.items())
+            if key in config and all(config.get(above) in values for above, values in dimension.when.items())
         }
         value = history[max(history)] if state == optuna.trial.TrialState.COMPLETE else None
         trials.append(EarlierTrial(run.info.run_name.split(" ")[0], state, value, params, history))
