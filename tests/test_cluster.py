@@ -2,9 +2,9 @@
 
 The fast tests check tuner/cluster.py's refusals with the cluster simulated. The slow one does what the docs tell
 a user to do, on loopback: PostgreSQL, `mlflow server` on it, a Ray head and a worker node (one CPU each, token
-authentication on), then a 4-trial search with --address; mid-search the worker node is killed, and its trial
-must finish on the head from its checkpoint. Every process is started here and stopped by its PID (Ray nodes by
-their session id), so other Ray instances on the machine are left alone.
+authentication on), then a 4-trial search with --address and its Optuna study in PostgreSQL; mid-search the
+worker node is killed, and its trial must finish on the head from its checkpoint. Every process is started here
+and stopped by its PID (Ray nodes by their session id), so other Ray instances on the machine are left alone.
 """
 
 import glob
@@ -25,6 +25,7 @@ import pytest
 from fakedata import learnable_arrays, write_cifar_folder
 
 import tuner.cluster as cluster
+from tuner.search_folder import SearchRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # ray and mlflow from this venv
@@ -90,6 +91,22 @@ def test_storage_uri_is_refused_by_the_cli_in_one_line(capsys):
     assert main(["--space", "dgl_quick", "--storage", "s3://bucket/runs", "--dry-run"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--storage s3://bucket/runs" in lines[0] and "NFS" in lines[0]
+
+
+def test_bad_optuna_storage_is_refused_in_one_line_before_anything_exists(capsys, tmp_path):
+    from tuner.run import main
+
+    for url, expected in (
+        ("mongodb://127.0.0.1/optuna", "Optuna keeps studies in sqlite, postgresql, mysql databases"),
+        (f"postgresql://optuna:secret@127.0.0.1:{free_port()}/optuna", "cannot connect"),
+        ("not a url", "not a database URL"),
+    ):
+        args = ["--space", "dgl_quick", "--storage", str(tmp_path / "runs"), "--optuna-storage", url]
+        assert main([*args, "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "--optuna-storage" in lines[0], lines
+        assert "secret" not in lines[0]  # a password is not printed
+    assert list(tmp_path.iterdir()) == []  # no search folder, no MLflow store
 
 
 def test_file_tracking_store_is_refused_on_several_nodes(monkeypatch):
@@ -203,6 +220,21 @@ def stop(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60) -> 
     process.wait(10)
 
 
+def start_logged(command: list, log: Path, **kwargs) -> subprocess.Popen:
+    """A server or node of these tests: output to `log`, in a session of its own (so `stop` ends all of it)."""
+    with open(log, "w") as out:  # the child writes through the inherited descriptor
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+
+
+def create_database(uri: str, name: str) -> str:
+    """A new database on the PostgreSQL server of `uri`; returns its URI."""
+    import psycopg
+
+    with psycopg.connect(uri, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return uri.rsplit("/", 1)[0] + f"/{name}"
+
+
 def postgres_bindir() -> Path | None:
     for initdb in [shutil.which("initdb"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]:
         if initdb and Path(initdb).resolve().with_name("postgres").exists():
@@ -232,39 +264,20 @@ def postgres():
         cwd=root,
         **as_user,
     )
-    with open(log, "w") as out:  # opened here: the server writes through the inherited descriptor
-        server = subprocess.Popen(
-            [
-                bindir / "postgres",
-                "-D",
-                root / "data",
-                "-p",
-                str(port),
-                "-k",
-                root,
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            start_new_session=True,
-            **as_user,
-        )
+    server = start_logged(
+        [bindir / "postgres", "-D", root / "data", "-p", str(port), "-k", root]
+        + ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+        log,
+        cwd=root,
+        **as_user,
+    )
     try:
 
         def ready():
             return subprocess.run([bindir / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0
 
         wait_until(ready, 60, "PostgreSQL", server, log)
-        subprocess.run(
-            [bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+        yield create_database(f"postgresql://mlflow@127.0.0.1:{port}/postgres", "mlflow")
     finally:
         stop(server, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for clients to leave)
         shutil.rmtree(root, ignore_errors=True)
@@ -275,26 +288,18 @@ def mlflow_server(postgres, tmp_path_factory):
     """`mlflow server` with the PostgreSQL above as its backend store; yields its http URI."""
     folder = tmp_path_factory.mktemp("mlflow-server")
     port, log = free_port(), folder / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [
-                BIN / "mlflow",
-                "server",
-                "--backend-store-uri",
-                postgres,
-                "--artifacts-destination",
-                str(folder / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = start_logged(
+        [
+            BIN / "mlflow",
+            "server",
+            "--backend-store-uri",
+            postgres,
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ]
+        + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        log,
+    )
     uri = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -320,25 +325,19 @@ class RayCluster:
     def start_node(self, name: str, *args: str) -> subprocess.Popen:
         """`ray start --block` in a session of its own: the session id names every process of the node."""
         log = self.root / f"{name}.log"
-        with open(log, "w") as out:
-            node = subprocess.Popen(
-                [
-                    BIN / "ray",
-                    "start",
-                    "--block",
-                    "--num-cpus=1",
-                    "--node-ip-address=127.0.0.1",
-                    f"--temp-dir={self.root / name}",
-                    "--min-worker-port=0",
-                    "--max-worker-port=0",
-                    f"--dashboard-agent-listen-port={free_port()}",
-                    *args,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-            )
+        node = start_logged(
+            [
+                BIN / "ray",
+                "start",
+                "--block",
+                "--num-cpus=1",
+                "--node-ip-address=127.0.0.1",
+                f"--temp-dir={self.root / name}",
+            ]
+            + ["--min-worker-port=0", "--max-worker-port=0", f"--dashboard-agent-listen-port={free_port()}", *args],
+            log,
+            env=self.env,
+        )
         self.nodes[name] = node
         # printed once the node has registered with the head
         wait_until(lambda: "Ray runtime started" in log.read_text(), 120, f"Ray node '{name}'", node, log)
@@ -391,21 +390,12 @@ def without_token(env: dict) -> dict:
 def test_a_machine_without_the_token_is_refused(ray_cluster, tmp_path):
     # Ray's own behaviour, which docs/cluster.md describes: a worker node without the token cannot join
     log = tmp_path / "refused.log"
-    with open(log, "w") as out:
-        refused = subprocess.Popen(
-            [
-                BIN / "ray",
-                "start",
-                "--block",
-                f"--address={ray_cluster.address}",
-                "--num-cpus=1",
-                f"--temp-dir={ray_cluster.root / 'refused'}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=without_token(ray_cluster.env),
-            start_new_session=True,
-        )
+    refused = start_logged(
+        [BIN / "ray", "start", "--block", f"--address={ray_cluster.address}", "--num-cpus=1"]
+        + [f"--temp-dir={ray_cluster.root / 'refused'}"],
+        log,
+        env=without_token(ray_cluster.env),
+    )
     try:
         assert refused.wait(180) != 0
     finally:
@@ -495,6 +485,7 @@ def test_search_on_two_nodes_survives_losing_one(ray_cluster, mlflow_server, pos
 
     space = tmp_path / "cluster_tiny.yaml"
     space.write_text(CLUSTER_SPACE)
+    optuna_uri = create_database(postgres, "optuna")  # Optuna's own tables, in a database beside MLflow's
     log = tmp_path / "search.log"
     with open(log, "w") as out:
         search = subprocess.Popen(
@@ -512,6 +503,8 @@ def test_search_on_two_nodes_survives_losing_one(ray_cluster, mlflow_server, pos
                 mlflow_server,
                 "--address",
                 ray_cluster.address,
+                "--optuna-storage",
+                optuna_uri,
             ],
             cwd=tmp_path,
             env=env,
@@ -552,8 +545,16 @@ def test_search_on_two_nodes_survives_losing_one(ray_cluster, mlflow_server, pos
         )
     assert all(points.get(r.info.run_id) == EPOCHS for r in children)
 
-    # trials ran on both nodes; the killed one went on from its checkpoint on the head
+    # the Optuna study is in PostgreSQL, every trial told once, with one value per epoch; search.json points there
+    import optuna
+
     folder = Path(parents[0].data.tags["dt.storage"])
+    study = optuna.load_study(study_name=folder.name, storage=optuna_uri)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert all(sorted(t.intermediate_values) == list(range(1, EPOCHS + 1)) for t in study.trials)
+    assert SearchRecord.load(folder).settings.optuna_storage == optuna_uri and not (folder / "optuna.db").exists()
+
+    # trials ran on both nodes; the killed one went on from its checkpoint on the head
     results = {
         p.parent.name: [json.loads(line) for line in p.read_text().splitlines()] for p in folder.glob("*/result.json")
     }

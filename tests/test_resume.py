@@ -203,7 +203,7 @@ def test_search_json_holds_the_settings_as_they_are(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     flags = ["--space", "dgl_quick", "--num-samples", "3", "--data-dir", "data", "--max-failures", "5"]
-    settings = settings_from_flags(parse_args(flags))
+    settings = settings_from_flags(parse_args([*flags, "--optuna-storage", "postgresql://u@db:5432/optuna"]))
     assert settings.data_dir == str(tmp_path / "data") and settings.storage == str(tmp_path / "runs")
     assert settings.mlflow_uri == f"sqlite:///{tmp_path}/mlflow.db"  # absolute: resumable from anywhere
     folder = tmp_path / "runs" / "dgl_quick-20260101-000000"
@@ -213,6 +213,7 @@ def test_search_json_holds_the_settings_as_they_are(tmp_path, monkeypatch):
     assert json.loads((folder / "search.json").read_text())["settings"]["num_samples"] == 3
     found, record = locate_resume("latest", tmp_path / "runs", "dgl_quick")
     assert found == folder and record.settings == settings and record.mlflow_uri == settings.mlflow_uri
+    assert record.settings.optuna_storage == "postgresql://u@db:5432/optuna"  # where a resumed search finds its study
 
 
 class FakeTrial:

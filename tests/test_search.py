@@ -135,6 +135,11 @@ def test_tiny_search_end_to_end(tmp_path, fake_data):
     assert sorted(r.info.run_name.split()[0] for r in children) == ["#1", "#2", "#3", "#4"]
     best_name = tested[0].info.run_name
     assert parent.data.tags["mlflow.note.content"].startswith(f"Best: {best_name} (Ray trial ")
+    # the console names trials as the runs do: the best one's number in the summary and first in the top table
+    number = best_name.split()[0]
+    assert f"Best: trial {number} (Ray trial {tested[0].data.tags['dt.trial_id']})" in result.stdout
+    top = result.stdout.split("Top trials by final val_acc:\n")[1].splitlines()
+    assert top[1].split()[0] == number
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/history_tiny.png", "figures/curves_basiccnn.png"} <= figures
 

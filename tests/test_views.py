@@ -47,7 +47,11 @@ def test_links_open_the_ranked_trials_in_the_model_training_view():
     assert charts.startswith("http://mlflow:5000/#/experiments/7/runs?") and "compareRunsMode=CHART" in charts
     assert mlflow_views.run_url("http://mlflow:5000", "7", "abc").endswith("/runs/abc?workflowType=machine_learning")
     assert mlflow_views.ui_command("http://mlflow:5000") is None
-    assert mlflow_views.trials_view("val_loss", "min", [])["orderByAsc"] is True
+    view = mlflow_views.trials_view("val_loss", "min", [])
+    assert view["orderByAsc"] is True
+    # the chart view keeps these sections in this order: the headline charts first, the per-block ones after
+    assert view["isAccordionReordered"] and view["compareRunCharts"] == []
+    assert [s["name"] for s in view["compareRunSections"]] == ["Model metrics", "blocks", "System metrics"]
 
 
 def test_only_the_params_a_trial_reads_are_logged():
@@ -116,7 +120,8 @@ def test_experiment_description_and_best_trial_tag(tmp_path):
     tags = client.get_experiment(experiment_id).tags
     assert tags[mlflow_views.NOTE] == "Quick DGL." and tags["mlflow.experimentKind"] == "custom_model_development"
     view = json.loads(tags["mlflow.sharedViewState.trials-by-val_acc"])  # what viewStateShareKey= opens
-    assert view == {
+    assert view == mlflow_views.trials_view("val_acc", "max", ["lr", "dropout"])
+    assert {k: view[k] for k in ("searchFilter", "orderByKey", "orderByAsc", "selectedColumns")} == {
         "searchFilter": "tags.`dt.role` = 'trial'",
         "orderByKey": "metrics.`val_acc`",
         "orderByAsc": False,
@@ -166,6 +171,11 @@ def test_progress_reporter_prints_on_events_and_heartbeats():
     trial.last_result = {"epoch": 2, "val_acc": 0.35}
     assert reporter.should_report([trial]) and reporter.should_report([trial], done=True)
     assert printed and "#1 epoch 1/3" in printed[0]
+    reporter.report([trial], False)
+    trial.last_result = {"epoch": 2, "val_acc": 0.35, "images_per_s": 900}  # a result the line does not show
+    assert not reporter.should_report([trial], done=True)  # the same line again, but for the clock: not printed
+    reporter.heartbeat_s = 0
+    assert reporter.should_report([trial])  # the heartbeat: the clock has moved on
 
 
 def test_optuna_study_lives_in_the_search_folder_and_survives_a_pickled_searcher(tmp_path):
@@ -192,6 +202,41 @@ def test_optuna_study_lives_in_the_search_folder_and_survives_a_pickled_searcher
     assert (tmp_path / optuna_storage.STUDY_FILE).exists()
     optuna_storage.fresh_study_storage(tmp_path, "s1")  # started anew: the old trials go
     assert "s1" not in optuna.get_all_study_names(optuna_storage.storage_url(tmp_path))
+
+
+def test_a_restored_searcher_takes_the_trials_from_the_storage_not_the_pickle(tmp_path):
+    def space(trial):
+        trial.suggest_float("lr", 1e-3, 1.0, log=True)
+
+    optuna_storage.fresh_study_storage(tmp_path, "s1")
+    first = HonestOptunaSearch(
+        space=space,
+        metric="val_acc",
+        mode="max",
+        storage=optuna_storage.open_storage(tmp_path),
+        study_name="s1",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        points_to_evaluate=[{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}, {"lr": 0.4}],
+    )
+    for trial_id in ("a", "b"):
+        first.suggest(trial_id)
+        first.on_trial_result(trial_id, {"val_acc": 0.3, "epoch": 1})
+    first.save(str(tmp_path / "snapshot.pkl"))
+    # after the snapshot, before the driver died: a finished, b reported epoch 2, c asked for (no Ray trial knows it)
+    first.on_trial_complete("a", {"val_acc": 0.4, "epoch": 2, "finished": True})
+    first.on_trial_result("b", {"val_acc": 0.35, "epoch": 2})
+    first.suggest("c")
+
+    restored = HonestOptunaSearch()  # as Tune restores it: the object unpickled, then its last snapshot loaded
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    restored.on_trial_complete("a", {"val_acc": 0.4, "epoch": 2, "finished": True})  # told once: not again
+    restored.on_trial_result("b", {"val_acc": 0.35, "epoch": 2})  # reported once: no warning, no second value
+    restored.on_trial_result("b", {"val_acc": 0.5, "epoch": 3})
+    # the points to evaluate still run: the one nobody was given, then the one c took and never ran
+    assert restored.suggest("d") == {"lr": 0.4} and restored.suggest("e") == {"lr": 0.3}
+    study = optuna.load_study(study_name="s1", storage=optuna_storage.storage_url(tmp_path))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING", "FAIL", "RUNNING", "RUNNING"]
+    assert study.trials[0].value == 0.4 and study.trials[1].intermediate_values == {1: 0.3, 2: 0.35, 3: 0.5}
 
 
 @pytest.mark.parametrize("with_blocks", [True, False])

@@ -65,7 +65,8 @@ def test_fitting_trials_seed_the_new_study(tmp_path):
 
     new = tmp_path / "new"
     new.mkdir()
-    storage, points = new_search_study(new, "new-1", space, str(source), top=1)
+    settings = SearchSettings(space="x", storage=str(tmp_path), mlflow_uri="", warm_start=str(source), warm_start_top=1)
+    storage, points = new_search_study(new, "new-1", space, settings)
     assert points[0] == warm.top[0] and points[1:] == space.searcher.points_to_evaluate
     searcher = HonestOptunaSearch(
         space=space.define_by_run,
@@ -88,3 +89,59 @@ def test_bad_warm_start_is_one_line(tmp_path, capsys):
         load_warm_start(str(tmp_path), load_space("dgl_quick"))
     code = main(["--space", "dgl_quick", "--warm-start-top", "2", "--dry-run", "--storage", str(tmp_path)])
     assert code == 2 and "--warm-start-top 2: a count of 0 or more, with --warm-start" in capsys.readouterr().err
+
+
+def earlier_mlflow_search(uri, space, trials):
+    """A search's MLflow parent run as the tracker writes it: space.yaml, and per trial a child run with its
+    config.json, its val_acc per epoch and its dt.outcome. trials: (lr, outcome, [val_acc per epoch])."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner.schema import resolve
+    from tuner.tracking import start_parent_run
+
+    client = MlflowClient(uri)
+    parent = start_parent_run(client, "old", "old-search-1", {}, {}, space.text)
+    experiment_id = client.get_run(parent).info.experiment_id
+    for number, (lr, outcome, values) in enumerate(trials, 1):
+        searched = {"lr": lr, "weight_decay": 1e-4, "aux_head": "nokland", "num_blocks": 4, "local_loss": "pred"}
+        config = {**space.base_config().model_dump(), **searched, "dropout": 0.1}
+        tags = {"mlflow.parentRunId": parent, "dt.role": "trial", "dt.outcome": outcome}
+        run_id = client.create_run(experiment_id, run_name=f"#{number} dgl lr={lr}", tags=tags).info.run_id
+        client.log_dict(run_id, resolve(config).model_dump(), "config.json")
+        for epoch, value in enumerate(values, 1):
+            client.log_metric(run_id, "val_acc", value, step=epoch)
+    return parent
+
+
+def test_an_mlflow_run_seeds_the_new_study_as_a_folder_does(tmp_path, capsys):
+    broad = load_space("dgl_quick")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = [
+        (0.02, "completed", [0.3, 0.5]),
+        (0.15, "completed", [0.6, 0.7]),
+        (0.03, "stopped", [0.2]),
+        (0.04, "failed", [0.1]),
+    ]
+    parent = earlier_mlflow_search(uri, broad, runs)
+    warm = load_warm_start(f"runs:/{parent}", narrowed(broad, 0.1), top=1, tracking_uri=uri)
+    assert warm.source == "old-search-1" and warm.dropped == ["#2: lr=0.15 outside the new range"]
+    complete, pruned = warm.trials  # the failed trial is left out, as a FAIL trial is from a study
+    assert (complete.state.name, complete.value, complete.intermediate_values) == ("COMPLETE", 0.5, {1: 0.3, 2: 0.5})
+    assert (pruned.state.name, pruned.value, pruned.intermediate_values) == ("PRUNED", None, {1: 0.2})
+    assert complete.params["lr"] == 0.02 and "aux_width" not in complete.params  # nokland has no width to search
+    assert warm.top == [complete.params]
+
+    # the CLI: the plan says what the warm start brings; a run that is no search, and --resume with it, are one line
+    args = ["--space", "dgl_quick", "--dry-run", "--storage", str(tmp_path / "runs"), "--mlflow-uri", uri]
+    assert main([*args, "--warm-start", parent]) == 0
+    assert "warm start: 3 trials of old-search-1 (2 complete, 1 pruned)" in capsys.readouterr().out
+    child = earlier_mlflow_search(uri, broad, [])  # a parent run of no trials; its own id is a search, not a trial's
+    assert main([*args, "--warm-start", f"runs:/{child}"]) == 0 and "0 trials of" in capsys.readouterr().out
+    for bad, expected in (
+        (["--warm-start", "runs:/" + "0" * 32], "not readable in"),
+        (["--warm-start", parent, "--resume"], "--warm-start: not with --resume"),
+    ):
+        assert main([*args, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+    assert not (tmp_path / "runs").exists()

@@ -5,7 +5,9 @@ MLflow 3.17 opens an experiment in its GenAI view (traces, no runs); the URL par
 `workflowType=machine_learning` opens the runs table instead (the experiment-kind tag is set too, for the UIs that
 read it). Which runs, in which order and with which columns is a view the UI loads from an experiment tag
 `mlflow.sharedViewState.<key>` named by the URL's `viewStateShareKey` (what its own "Share" button writes); the
-chart view is `compareRunsMode=CHART`.
+chart view is `compareRunsMode=CHART`. Left to itself the chart view puts sections named by a metric prefix
+(`blocks/`) before its "Model metrics" section; the saved view lists the sections in the order to show them and marks
+that order as the user's own (`isAccordionReordered`), and the UI files each metric's chart under its section.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from urllib.parse import quote, urlencode
 
 from tuner.locations import sqlite_path
+from tuner.metric_names import BLOCK_PREFIX
 from tuner.text import fmt_value
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
@@ -22,6 +25,9 @@ NOTE = "mlflow.note.content"  # the description MLflow's UI shows for an experim
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 BEST_TAG = "dt.best"
 SHARED_VIEW = "mlflow.sharedViewState."
+# the chart view's sections, top to bottom: the headline metrics (MLflow's name for un-prefixed ones), then the
+# per-block accuracies (tuner/metric_names.py), then MLflow's system metrics
+CHART_SECTIONS = ("Model metrics", BLOCK_PREFIX.rstrip("/"), "System metrics")
 TABLE_PARAMS = 6  # searched params shown as columns beside the metrics
 NAME_PARAMS = 3  # searched values in a trial's run name, beyond its trainer and number
 
@@ -67,6 +73,11 @@ def trials_view(metric: str, mode: str, searched: list) -> dict:
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": mode == "min",
         "selectedColumns": columns,
+        "compareRunCharts": [],  # present, so the UI adds each metric's chart to the sections below
+        "compareRunSections": [
+            {"uuid": f"section-{name}", "name": name, "display": True, "isReordered": False} for name in CHART_SECTIONS
+        ],
+        "isAccordionReordered": True,
     }
 
 
@@ -123,11 +134,10 @@ def applicable_params(config: dict) -> dict:
     return {key: value for key, value in config.items() if applies(key, config)}
 
 
-def trial_number(trial, trials: list) -> int | None:
-    """The trial's place in the search, from 1: Ray keeps its trials in the order it created them (also after a
-    restore), and its trial ids are random. None when `trials` does not hold it."""
-    ids = [t.trial_id for t in trials]
-    return ids.index(trial.trial_id) + 1 if trial.trial_id in ids else None
+def trial_number(trial_id: str, trial_ids: list) -> int | None:
+    """The trial's place in the search, from 1: Ray keeps its trials (and a ResultGrid its results) in the order it
+    created them, also after a restore, and its trial ids are random. None when `trial_ids` does not hold it."""
+    return trial_ids.index(trial_id) + 1 if trial_id in trial_ids else None
 
 
 def trial_run_name(number: int | None, config: dict, searched: list) -> str:

@@ -1,5 +1,6 @@
-"""The console during a search: one line when something happens (a trial starts, reports an epoch or ends), and at
-least every HEARTBEAT_S seconds, instead of Ray's full status table (which `--verbose` brings back):
+"""The console during a search: one line when where the search stands changes (a trial starts, reports an epoch or
+ends), otherwise one every HEARTBEAT_S seconds with the clock moved on; never the same line twice. It stands in for
+Ray's full status table (which `--verbose` brings back):
 
     [03:12] 1 done, 2 running, 1 stopped of 6 | best val_acc 0.4120 (#2) | #4 epoch 2/3, #5 epoch 1/3 | ETA <= 04:30
 
@@ -31,13 +32,12 @@ def _epoch(trial) -> int:
     return int((trial.last_result or {}).get("epoch") or 0)
 
 
-def progress_line(
-    trials: list, elapsed_s: float, num_samples: int, max_epochs: int, metric: str, mode: str, epochs_before: int = 0
-) -> str:
-    """The line for the trials as Ray holds them (status, last_result, trial_id); epochs_before: epochs already run
-    when this driver started (a resumed search), left out of the rate."""
+def progress_state(trials: list, num_samples: int, max_epochs: int, metric: str, mode: str) -> list[str]:
+    """The parts of the line that say where the search stands (how trials ended, the best, who runs which epoch):
+    the line is printed again only when these change, or when the heartbeat is due."""
     outcomes = {"completed": 0, "stopped": 0, "diverged": 0, "failed": 0}
     running, best = [], None
+    ids = [t.trial_id for t in trials]
     for trial in trials:
         result = trial.last_result or {}
         if trial.status in ENDED:
@@ -55,11 +55,21 @@ def progress_line(
     counts = [f"{outcomes['completed']} done", f"{len(running)} running", f"{outcomes['stopped']} stopped"]
     counts += [f"{pending} starting"] if pending else []
     counts += [f"{n} {name}" for name, n in outcomes.items() if name in ("diverged", "failed") and n]
-    parts = [f"[{clock(elapsed_s)}] {', '.join(counts)} of {num_samples}"]
+    parts = [f"{', '.join(counts)} of {num_samples}"]
     if best is not None:
-        parts.append(f"best {metric} {best[0]:.4f} (#{trial_number(best[1], trials)})")
+        parts.append(f"best {metric} {best[0]:.4f} (#{trial_number(best[1].trial_id, ids)})")
     if running:
-        parts.append(", ".join(f"#{trial_number(t, trials)} epoch {_epoch(t)}/{max_epochs}" for t in running))
+        parts.append(", ".join(f"#{trial_number(t.trial_id, ids)} epoch {_epoch(t)}/{max_epochs}" for t in running))
+    return parts
+
+
+def progress_line(
+    trials: list, elapsed_s: float, num_samples: int, max_epochs: int, metric: str, mode: str, epochs_before: int = 0
+) -> str:
+    """The line for the trials as Ray holds them (status, last_result, trial_id); epochs_before: epochs already run
+    when this driver started (a resumed search), left out of the rate."""
+    parts = progress_state(trials, num_samples, max_epochs, metric, mode)
+    parts[0] = f"[{clock(elapsed_s)}] {parts[0]}"
     eta = eta_seconds(trials, elapsed_s, num_samples, max_epochs, epochs_before)
     if eta is not None:
         parts.append(f"ETA <= {clock(eta)}")
@@ -101,13 +111,13 @@ class ProgressLine(ProgressReporter):
     def should_report(self, trials: list, done: bool = False) -> bool:
         if self._epochs_before is None:  # the first look: a resumed search starts with epochs already run
             self._epochs_before = sum(_epoch(t) for t in trials)
-        state = tuple(sorted((t.trial_id, t.status, _epoch(t)) for t in trials))
-        changed = state != self._last_state
-        self._last_state = state
-        return done or changed or time.time() - self._last_print >= self.heartbeat_s
+        state = progress_state(trials, self.num_samples, self.max_epochs, self.metric, self.mode)
+        # Ray asks on every step of its loop; a line the same as the last but for the clock and the ETA says nothing
+        return state != self._last_state or time.time() - self._last_print >= self.heartbeat_s
 
     def report(self, trials: list, done: bool, *sys_info: str) -> None:
         self._last_print = time.time()
+        self._last_state = progress_state(trials, self.num_samples, self.max_epochs, self.metric, self.mode)
         # looked up when used: Ray on a cluster swaps builtins.print, and Tune pickles this reporter
         (self.print_fn or print)(
             progress_line(

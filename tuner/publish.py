@@ -31,7 +31,7 @@ def announce_search(client, record, space, folder: Path) -> list[str]:
     return (
         ["Watch it in MLflow (in the UI, 'Model training' shows runs; these links open it there):"]
         + view_lines(record.mlflow_uri, experiment_id, space.metric)
-        + [f"  the Optuna study: {dashboard_command(folder)}   (pip install '.[dashboard]')"]
+        + [f"  the Optuna study: {dashboard_command(folder, record.settings.optuna_storage)}   (.[dashboard] extra)"]
     )
 
 

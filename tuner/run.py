@@ -16,11 +16,13 @@ from pathlib import Path
 
 from tuner.errors import SetupError, UserError, one_line
 from tuner.locations import absolute_tracking_uri, limit_mlflow_http
+from tuner.optuna_storage import check_storage_url, shown_url, storage_url
 from tuner.ray_adaptations.environment import prepare_environment
 from tuner.search_folder import RECORD, SearchRecord, driver_pid, new_name, resume_command, unfinished
 from tuner.settings import SearchSettings
 from tuner.space import Space
 from tuner.space_file import list_spaces, load_space
+from tuner.warm_start import run_id_of
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,10 +53,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--warm-start",
         metavar="SEARCH",
-        help="an earlier search's folder: its completed and pruned trials seed this search's sampler",
+        help="an earlier search, as its folder or its MLflow parent run (runs:/RUN_ID, or the bare run id, in this "
+        "search's --mlflow-uri): its completed and pruned trials that fit this space seed this search's sampler",
     )
     p.add_argument(
         "--warm-start-top", type=int, default=0, metavar="K", help="with --warm-start: run its K best configs first"
+    )
+    p.add_argument(
+        "--optuna-storage",
+        metavar="URL",
+        help="a database for the search's Optuna study, e.g. postgresql://USER:PASSWORD@HOST:5432/optuna on a cluster "
+        "(default: optuna.db in the search's folder); kept for --resume",
     )
     p.add_argument(
         "--verbose",
@@ -87,8 +96,9 @@ def settings_from_flags(args: argparse.Namespace) -> SearchSettings:
         gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent,
         verbose=args.verbose,
-        warm_start=absolute(args.warm_start),
+        warm_start=args.warm_start if run_id_of(args.warm_start or "") else absolute(args.warm_start),
         warm_start_top=args.warm_start_top,
+        optuna_storage=args.optuna_storage,
     )
 
 
@@ -173,15 +183,26 @@ def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, ad
             f"  per trial: {space.resources.cpu:g} CPU, {space.resources.gpu:g} GPU; "
             f"at most {space.max_concurrent or 'unlimited'} at once; Ray: {address or 'local'}",
             f"  trials and checkpoints: {folder}",
+            f"  Optuna study '{record.name}': {shown_url(storage_url(folder, record.settings.optuna_storage))}",
             f"  MLflow: {record.mlflow_uri}, experiment '{record.experiment}'",
             f"  watch it: mlflow ui --backend-store-uri {record.mlflow_uri} --workers 1   (then http://127.0.0.1:5000)",
         ]
     )
 
 
-def check_warm_start_flags(args: argparse.Namespace) -> None:
+def check_start_flags(args: argparse.Namespace) -> None:
+    """Flags that say how a new search's study starts: not for a resumed one, which keeps its own."""
+    if args.resume:
+        for flag in ("warm_start", "optuna_storage"):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise SetupError(f"{name}: not with --resume (a resumed search keeps the study it started with)")
+        if args.warm_start_top:
+            raise SetupError("--warm-start-top: not with --resume (a resumed search keeps the study it started with)")
     if args.warm_start_top < 0 or (args.warm_start_top and not args.warm_start):
         raise SetupError(f"--warm-start-top {args.warm_start_top}: a count of 0 or more, with --warm-start")
+    if args.optuna_storage:
+        check_storage_url(args.optuna_storage)
 
 
 def check_storage_flag(storage: str) -> None:
@@ -227,7 +248,7 @@ def main(argv=None) -> int:
     folder = None
     try:
         check_storage_flag(args.storage)
-        check_warm_start_flags(args)
+        check_start_flags(args)
         settings = settings_from_flags(args)
         if args.resume:
             folder, record = locate_resume(args.resume, Path(settings.storage), load_space(args.space).name)
@@ -248,7 +269,8 @@ def main(argv=None) -> int:
         if settings.warm_start and not args.resume:
             from tuner.warm_start import load_warm_start
 
-            print(load_warm_start(settings.warm_start, space, settings.warm_start_top).summary(), flush=True)
+            warm = load_warm_start(settings.warm_start, space, settings.warm_start_top, settings.mlflow_uri)
+            print(warm.summary(), flush=True)
         if args.dry_run:
             print("\n" + space.describe())
             print("\n--dry-run: nothing was started.")

@@ -23,6 +23,7 @@ from tuner.cluster import check_cluster, init_ray
 from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
 from tuner.errors import SetupError, one_line
+from tuner.mlflow_views import trial_number
 from tuner.outcome import trial_outcome
 from tuner.progress import ProgressLine
 from tuner.publish import announce_search, publish_results
@@ -84,8 +85,8 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, se
         space.define_by_run(trial)
         return constants  # Ray merges these fixed values into each suggested config
 
-    # the study in the search folder's optuna.db, with a warm start's trials in it (tuner/warm_start.py)
-    storage, points = new_search_study(folder, record.name, space, settings.warm_start, settings.warm_start_top)
+    # the study in its storage (tuner/optuna_storage.py), with a warm start's trials in it (tuner/warm_start.py)
+    storage, points = new_search_study(folder, record.name, space, settings)
     searcher = make_searcher(
         define_by_run,
         make_sampler(space),
@@ -251,11 +252,16 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
         print("No trial reported a finite validation score.")
         return {"num_trials": len(rows)}
     print(f"Top trials by final {space.metric}:")
+    ids = [(r.metrics or {}).get("trial_id") for r in results]  # the order the run names number them in
+
+    def number(result) -> str:
+        return f"#{trial_number(result.metrics.get('trial_id'), ids) or '?'}"
+
     table = [["trial", "outcome", "epochs", space.metric, *space.params]]
     for value, result, outcome in scored[:5]:
         table.append(
             [
-                result.metrics.get("trial_id", "?"),
+                number(result),
                 outcome,
                 str(result.metrics.get("epoch", 0)),
                 f"{value:.4f}",
@@ -267,7 +273,7 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
     best_config = {k: best.config[k] for k in space.params if k in best.config}
     test_acc = best_test_accuracy(best, arrays)
     print(
-        f"\nBest: trial {best.metrics.get('trial_id')}  {space.metric} {best_value:.4f}"
+        f"\nBest: trial {number(best)} (Ray trial {best.metrics.get('trial_id')})  {space.metric} {best_value:.4f}"
         + (f"  test_acc {test_acc:.4f} (from its last checkpoint)" if test_acc is not None else "")
     )
     print("Best config: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in best_config.items()))

@@ -16,8 +16,9 @@ class SearchSettings:
     address: str | None = None  # an existing Ray cluster; None: a local Ray
     max_failures: int = 2  # retries of a crashed trial from its checkpoint
     verbose: bool = False  # Ray's status table in place of one progress line per event
-    warm_start: str | None = None  # an earlier search's folder whose trials seed the new Optuna study
+    warm_start: str | None = None  # an earlier search (folder or MLflow run) whose trials seed the new Optuna study
     warm_start_top: int = 0  # with warm_start: its K best configs run first
+    optuna_storage: str | None = None  # the Optuna study's RDB URL; None: optuna.db in the search's folder
     # overrides of the space (None: as the space says)
     num_samples: int | None = None
     max_epochs: int | None = None

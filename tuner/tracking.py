@@ -229,7 +229,9 @@ class MLflowTracker(Callback):
             for key in ("trainer", "model"):
                 if key in config:
                     tags[f"dt.{key}"] = str(config[key])
-            run_name = trial_run_name(trial_number(trial, trials), config, list(getattr(self, "searched", ())))
+            run_name = trial_run_name(
+                trial_number(trial_id, [t.trial_id for t in trials]), config, list(getattr(self, "searched", ()))
+            )
             run_id = self.client.create_run(self._experiment_id, run_name=run_name, tags=tags).info.run_id
             # the trial's effective config, resolved as the trainable resolves it: params to filter runs by (less
             # the keys its trainer does not read, sim_weight without predsim, ...), config.json to read it back exactly

@@ -11,6 +11,12 @@ Out of the box (Ray 2.60) OptunaSearch:
 Here: every finite epoch value is reported at `step = epoch`; completed -> COMPLETE(value), stopped -> PRUNED
 (Optuna takes the last intermediate value, and TPE ranks pruned trials by how far they got), diverged or
 failed -> FAIL (ignored by TPE). NaN never reaches `tell`.
+
+Restore. Tune restores a searcher by unpickling the object it saved (Tuner.restore rebuilds it from tuner.pkl, then
+`restore_from_dir` loads the last snapshot of its __dict__); no public hook builds it afresh. The pickle stays, for
+what exists only in it: Ray's trial id -> Optuna trial map, the sampler's random state and the define-by-run space.
+Everything Optuna knows about the trials is read back from the study's storage (tuner/optuna_storage.py), which is
+newer than any snapshot: see `_reopen_study`.
 """
 
 from __future__ import annotations
@@ -69,17 +75,35 @@ class HonestOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
-        # With a storage on disk the study outlives the snapshot Ray restores: a trial asked for after it (the driver
-        # killed before Ray recorded that trial) is in the storage but belongs to no Ray trial. It never ran: FAIL.
-        known = {t.number for t in self._ot_trials.values()}
-        unfinished = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-        for trial in self._ot_study.get_trials(deepcopy=False, states=unfinished):
-            if trial.number in known:
-                continue
-            try:
-                self._ot_study.tell(trial.number, None, state=optuna.trial.TrialState.FAIL)
-            except ValueError:  # an earlier restore told it already; the unpickled study's view was older
-                pass
+        if self._storage is not None:
+            self._reopen_study()
+
+    def _reopen_study(self) -> None:
+        """Make the storage the record of every trial. The pickle is older than the storage (and its study's cache
+        older still): reopen the study from the storage, point Ray's trials at it, and take from it what happened
+        after the snapshot -- a trial told its end is done, an epoch reported is not reported again, and a trial
+        asked for that belongs to no Ray trial (the driver killed before Ray recorded it) never ran: FAIL, and the
+        point to evaluate it took, if any, is queued again. Trials still WAITING are the points to evaluate not yet
+        given out; the next suggestions take them."""
+        old = self._ot_study
+        study = optuna.load_study(
+            study_name=old.study_name, storage=self._storage, sampler=old.sampler, pruner=old.pruner
+        )
+        stored = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
+        for trial_id, ot_trial in list(self._ot_trials.items()):
+            frozen = stored[ot_trial._trial_id]
+            self._ot_trials[trial_id] = optuna.Trial(study, frozen._trial_id)
+            if frozen.intermediate_values:
+                self._reported_epoch[trial_id] = max(frozen.intermediate_values)
+            if frozen.state.is_finished():
+                self._completed_trials.add(trial_id)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        for frozen in stored.values():
+            if frozen.state == optuna.trial.TrialState.RUNNING and frozen._trial_id not in known:
+                study.tell(frozen.number, None, state=optuna.trial.TrialState.FAIL)
+                if frozen.system_attrs.get("fixed_params"):  # a point to evaluate it took runs later instead
+                    study.enqueue_trial(frozen.system_attrs["fixed_params"])
+        self._ot_study = study
 
     def save(self, checkpoint_path: str) -> None:
         # Ray's save uses the stdlib pickle, which cannot pickle a define-by-run closure or lambda; cloudpickle

@@ -99,17 +99,23 @@ def logged_config(client, run_id: str) -> dict:
     return json.loads(text) if text else {}
 
 
-def logged_dimensions(client, run_id: str) -> dict:
-    """name -> Dimension of a search's space.yaml artifact; {} if it has none or it no longer loads."""
+def logged_space(client, run_id: str):
+    """The Space of a search's space.yaml artifact; None if it has none or it no longer loads."""
     text = read_artifact(client, run_id, "space.yaml")
     if not text:
-        return {}
+        return None
     with tempfile.TemporaryDirectory(prefix="dt-report-") as folder:
         (Path(folder) / "space.yaml").write_text(text)
         try:
-            return load_space(str(Path(folder) / "space.yaml")).params
+            return load_space(str(Path(folder) / "space.yaml"))
         except (SpaceError, ConfigError):
-            return {}
+            return None
+
+
+def logged_dimensions(client, run_id: str) -> dict:
+    """name -> Dimension of a search's space.yaml artifact; {} if it has none or it no longer loads."""
+    space = logged_space(client, run_id)
+    return space.params if space else {}
 
 
 def metric_history(client, run_id: str, key: str) -> list:
