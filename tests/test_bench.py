@@ -167,16 +167,14 @@ def test_training_flops_match_the_modules():
     assert dgl_flops == pytest.approx(2 * sum(network) * 3 - 2 * sum(first_convs) + 6 * heads, rel=1e-6)
 
 
+def gpu_check_dry_run(tmp_path, skip: str):
+    """bench/gpu_check.sh --dry-run without the sections in `skip`, its rows in tmp_path/out."""
+    env = {"OUT": str(tmp_path / "out"), "DT_GPU_CARRY": str(tmp_path / "none"), "PYTHON": sys.executable}
+    return tmp_path / "out", run("bash", "bench/gpu_check.sh", "--dry-run", "--skip", skip, env=env)
+
+
 def test_gpu_check_dry_run(tmp_path):
-    out = tmp_path / "out"
-    result = run(
-        "bash",
-        "bench/gpu_check.sh",
-        "--dry-run",
-        "--skip",
-        "concurrency,search",
-        env={"OUT": str(out), "DT_GPU_CARRY": str(tmp_path / "none"), "PYTHON": sys.executable},
-    )
+    out, result = gpu_check_dry_run(tmp_path, "concurrency,search")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
     assert not [r for r in rows if "error" in r], rows
@@ -225,15 +223,7 @@ def test_gpu_check_without_gpu_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_with_search(tmp_path):
-    out = tmp_path / "out"
-    result = run(
-        "bash",
-        "bench/gpu_check.sh",
-        "--dry-run",
-        "--skip",
-        "peak,trainers,variants",
-        env={"OUT": str(out), "DT_GPU_CARRY": str(tmp_path / "none"), "PYTHON": sys.executable},
-    )
+    out, result = gpu_check_dry_run(tmp_path, "peak,trainers,variants")
     assert result.returncode == 0, result.stdout[-3000:]
     rows = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
     assert not [r for r in rows if "error" in r], rows

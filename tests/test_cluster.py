@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from fakedata import learnable_arrays, write_cifar_folder
+from helpers import local_store
 
 import tuner.cluster as cluster
 from tuner.search_folder import SearchRecord
@@ -434,10 +435,7 @@ def test_run_refuses_what_two_nodes_cannot_share(ray_cluster, fake_data, tmp_pat
             str(space),
             "--data-dir",
             str(fake_data),
-            "--storage",
-            str(tmp_path / "runs"),
-            "--mlflow-uri",
-            f"sqlite:///{tmp_path}/mlflow.db",
+            *local_store(tmp_path),
             "--address",
             ray_cluster.address,
         ],

@@ -12,15 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fakedata import structured_arrays
+from helpers import small_trainer
 
 import models.losses
 from models.heads import SyntheticGradient
-from models.registry import build_trainer
 from models.synthetic_gradients import DNI
 from models.trainers import DGL
 from tuner.data import make_splits
-from tuner.epoch import run_epoch, steps_per_epoch
-from tuner.schema import resolve
+from tuner.epoch import run_epoch
 
 CHANCE = 0.25
 LEARNED = 0.8  # every block's validation accuracy must reach this (chance 0.25; frozen convolutions ~0.5)
@@ -33,22 +32,8 @@ def data():
 
 
 def make(data, **overrides):
-    cfg = resolve(
-        {
-            "model": "basiccnn",
-            "width": 0.125,
-            "batch_size": 32,
-            "lr": 0.05,
-            "epochs": 2,
-            "val_size": 200,
-            "augment": False,
-            "aux_head": "pooled_mlp",
-            "aux_pool": 1,
-            "aux_depth": 0,
-            **overrides,
-        }
-    )
-    return build_trainer(cfg, "cpu", steps_per_epoch(data.train, cfg.batch_size))
+    options = {"lr": 0.05, "epochs": 2, "val_size": 200, "augment": False, "aux_head": "pooled_mlp", "aux_pool": 1}
+    return small_trainer(data, **{**options, "aux_depth": 0, **overrides})
 
 
 def learning_failures(trainer, data) -> list[str]:

@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from fakedata import learnable_arrays
+from helpers import small_trainer
 
 from models.pipeline import PipelinedDGL, PipelineError
 from models.pipeline_stage import balanced_partition
-from models.registry import build_trainer
 from models.trainers import DGL
 from tuner.data import make_splits
-from tuner.epoch import steps_per_epoch
 from tuner.errors import ConfigError
 from tuner.schema import resolve
 
@@ -45,19 +44,7 @@ def two_threads():
 
 
 def make(data, **overrides):
-    cfg = resolve(
-        {
-            "model": "basiccnn",
-            "width": 0.125,
-            "aux_width": 32,
-            "batch_size": 32,
-            "epochs": 2,
-            "val_size": 160,
-            "local_loss": "predsim",
-            **overrides,
-        }
-    )
-    return build_trainer(cfg, "cpu", steps_per_epoch(data.train, cfg.batch_size))
+    return small_trainer(data, **{"aux_width": 32, "epochs": 2, "val_size": 160, "local_loss": "predsim", **overrides})
 
 
 def epoch_batches(data, epoch):

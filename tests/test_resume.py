@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from fakedata import learnable_arrays, write_cifar_folder
+from helpers import local_store
 from mlflow.tracking import MlflowClient
 
 from tuner.ray_adaptations.asha import STATE_FILE, PersistentASHA
@@ -57,15 +58,7 @@ def write_space(
 
 
 def cli_args(space, tmp_path, data=None):
-    args = [
-        "--space",
-        str(space),
-        "--storage",
-        str(tmp_path / "runs"),
-        "--mlflow-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-    ]
-    return args + (["--data-dir", str(data)] if data else [])
+    return ["--space", str(space), *local_store(tmp_path)] + (["--data-dir", str(data)] if data else [])
 
 
 def run_cli(*args, cwd, timeout=120):

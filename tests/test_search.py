@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from fakedata import learnable_arrays, write_cifar_folder
+from helpers import local_store
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,10 +150,7 @@ def test_dry_run_starts_nothing(tmp_path):
         "--space",
         "dgl_quick",
         "--dry-run",
-        "--storage",
-        str(tmp_path / "runs"),
-        "--mlflow-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
+        *local_store(tmp_path),
         cwd=tmp_path,
         timeout=120,
     )
@@ -185,10 +183,7 @@ def test_bad_space_is_one_line_exit_2_and_creates_nothing(tmp_path, old, new, ke
     result = run_cli(
         "--space",
         str(space),
-        "--storage",
-        str(tmp_path / "runs"),
-        "--mlflow-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
+        *local_store(tmp_path),
         cwd=tmp_path,
         timeout=120,
     )

@@ -6,13 +6,12 @@ import itertools
 import pytest
 import torch
 from fakedata import learnable_arrays
+from helpers import small_trainer
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.registry import build_trainer
 from tuner.data import make_splits
-from tuner.epoch import run_epoch, steps_per_epoch
+from tuner.epoch import run_epoch
 from tuner.metric_names import block_accuracies
-from tuner.schema import resolve
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +20,7 @@ def data():
 
 
 def make(data, **overrides):
-    cfg = resolve(
-        {
-            "model": "basiccnn",
-            "width": 0.125,
-            "aux_width": 64,
-            "batch_size": 32,
-            "lr": 0.05,
-            "epochs": 2,
-            "val_size": 400,
-            **overrides,
-        }
-    )
-    return build_trainer(cfg, "cpu", steps_per_epoch(data.train, cfg.batch_size))
+    return small_trainer(data, **{"aux_width": 64, "lr": 0.05, "epochs": 2, "val_size": 400, **overrides})
 
 
 CASES = [dict(trainer=t) for t in ("backprop", "dgl", "dni", "cdni")] + [
