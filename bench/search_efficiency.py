@@ -33,6 +33,7 @@ from ray.tune.stopper import Stopper
 from tuner.errors import SetupError, UserError, one_line
 from tuner.outcome import trial_outcome
 from tuner.ranking import best_trial, final_score
+from tuner.ray_adaptations.environment import prepare_environment
 from tuner.schema import Fifo, RandomSearch
 from tuner.space import Space
 
@@ -246,6 +247,7 @@ def check_run(run_id: str, uri: str) -> None:
 
 
 def main(argv=None) -> int:
+    prepare_environment()  # quiet Ray, MLflow and Optuna logs, as tuner.run has them
     args = parse_args(argv)
     try:
         space = checked_space(args.space)

@@ -315,12 +315,16 @@ def test_search_efficiency_spends_the_budget_and_writes_its_files(tmp_path):
     space.write_text(EFFICIENCY_SPACE)
     write_cifar_folder(tmp_path / "data", learnable_arrays(150, 20, seed=5))
     (tmp_path / "tmp").mkdir()
+    from mlflow.tracking import MlflowClient
+
     out = tmp_path / "out"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id = MlflowClient(uri).create_run(MlflowClient(uri).create_experiment("study")).info.run_id
     result = run(
         sys.executable,
         "bench/search_efficiency.py",
         *("--space", space, "--data-dir", tmp_path / "data", "--out", out),
-        *("--budget-epochs", "3", "--repetitions", "1"),
+        *("--budget-epochs", "3", "--repetitions", "1", "--log-to-run", run_id, "--mlflow-uri", uri),
         env={"TMPDIR": str(tmp_path / "tmp")},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -339,6 +343,19 @@ def test_search_efficiency_spends_the_budget_and_writes_its_files(tmp_path):
     assert random_reach[0] is not None and random_reach[0] <= summary["methods"]["random"]["epochs_reported"][0]
     assert (out / "search_efficiency.png").stat().st_size > 10_000
     assert not list((tmp_path / "tmp").glob("dt-search-efficiency-*"))  # the trials' folder is removed
+    logged = [artifact.path for artifact in MlflowClient(uri).list_artifacts(run_id)]
+    assert sorted(logged) == ["search_efficiency.json", "search_efficiency.png"]
+
+
+def test_search_efficiency_unknown_run_is_one_line(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "out"
+    result = run(
+        sys.executable, "bench/search_efficiency.py", "--log-to-run", "0123abcd", "--mlflow-uri", uri, "--out", out
+    )
+    assert result.returncode == 2 and not out.exists()
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --log-to-run 0123abcd: no such run in {uri}")
 
 
 def test_search_efficiency_needs_asha_and_tpe(tmp_path):
