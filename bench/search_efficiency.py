@@ -30,6 +30,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.stopper import Stopper
 
+from tuner.cluster import init_ray
 from tuner.errors import SetupError, UserError, one_line
 from tuner.outcome import trial_outcome
 from tuner.ranking import best_trial, final_score
@@ -259,6 +260,7 @@ def main(argv=None) -> int:
         from tuner.data import load_arrays
 
         arrays = load_arrays(args.data_dir)
+        init_ray()  # local; search_all shuts it down
         out = Path(args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
     except UserError as error:
@@ -266,11 +268,15 @@ def main(argv=None) -> int:
         return 2
     seeds = [space.searcher.seed + rep for rep in range(args.repetitions)]
     print(f"{space.name}: {', '.join(METHODS)} x {len(seeds)} searcher seeds, {budget} epochs each; out: {out}")
-    runs = search_all(space, arrays, budget, seeds)
-    summary = summarize(space, budget, seeds, runs)
     files = [out / "search_efficiency.json", out / "search_efficiency.png"]
-    files[0].write_text(json.dumps(summary, indent=1) + "\n")
-    plot(summary, files[1])
+
+    def write(runs: dict) -> dict:  # after every repetition: an interrupted benchmark keeps what it measured
+        summary = summarize(space, budget, seeds[: len(runs["random"])], runs)
+        files[0].write_text(json.dumps(summary, indent=1) + "\n")
+        plot(summary, files[1])
+        return summary
+
+    summary = write(search_all(space, arrays, budget, seeds, write))
     for method, data in summary["methods"].items():
         print(
             f"{method}: final best {data['final_best']}, epochs to reach {summary['target_val_acc']}: "
@@ -285,14 +291,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def search_all(space: Space, arrays, budget: int, seeds: list[int]) -> dict:
-    """Every method with every seed, in one local Ray; Ray and the trials' folder are gone when it returns."""
+def search_all(space: Space, arrays, budget: int, seeds: list[int], after_repetition) -> dict:
+    """Every method with every seed, in the Ray started, calling `after_repetition(runs so far)` after each seed;
+    Ray and the trials' folder are gone when it returns."""
     import ray
 
-    from tuner.cluster import init_ray
-
     runs = {method: [] for method in METHODS}
-    init_ray()
     try:
         with tempfile.TemporaryDirectory(prefix="dt-search-efficiency-") as storage:
             for rep, seed in enumerate(seeds):
@@ -306,6 +310,7 @@ def search_all(space: Space, arrays, budget: int, seeds: list[int]) -> dict:
                         flush=True,
                     )
                     runs[method].append(run)
+                after_repetition(runs)
     finally:
         ray.shutdown()
     return runs
