@@ -3,11 +3,9 @@
     python bench/search_efficiency.py --data-dir DIR [--space bench/search_efficiency.yaml] [--budget-epochs 24]
         [--repetitions 3] [--out bench_out/search_efficiency] [--log-to-run RUN_ID --mlflow-uri URI]
 
-Two methods on the same space, each run until the same number of training epochs has been reported by all its
-trials together, once per searcher seed: `asha_tpe`, the space's own ASHA and Optuna TPE as `tuner.run` builds
-them, and `random`, Optuna's random sampler over the same distributions (and the same points to evaluate) with
-every trial run to its last epoch. Writes search_efficiency.json (each run's curve and the epochs each needed to
-reach random search's final best) and search_efficiency.png; bench/README.md says how to read them.
+Per searcher seed, two searches of one space until their trials have reported the same number of epochs: `asha_tpe`
+(the space's ASHA and Optuna TPE, as `tuner.run` builds them) and `random` (Optuna's random sampler over the same
+distributions, every trial run to its last epoch). Writes search_efficiency.json and .png; bench/README.md has more.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from tuner.errors import SetupError, UserError, one_line
 from tuner.outcome import trial_outcome
 from tuner.ranking import best_trial, final_score
 from tuner.ray_adaptations.environment import prepare_environment
+from tuner.ray_adaptations.interrupts import sigterm_as_ctrl_c
 from tuner.schema import Fifo, RandomSearch
 from tuner.space import Space
 
@@ -106,6 +105,8 @@ def run_method(space: Space, arrays, budget: int, storage: Path) -> dict:
             verbose=0,
         ),
     ).fit()
+    if counter.spent < budget and len(results) < space.num_samples:
+        raise KeyboardInterrupt  # Tune's own Ctrl-C handling ended this search early: end the benchmark too
     return {
         "curve": counter.curve,
         "final": counter.curve[-1][1] if counter.curve else None,
@@ -261,6 +262,7 @@ def main(argv=None) -> int:
 
         arrays = load_arrays(args.data_dir)
         init_ray()  # local; search_all shuts it down
+        sigterm_as_ctrl_c()  # after ray.init, which replaces the handler: `kill` stops the benchmark as Ctrl-C does
         out = Path(args.out).resolve()
         out.mkdir(parents=True, exist_ok=True)
     except UserError as error:
@@ -276,12 +278,13 @@ def main(argv=None) -> int:
         plot(summary, files[1])
         return summary
 
-    summary = write(search_all(space, arrays, budget, seeds, write))
-    for method, data in summary["methods"].items():
-        print(
-            f"{method}: final best {data['final_best']}, epochs to reach {summary['target_val_acc']}: "
-            f"{data['epochs_to_reach_random_best']}"
-        )
+    try:
+        summary = write(search_all(space, arrays, budget, seeds, write))
+    except KeyboardInterrupt:
+        print(f"Interrupted; the repetitions that ended are in {out}", file=sys.stderr)
+        return 130
+    reach = {method: data["epochs_to_reach_random_best"] for method, data in summary["methods"].items()}
+    print(f"epochs to reach random's mean final best ({summary['target_val_acc']}): {reach}")
     if args.log_to_run:
         from mlflow.tracking import MlflowClient
 

@@ -4,8 +4,10 @@ not asserted: that is what the benchmarks are for."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -314,7 +316,8 @@ def test_search_efficiency_spends_the_budget_and_writes_its_files(tmp_path):
     space = tmp_path / "tiny.yaml"
     space.write_text(EFFICIENCY_SPACE)
     write_cifar_folder(tmp_path / "data", learnable_arrays(150, 20, seed=5))
-    (tmp_path / "tmp").mkdir()
+    # a temp folder of its own, to see the benchmark's removed; short, as Ray's socket paths in it must be
+    scratch = Path(tempfile.mkdtemp(prefix="dt-", dir="/tmp"))
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "out"
@@ -325,8 +328,10 @@ def test_search_efficiency_spends_the_budget_and_writes_its_files(tmp_path):
         "bench/search_efficiency.py",
         *("--space", space, "--data-dir", tmp_path / "data", "--out", out),
         *("--budget-epochs", "3", "--repetitions", "1", "--log-to-run", run_id, "--mlflow-uri", uri),
-        env={"TMPDIR": str(tmp_path / "tmp")},
+        env={"TMPDIR": str(scratch)},
     )
+    leftovers = list(scratch.glob("dt-search-efficiency-*"))
+    shutil.rmtree(scratch, ignore_errors=True)  # Ray's session logs
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "search_efficiency.json").read_text())
     assert {"space", "budget_epochs", "regime", "methods"} <= set(summary) and summary["budget_epochs"] == 3
@@ -342,7 +347,7 @@ def test_search_efficiency_spends_the_budget_and_writes_its_files(tmp_path):
     random_reach = summary["methods"]["random"]["epochs_to_reach_random_best"]
     assert random_reach[0] is not None and random_reach[0] <= summary["methods"]["random"]["epochs_reported"][0]
     assert (out / "search_efficiency.png").stat().st_size > 10_000
-    assert not list((tmp_path / "tmp").glob("dt-search-efficiency-*"))  # the trials' folder is removed
+    assert not leftovers  # the trials' folder is removed
     logged = [artifact.path for artifact in MlflowClient(uri).list_artifacts(run_id)]
     assert sorted(logged) == ["search_efficiency.json", "search_efficiency.png"]
 
