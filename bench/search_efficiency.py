@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -85,6 +86,8 @@ def run_method(space: Space, arrays, budget: int, storage: Path) -> dict:
 
     counter = EpochBudget(budget, space.metric, space.mode)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per in-memory study
+    # a trial the budget stopped before its first report has no result.json, which is no problem here
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     start = time.perf_counter()
     results = tune.Tuner(
         trainable_for(space, arrays),
