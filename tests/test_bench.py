@@ -4,8 +4,10 @@ not asserted: that is what the benchmarks are for."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +262,99 @@ def test_cifar_subset_bad_counts_are_one_line(tmp_path, flags, capsys):
     assert main(["--data-dir", str(tmp_path / "full"), "--out", str(tmp_path / "small"), *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+# ------------------------------------------------------------------------------------------- search efficiency
+
+EFFICIENCY_SPACE = """
+trainer: backprop
+model: basiccnn
+fixed: {width: 0.0625, epochs: 2, batch_size: 50, train_subset: 100, val_size: 50, augment: false, seed: 0}
+search:
+  lr: {type: loguniform, low: 0.001, high: 0.3}
+scheduler: {type: asha, max_t: 2, grace_period: 1, reduction_factor: 2}
+searcher: {type: optuna_tpe, seed: 0, n_startup_trials: 2}
+num_samples: 4
+max_concurrent: 2
+resources: {cpu: 1, gpu: 0}
+metric: val_acc
+mode: max
+"""
+
+
+class _Trial:
+    def __init__(self, trial_id):
+        self.trial_id = trial_id
+
+
+def test_epoch_budget_counts_reports_and_follows_the_searchs_pick():
+    from bench.search_efficiency import EpochBudget, epochs_to_reach
+
+    budget = EpochBudget(4, "val_acc", "max")
+    reports = [("a", {"val_acc": 0.3}), ("b", {"val_acc": 0.5}), ("b", {"val_acc": 0.4}), ("c", {"diverged": True})]
+    for trial_id, result in reports:
+        assert not budget.stop_all() and budget(trial_id, result) is False
+        budget.on_trial_result(0, [], _Trial(trial_id), result)
+    assert budget.stop_all() and budget.spent == 4
+    # b's latest epoch (0.4) is what the search would pick b by, not its earlier 0.5; a diverged trial never counts
+    assert budget.curve == [(1, 0.3), (2, 0.5), (3, 0.4), (4, 0.4)]
+    assert epochs_to_reach(budget.curve, 0.4) == 2 and epochs_to_reach(budget.curve, 0.6) is None
+
+
+@pytest.mark.slow
+def test_search_efficiency_spends_the_budget_and_writes_its_files(tmp_path):
+    space = tmp_path / "tiny.yaml"
+    space.write_text(EFFICIENCY_SPACE)
+    write_cifar_folder(tmp_path / "data", learnable_arrays(150, 20, seed=5))
+    # a temp folder of its own, to see the benchmark's removed; short, as Ray's socket paths in it must be
+    scratch = Path(tempfile.mkdtemp(prefix="dt-", dir="/tmp"))
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "out"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id = MlflowClient(uri).create_run(MlflowClient(uri).create_experiment("study")).info.run_id
+    result = run(
+        sys.executable,
+        "bench/search_efficiency.py",
+        *("--space", space, "--data-dir", tmp_path / "data", "--out", out),
+        *("--budget-epochs", "3", "--repetitions", "1", "--log-to-run", run_id, "--mlflow-uri", uri),
+        env={"TMPDIR": str(scratch)},
+    )
+    leftovers = list(scratch.glob("dt-search-efficiency-*"))
+    shutil.rmtree(scratch, ignore_errors=True)  # Ray's session logs
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((out / "search_efficiency.json").read_text())
+    assert {"space", "budget_epochs", "regime", "methods"} <= set(summary) and summary["budget_epochs"] == 3
+    assert summary["regime"]["train_images"] == 100 and summary["regime"]["epochs_per_trial"] == 2
+    assert set(summary["methods"]) == {"asha_tpe", "random"}
+    for data in summary["methods"].values():
+        assert {"curves", "final_best", "epochs_to_reach_random_best"} <= set(data)
+        (curve,) = data["curves"]
+        # the budget stops the search: at most one more epoch from the other trial in flight (2 at once)
+        assert 3 <= curve[-1][0] == data["epochs_reported"][0] <= 4
+        assert [epochs for epochs, _ in curve] == list(range(1, len(curve) + 1))
+        assert data["final_best"] == [curve[-1][1]] and 0 < curve[-1][1] <= 1
+    random_reach = summary["methods"]["random"]["epochs_to_reach_random_best"]
+    assert random_reach[0] is not None and random_reach[0] <= summary["methods"]["random"]["epochs_reported"][0]
+    assert (out / "search_efficiency.png").stat().st_size > 10_000
+    assert not leftovers  # the trials' folder is removed
+    logged = [artifact.path for artifact in MlflowClient(uri).list_artifacts(run_id)]
+    assert sorted(logged) == ["search_efficiency.json", "search_efficiency.png"]
+    # a run that is not there: one line, before anything starts (the same store, so no second database to create)
+    result = run(sys.executable, "bench/search_efficiency.py", "--log-to-run", "0123abcd", "--mlflow-uri", uri)
+    (line,) = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and line.startswith(f"error: --log-to-run 0123abcd: no such run in {uri}")
+
+
+def test_search_efficiency_needs_asha_and_tpe(tmp_path):
+    space = tmp_path / "fifo.yaml"
+    space.write_text(
+        EFFICIENCY_SPACE.replace("type: asha, max_t: 2, grace_period: 1, reduction_factor: 2", "type: fifo")
+    )
+    out = tmp_path / "out"
+    result = run(sys.executable, "bench/search_efficiency.py", "--space", space, "--out", out)
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip().splitlines() == [
+        f"error: --space {space}: has scheduler fifo and searcher optuna_tpe; this comparison needs scheduler asha "
+        f"and searcher optuna_tpe"
+    ]

@@ -77,17 +77,16 @@ def progress_reporter(space: Space):
     )
 
 
-def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, settings: SearchSettings) -> tune.Tuner:
-    base = space.base_config()
-    constants = {k: v for k, v in base.model_dump().items() if k not in space.params}
+def space_searcher(space: Space, points: list[dict] | None = None, storage=None, study_name: str | None = None):
+    """The space's searcher (Optuna TPE or random, honest about how trials ended) over its define-by-run space, each
+    suggested config completed with the space's fixed values; storage None keeps the study in memory."""
+    constants = {k: v for k, v in space.base_config().model_dump().items() if k not in space.params}
 
     def define_by_run(trial):
         space.define_by_run(trial)
         return constants  # Ray merges these fixed values into each suggested config
 
-    # the study in its storage (tuner/optuna_storage.py), with a warm start's trials in it (tuner/warm_start.py)
-    storage, points = new_search_study(folder, record.name, space, settings)
-    searcher = make_searcher(
+    return make_searcher(
         define_by_run,
         make_sampler(space),
         space.metric,
@@ -95,8 +94,15 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, se
         points,
         space.max_concurrent,
         storage=storage,
-        study_name=record.name,
+        study_name=study_name,
     )
+
+
+def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, settings: SearchSettings) -> tune.Tuner:
+    base = space.base_config()
+    # the study in its storage (tuner/optuna_storage.py), with a warm start's trials in it (tuner/warm_start.py)
+    storage, points = new_search_study(folder, record.name, space, settings)
+    searcher = space_searcher(space, points, storage, record.name)
     tracker = MLflowTracker(
         record.mlflow_uri,
         record.parent_run_id,
