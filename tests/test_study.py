@@ -134,6 +134,30 @@ def test_final_and_peak_per_seed_and_the_gap_row():
     assert rows[1][5].startswith("-15.00 [")
 
 
+def test_measuring_the_test_split_every_epoch_leaves_training_as_it_was(monkeypatch):
+    """The confirm stage's trials measure the test split after each epoch; the epochs they train must be the search's
+    (the same seed gives the same validation accuracy), or confirm and search would disagree by construction."""
+    from types import SimpleNamespace
+
+    import tuner.trial as trial
+
+    arrays = learnable_arrays(300, 50, seed=0)
+    config = {"trainer": "dgl", "model": "basiccnn", "width": 0.125, "aux_width": 32, "epochs": 2, "batch_size": 32}
+    config.update(val_size=100, device="cpu")
+    monkeypatch.setattr(trial, "prepare_environment", lambda: None)
+    monkeypatch.setattr(trial, "limit_threads", lambda n: None)
+    monkeypatch.setattr(trial, "granted", lambda resource: None)  # no Ray here
+    monkeypatch.setattr(trial.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t0"))
+    monkeypatch.setattr(trial.tune, "get_checkpoint", lambda: None)
+    reports = {True: [], False: []}
+    for with_test in (False, True):
+        monkeypatch.setattr(trial.tune, "report", lambda metrics, checkpoint=None: reports[with_test].append(metrics))
+        trial.train_trial(config, arrays, evaluate_test=with_test)
+    assert [m["val_acc"] for m in reports[True]] == [m["val_acc"] for m in reports[False]]
+    assert [m["train_loss"] for m in reports[True]] == [m["train_loss"] for m in reports[False]]
+    assert all("test_acc" in m for m in reports[True]) and not any("test_acc" in m for m in reports[False])
+
+
 def _trial(trial_id, val, k, outcome="completed"):
     params = {"trainer": "dgl", "num_blocks": k, "lr": 0.1, "seed": 0}
     return Trial(trial_id, trial_id, "p", "e", "dgl", "vgg16", outcome, params, {"val_acc": val}, 0, 1)

@@ -21,7 +21,7 @@ from models.networks import num_units
 from tuner.errors import SpaceError
 from tuner.schema import _Shape
 from tuner.space import Space, SpaceProblems, label, same
-from tuner.space_file import _Loader, load_space
+from tuner.space_file import find_file, load_space, read_yaml, shipped
 from tuner.text import yaml_value
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -79,18 +79,7 @@ class Study:
 
 
 def list_studies() -> list[str]:
-    return sorted(path.stem for path in STUDIES_DIR.glob("*.yaml"))
-
-
-def find_study(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    if path.name == name_or_path and (STUDIES_DIR / f"{name_or_path}.yaml").is_file():
-        return STUDIES_DIR / f"{name_or_path}.yaml"
-    raise SpaceError(
-        f"{name_or_path}: no such study file or name; allowed: a YAML file path or one of {', '.join(list_studies())}"
-    )
+    return shipped(STUDIES_DIR)
 
 
 def normalized(key: str, value, model: str):
@@ -100,16 +89,9 @@ def normalized(key: str, value, model: str):
 
 def load_study(name_or_path: str) -> Study:
     """Read and check a study and every arm's space. Raises SpaceError with one line; creates nothing."""
-    path = find_study(name_or_path)
+    path = find_file(name_or_path, STUDIES_DIR, "study")
     file = SpaceProblems(label(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        file.fail(f"line {mark.line + 1}" if mark else "file", f"YAML syntax error: {error.problem}")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        file.fail("file", f"cannot be read: {error}")
+    text, data = read_yaml(path, file)
     file.mapping(data, "top level", list(StudyFile.model_fields))
     for arm, raw in (data.get("arms") or {}).items() if isinstance(data.get("arms"), dict) else ():
         for key in raw if isinstance(raw, dict) else ():

@@ -163,7 +163,7 @@ def summary_tables(candidates: list, reference: str, blocks: list, markdown: boo
     lines += [
         "",
         f"Test accuracy on the whole test split over {plural(seeds, 'confirm seed')}: mean ± sample std (ddof 1); "
-        "final = last epoch, peak = best epoch. Gap: candidate - {reference}, in points, with its {INTERVAL} interval "
+        f"final = last epoch, peak = best epoch. Gap: candidate - {reference}, in points, with its {INTERVAL} interval "
         "over seeds.",
     ]
     if blocks:
