@@ -84,6 +84,15 @@ def test_a_broken_study_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys,
     assert not storage.exists() and not db.exists()
 
 
+def test_resume_without_an_unfinished_study_is_one_line(tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(TINY_STUDY)
+    (tmp_path / "not_a_study").mkdir()
+    for resume in ([], [str(tmp_path / "not_a_study")]):
+        code = study_cli.main(["--study", str(tmp_path / "tiny.yaml"), "--storage", str(tmp_path), "--resume", *resume])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("error: --resume"), err
+
+
 def test_arms_share_the_budget_and_add_their_own_keys(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_STUDY)
@@ -104,7 +113,18 @@ def test_the_shipped_studies_load_and_the_gpu_plan_states_its_cost(capsys):
         assert study.write_up == {"dgl": {"num_blocks": 13}}
     assert study_cli.main(["--study", "gpu_vgg16", "--dry-run", "--storage", "/nonexistent/runs"]) == 0
     out = capsys.readouterr().out
-    assert "estimated GPU-hours" in out and "backprop 10 s" in out and "nothing was started" in out
+    assert "estimated GPU-hours: 14 (searching 9, confirming 4)" in out and "backprop 10" in out
+    assert "nothing was started" in out
+
+
+def test_halving_epochs_per_trial_by_hand():
+    from tuner.schema import Asha, Fifo
+
+    # rungs 10, 30, 90, then max_t 100: all trials run 10 epochs, 1/3 run 20 more, 1/9 run 60 more, 1/27 run 10 more
+    assert study_cli.halving_epochs(Asha(max_t=100, grace_period=10, reduction_factor=3), 100) == pytest.approx(
+        10 + 20 / 3 + 60 / 9 + 10 / 27
+    )
+    assert study_cli.halving_epochs(Fifo(), 8) == 8
 
 
 def test_welch_interval_and_mean_std_match_the_formulas():

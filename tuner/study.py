@@ -63,7 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def unfinished_studies(storage: Path, name: str) -> list:
     found = []
     for path in storage.glob(f"*/{STUDY_RECORD}") if storage.is_dir() else ():
-        record = StudyRecord.load(path.parent)
+        try:
+            record = StudyRecord.load(path.parent)
+        except (OSError, ValueError, TypeError, KeyError):  # not a study's record, or an older layout
+            continue
         if record.name == name and record.status != "finished":
             found.append((record.created, path.parent))
     return [folder for _, folder in sorted(found)]
@@ -76,10 +79,16 @@ def locate(args, study: Study, storage: Path, uri: str) -> tuple:
         return storage / new_name(study.name), record
     pending = unfinished_studies(storage, study.name) if args.resume == "latest" else [Path(args.resume).resolve()]
     if not pending or not (pending[-1] / STUDY_RECORD).is_file():
-        raise SetupError(f"--resume: no unfinished run of the study '{study.name}' under {args.resume_where}")
+        raise SetupError(f"--resume {args.resume}: no unfinished run of the study '{study.name}' (under {storage})")
     if driver_pid(pending[-1]):
         raise SetupError(f"--resume {pending[-1]}: that study is running now (driver pid {driver_pid(pending[-1])})")
-    return pending[-1], StudyRecord.load(pending[-1])
+    try:
+        record = StudyRecord.load(pending[-1])
+    except (OSError, ValueError, TypeError, KeyError):
+        raise SetupError(f"--resume {pending[-1]}: not a study folder (no readable {STUDY_RECORD})") from None
+    if record.status == "finished" or record.name != study.name:
+        raise SetupError(f"--resume {pending[-1]}: not an unfinished run of the study '{study.name}'")
+    return pending[-1], record
 
 
 def plan(study: Study, folder: Path, record: StudyRecord) -> str:
@@ -100,26 +109,40 @@ def plan(study: Study, folder: Path, record: StudyRecord) -> str:
         f"  confirm: up to {candidates} configs x seeds {', '.join(map(str, study.seeds))} ({cfg.epochs} epochs, test "
         f"split every epoch); gaps against '{study.reference}'"
     )
-    search_epochs = len(study.spaces) * first.num_samples * cfg.epochs
+    per_trial = halving_epochs(sched, cfg.epochs)
+    search_epochs = len(study.spaces) * first.num_samples * per_trial
     confirm_epochs = candidates * len(study.seeds) * cfg.epochs
     lines.append(
-        f"  trial-epochs at most: {search_epochs} searching (ASHA stops most trials early) + "
-        f"{confirm_epochs} confirming"
+        f"  trial-epochs: about {search_epochs:.0f} searching ({per_trial:.1f} per trial if ASHA halves at each rung; "
+        f"at most {len(study.spaces) * first.num_samples * cfg.epochs}) + {confirm_epochs} confirming"
     )
     if first.resources.gpu:
-        hours = sum(
-            (first.num_samples + len(study.seeds) * (1 + (arm in study.write_up)))
-            * cfg.epochs
-            * GPU_EPOCH_S.get(space.trainer, 20.0)
-            for arm, space in study.spaces.items()
-        )
+        epochs = {  # arm -> (searching, confirming) trial-epochs
+            arm: (first.num_samples * per_trial, len(study.seeds) * (1 + (arm in study.write_up)) * cfg.epochs)
+            for arm in study.spaces
+        }
+        cost = {arm: GPU_EPOCH_S.get(space.trainer, max(GPU_EPOCH_S.values())) for arm, space in study.spaces.items()}
+        searching, confirming = (sum(e[stage] * cost[arm] for arm, e in epochs.items()) / 3600 for stage in (0, 1))
         lines.append(
-            f"  estimated GPU-hours at most: {hours / 3600:.0f}, if every trial ran every epoch (ASHA stops most "
-            "early); assumed, not measured, per epoch of a whole GPU: "
-            + ", ".join(f"{t} {s:g} s" for t, s in GPU_EPOCH_S.items())
+            f"  estimated GPU-hours: {searching + confirming:.0f} (searching {searching:.0f}, confirming "
+            f"{confirming:.0f}), assuming, not measured, these seconds per epoch of a whole GPU: "
+            + ", ".join(f"{t} {s:g}" for t, s in GPU_EPOCH_S.items())
         )
     lines += [f"  study folder: {folder}", f"  MLflow: {record.mlflow_uri}, experiment '{study.name}'"]
     return "\n".join(lines)
+
+
+def halving_epochs(scheduler, epochs: int) -> float:
+    """Epochs per trial if ASHA kept 1/reduction of the trials at each rung (grace, grace*r, ... then max_t); Ray's
+    asynchronous ASHA promotes more, so this is a lower estimate. FIFO: every epoch."""
+    if scheduler.type != "asha":
+        return float(epochs)
+    rungs, rung = [], scheduler.grace_period
+    while rung < scheduler.max_t:
+        rungs.append(rung)
+        rung *= scheduler.reduction_factor
+    rungs.append(scheduler.max_t)
+    return sum((rungs[i] - (rungs[i - 1] if i else 0)) / scheduler.reduction_factor**i for i in range(len(rungs)))
 
 
 def run_arms(study: Study, folder: Path, record: StudyRecord, address: str | None) -> int:
@@ -166,14 +189,13 @@ def main(argv=None) -> int:
         check_storage_flag(args.storage)
         study = load_study(args.study)
         storage, uri = Path(absolute(args.storage)), absolute_tracking_uri(args.mlflow_uri)
-        args.resume_where = storage
         folder, record = locate(args, study, storage, uri)
         print(plan(study, folder, record), flush=True)
         if args.dry_run:
             print("\n".join(f"\n{space.describe()}" for space in study.spaces.values()))
             print("\n--dry-run: nothing was started.")
             return 0
-        preflight(folder, uri)
+        preflight(folder, record.mlflow_uri)
         from tuner.study_run import run_study  # heavy imports (Ray, torch) only once the plan stands
 
         return run_study(study, folder, record, args.address)
