@@ -14,7 +14,7 @@ from tuner.confirm import confirm_configs, open_confirm_run, run_confirm
 from tuner.data import load_arrays
 from tuner.errors import SetupError
 from tuner.report.store import load_searches
-from tuner.search_folder import claim
+from tuner.search_folder import SearchRecord, claim
 from tuner.study import StudyRecord, run_arms
 from tuner.study_file import Study
 from tuner.study_results import blocks_rows, load_confirmed, pick_candidates, summary_tables
@@ -35,13 +35,10 @@ def open_study_run(client: MlflowClient, study: Study, folder: Path, record: Stu
 def arm_trials(client: MlflowClient, study: Study, record: StudyRecord) -> dict:
     """arm -> the trials of its search, read back from MLflow as the report reads them."""
     searches = {s.run_id: s for s in load_searches(client, [study.name])}
-    by_folder = {s.run_id: s for s in searches.values()}
     trials = {}
     for arm, folder in record.arms.items():
-        from tuner.search_folder import SearchRecord
-
         run_id = SearchRecord.load(Path(folder)).parent_run_id
-        trials[arm] = by_folder[run_id].trials if run_id in by_folder else []
+        trials[arm] = searches[run_id].trials if run_id in searches else []
     return trials
 
 
