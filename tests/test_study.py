@@ -232,3 +232,17 @@ def test_tiny_study_end_to_end_into_mlflow_and_the_report(tmp_path):
     assert "## Study tiny-" in report and "Welch t, 95%, n=3" in report and "K (num_blocks)" in report
     assert f"bench/search_efficiency.py --log-to-run {study.info.run_id}" in report
     assert list((tmp_path / "report").glob("confirm_tiny-*.png"))
+
+    # once bench/search_efficiency.py has logged its figure and numbers on the study's run, the report shows them
+    import json
+
+    figure = tmp_path / "report" / "confirm_tiny.png"
+    next((tmp_path / "report").glob("confirm_tiny-*.png")).rename(figure)
+    client.log_artifact(study.info.run_id, str(figure.rename(figure.with_name("search_efficiency.png"))))
+    reached = "epochs_to_reach_random_best"
+    methods = {"asha_tpe": {reached: [12, None, 30]}, "random": {reached: []}}
+    client.log_text(study.info.run_id, json.dumps({"methods": methods}), "search_efficiency.json")
+    assert run_report(uri, ["tiny"], tmp_path / "again", log_artifacts=False) == 0
+    again = (tmp_path / "again" / "report.md").read_text()
+    assert "- asha_tpe: 12, never, 30" in again and "![search efficiency](tiny-" in again
+    assert list((tmp_path / "again").glob("tiny-*_search_efficiency.png"))
