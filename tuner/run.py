@@ -30,25 +30,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--space", required=True, help=f"a space name ({', '.join(list_spaces())}) or a YAML path")
     p.add_argument("--num-samples", type=int, help="trials to run (overrides the space)")
     p.add_argument("--max-epochs", type=int, help="cap on each trial's epochs and on ASHA's max_t")
-    p.add_argument("--data-dir", help="a folder holding cifar-10-batches-py (default: ./data, downloaded)")
     p.add_argument("--train-subset", type=int, help="train on a stratified subset of this many images")
-    p.add_argument("--storage", default="./runs", help="where Ray keeps trials and checkpoints (default ./runs)")
     p.add_argument("--name", help="MLflow experiment name (default: the space's name)")
-    p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
-    p.add_argument("--address", help="an existing Ray cluster, e.g. 10.0.0.1:6379 or auto")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions allowed: 0.25 packs four trials on a GPU")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
     p.add_argument("--seed", type=int)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved space and plan; start nothing")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        metavar="PATH",
-        help="continue the latest unfinished search of this space, or the one at PATH",
-    )
+    add_shared_flags(p, "search of this space")
     p.add_argument("--fresh", action="store_true", help="start a new search even if an unfinished one exists")
     p.add_argument(
         "--warm-start",
@@ -73,13 +62,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def add_shared_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """The flags `tuner.run` and `tuner.study` share: where data, results and Ray are, and what to do."""
+    p.add_argument("--data-dir", help="a folder holding cifar-10-batches-py (default: ./data, downloaded)")
+    p.add_argument("--storage", default="./runs", help="where Ray keeps trials and checkpoints (default ./runs)")
+    p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
+    p.add_argument("--address", help="an existing Ray cluster, e.g. 10.0.0.1:6379 or auto")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="PATH",
+        help=f"continue the latest unfinished {what}, or the one at PATH",
+    )
+
+
+def absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
 def settings_from_flags(args: argparse.Namespace) -> SearchSettings:
     """The flags that say what the search does (not --dry-run/--resume/--fresh, which say what to do with it);
     paths made absolute, so a search resumed from another folder finds the same files."""
-
-    def absolute(path: str | None) -> str | None:
-        return str(Path(path).expanduser().resolve()) if path else None
-
     return SearchSettings(
         space=args.space,
         storage=absolute(args.storage),
@@ -162,6 +167,22 @@ def new_search(settings: SearchSettings, space: Space, fresh: bool) -> tuple[Pat
         experiment=settings.experiment_name or space.name,
     )
     return storage / name, record
+
+
+def open_search(settings: SearchSettings, resume: str | None, fresh: bool) -> tuple[Space, Path, SearchRecord]:
+    """The space, folder and record of the search these settings start, or of the one `resume` continues (a path
+    or "latest"). Touches nothing on disk."""
+    if not resume:
+        space = resolve_space(settings)
+        return (space, *new_search(settings, space, fresh))
+    folder, record = locate_resume(resume, Path(settings.storage), load_space(settings.space).name)
+    # a resumed search keeps what it started with; flags given now are not silently mixed in. Only where Ray runs
+    # may differ (a cluster restarted at another address), and the space as named now. --verbose only changes the
+    # console: today's flag (though a search Ray restores keeps its first display)
+    record.settings = dataclasses.replace(
+        record.settings, space=settings.space, address=settings.address, verbose=settings.verbose
+    )
+    return resolve_space(record.settings), folder, record
 
 
 def plan_text(space: Space, folder: Path, record: SearchRecord, resume: bool, address: str | None) -> str:
@@ -249,20 +270,8 @@ def main(argv=None) -> int:
     try:
         check_storage_flag(args.storage)
         check_start_flags(args)
-        settings = settings_from_flags(args)
-        if args.resume:
-            folder, record = locate_resume(args.resume, Path(settings.storage), load_space(args.space).name)
-            # a resumed search keeps what it started with; flags given now are not silently mixed in. Only where
-            # Ray runs may differ (a cluster restarted at another address), and the space as named now.
-            # --verbose only changes the console: today's flag (though a search Ray restores keeps its first display)
-            settings = dataclasses.replace(
-                record.settings, space=args.space, address=args.address, verbose=args.verbose
-            )
-            record.settings = settings
-            space = resolve_space(settings)
-        else:
-            space = resolve_space(settings)
-            folder, record = new_search(settings, space, args.fresh)
+        space, folder, record = open_search(settings_from_flags(args), args.resume, args.fresh)
+        settings = record.settings
         print(plan_text(space, folder, record, bool(args.resume), settings.address), flush=True)
         # checked before anything starts; the new study is seeded when the search starts. A resumed search's study
         # already holds those trials (it is seeded again only if it restarts before any trial was saved).

@@ -34,7 +34,7 @@ from tuner.ray_adaptations.interrupts import sigterm_as_ctrl_c, stop_trials_at_o
 from tuner.ray_adaptations.notices import FailureNotices, hide_interrupt_notices
 from tuner.ray_adaptations.snapshots import SnapshotOnEvents, install_ray_snapshot
 from tuner.search_folder import SearchRecord, claim, resume_command
-from tuner.settings import SearchSettings
+from tuner.settings import SearchSettings, study_tags
 from tuner.space import Space, make_sampler
 from tuner.text import fmt_value, text_table
 from tuner.tracking import (
@@ -54,7 +54,7 @@ CHECKPOINTS_KEPT = 2
 PROGRESS_EVERY_S = 10
 
 
-def trainable_for(space: Space, arrays: dict):
+def trainable_for(space: Space, arrays: dict, evaluate_test: bool = False):
     def resources(config: dict) -> tune.PlacementGroupFactory:
         # a pipelined DGL trial (models/pipeline.py) runs its S stages as child processes: one bundle of S times the
         # per-trial share keeps them on one node and shows the trial all S GPUs (a placement group's later bundles
@@ -62,7 +62,8 @@ def trainable_for(space: Space, arrays: dict):
         stages = config.get("stages", 1)
         return tune.PlacementGroupFactory([{"CPU": space.resources.cpu * stages, "GPU": space.resources.gpu * stages}])
 
-    return tune.with_resources(tune.with_parameters(train_trial, arrays=arrays), resources)
+    trainable = tune.with_parameters(train_trial, arrays=arrays, evaluate_test=evaluate_test)
+    return tune.with_resources(trainable, resources)
 
 
 def progress_reporter(space: Space):
@@ -160,6 +161,7 @@ def open_parent_run(client: MlflowClient, space: Space, folder: Path, record: Se
             reopen_run(client, record.parent_run_id)
             return
     tags = {
+        **study_tags(record.settings),
         "dt.space": space.name,
         "dt.trainer": space.trainer,
         "dt.model": space.model,
@@ -170,12 +172,12 @@ def open_parent_run(client: MlflowClient, space: Space, folder: Path, record: Se
     record.parent_run_id = start_parent_run(client, record.experiment, record.name, tags, fixed, space.text)
 
 
-def restore_tuner(space: Space, folder: Path, arrays: dict) -> tune.Tuner:
+def restore_tuner(space: Space, folder: Path, arrays: dict, evaluate_test: bool = False) -> tune.Tuner:
     try:
         # unfinished trials continue from their checkpoints; errored ones used up their retries and stay failed
         return tune.Tuner.restore(
             str(folder),
-            trainable=trainable_for(space, arrays),
+            trainable=trainable_for(space, arrays, evaluate_test),
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,

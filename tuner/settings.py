@@ -19,6 +19,7 @@ class SearchSettings:
     warm_start: str | None = None  # an earlier search (folder or MLflow run) whose trials seed the new Optuna study
     warm_start_top: int = 0  # with warm_start: its K best configs run first
     optuna_storage: str | None = None  # the Optuna study's RDB URL; None: optuna.db in the search's folder
+    study_run_id: str | None = None  # a study's parent run: this search is one arm of it, and its run nests there
     # overrides of the space (None: as the space says)
     num_samples: int | None = None
     max_epochs: int | None = None
@@ -27,3 +28,10 @@ class SearchSettings:
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
     max_concurrent: int | None = None
+
+
+def study_tags(settings: SearchSettings) -> dict:
+    """The tags that nest a search's parent run under its study's run in MLflow (none for a search on its own)."""
+    if not settings.study_run_id:
+        return {}
+    return {"mlflow.parentRunId": settings.study_run_id, "dt.study_run_id": settings.study_run_id}

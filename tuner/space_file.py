@@ -145,34 +145,47 @@ def _locate(data, loc: tuple):
 
 
 def list_spaces() -> list[str]:
-    return sorted(path.stem for path in SPACES_DIR.glob("*.yaml"))
+    return shipped(SPACES_DIR)
+
+
+def shipped(folder: Path) -> list[str]:
+    return sorted(path.stem for path in folder.glob("*.yaml"))
 
 
 def find_space(name_or_path: str) -> Path:
     """A path to an existing file, or the name of a shipped space (search_spaces/<name>.yaml)."""
+    return find_file(name_or_path, SPACES_DIR, "search space")
+
+
+def find_file(name_or_path: str, folder: Path, kind: str) -> Path:
+    """A path to an existing file, or the name of a shipped one (`folder`/<name>.yaml)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    if path.name == name_or_path and (SPACES_DIR / f"{name_or_path}.yaml").is_file():
-        return SPACES_DIR / f"{name_or_path}.yaml"
+    if path.name == name_or_path and (folder / f"{name_or_path}.yaml").is_file():
+        return folder / f"{name_or_path}.yaml"
     raise SpaceError(
-        f"{name_or_path}: no such search space file or name; allowed: a YAML file path or one of "
-        f"{', '.join(list_spaces())}"
+        f"{name_or_path}: no such {kind} file or name; allowed: a YAML file path or one of {', '.join(shipped(folder))}"
     )
+
+
+def read_yaml(path: Path, file: SpaceProblems) -> tuple:
+    """(the text, the YAML data) of a file; a file that cannot be read or parsed fails with one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return text, yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        file.fail(f"line {mark.line + 1}" if mark else "file", f"YAML syntax error: {error.problem}")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        file.fail("file", f"cannot be read: {error}")
 
 
 def load_space(name_or_path: str) -> Space:
     """Read and validate a space (a shipped name or a path). Raises SpaceError with a one-line message."""
     path = find_space(name_or_path)
     file = SpaceProblems(label(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        file.fail(f"line {mark.line + 1}" if mark else "file", f"YAML syntax error: {error.problem}")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        file.fail("file", f"cannot be read: {error}")
+    text, data = read_yaml(path, file)
     if not isinstance(data, dict):
         file.fail("top level", f"must be a mapping, got {fmt(data)}", ", ".join(SpaceFile.model_fields))
     try:

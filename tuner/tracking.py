@@ -63,9 +63,16 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 
 def start_parent_run(
-    client: MlflowClient, experiment_name: str, run_name: str, tags: dict, params: dict, space_text: str
+    client: MlflowClient,
+    experiment_name: str,
+    run_name: str,
+    tags: dict,
+    params: dict,
+    space_text: str,
+    text_name: str = "space.yaml",
 ) -> str:
-    """Create the search's parent run (experiment created if missing); log its fixed config and space.yaml."""
+    """Create the search's parent run (experiment created if missing); log its fixed config and space.yaml (a study
+    logs its own file under its own name)."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         experiment_id = client.create_experiment(
@@ -79,7 +86,7 @@ def start_parent_run(
         experiment_id, run_name=run_name, tags={"dt.role": "search", "dt.status": "running", **tags}
     )
     _log_params(client, run.info.run_id, params)
-    client.log_text(run.info.run_id, space_text, "space.yaml")
+    client.log_text(run.info.run_id, space_text, text_name)
     return run.info.run_id
 
 
@@ -161,11 +168,19 @@ class MLflowTracker(Callback):
     config['trainer'] / config['model'], when present, win.
     """
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, base_tags: dict | None = None, searched: tuple = ()):
+    def __init__(
+        self,
+        tracking_uri: str,
+        parent_run_id: str,
+        base_tags: dict | None = None,
+        searched: tuple = (),
+        extra_metrics: tuple = (),
+    ):
         self.tracking_uri = tracking_uri
         self.parent_run_id = parent_run_id
         self.base_tags = dict(base_tags or {})
         self.searched = tuple(searched)  # the searched keys, in the space's order: the first few name the runs
+        self.extra_metrics = tuple(extra_metrics)  # per-epoch metrics beyond EPOCH_METRICS (a study's test_acc)
         self._reset()
 
     def _reset(self) -> None:
@@ -183,10 +198,11 @@ class MLflowTracker(Callback):
             "parent_run_id": self.parent_run_id,
             "base_tags": self.base_tags,
             "searched": self.searched,
+            "extra_metrics": self.extra_metrics,
         }
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"extra_metrics": (), **state})
         self._reset()
 
     @property
@@ -279,7 +295,7 @@ class MLflowTracker(Callback):
         metrics = [
             Metric(key, float(value), now, epoch)
             for key, value in result.items()
-            if (key in EPOCH_METRICS or is_block_metric(key)) and finite_number(value)
+            if (key in EPOCH_METRICS or key in self.extra_metrics or is_block_metric(key)) and finite_number(value)
         ]
         self.client.log_batch(run_id, metrics=metrics)
         self._last_epoch[run_id] = epoch

@@ -24,7 +24,7 @@ from ray import tune
 from models.registry import build_trainer
 from tuner.data import make_splits
 from tuner.device import limit_gpu_memory, limit_threads, pick_device
-from tuner.epoch import run_epoch, steps_per_epoch
+from tuner.epoch import evaluate_split, run_epoch, steps_per_epoch
 from tuner.ray_adaptations.environment import prepare_environment
 from tuner.schema import TrialConfig, resolve
 
@@ -64,7 +64,9 @@ def build_trial(config: dict, arrays: dict, gpu_share: float | None = None):
     return build_trainer(cfg, device, steps_per_epoch(data.train, cfg.batch_size)), data
 
 
-def train_trial(config: dict, arrays: dict) -> None:
+def train_trial(config: dict, arrays: dict, evaluate_test: bool = False) -> None:
+    """`evaluate_test`: also measure the test split after every epoch -- only a study's confirm stage, which
+    re-trains configs already chosen; a search never reads the test split."""
     prepare_environment()  # this runs in a Ray worker process: its loggers are its own
     limit_threads(granted("CPU"))  # two 1-CPU trials on 2 cores: one thread each, no oversubscription
     trainer, data = build_trial(config, arrays, gpu_share=granted("GPU"))
@@ -78,6 +80,8 @@ def train_trial(config: dict, arrays: dict) -> None:
     while trainer.epoch < cfg.epochs:
         inject_fault(trial_id, cfg, trainer.epoch + 1)
         metrics = {**run_epoch(trainer, data), **tags}
+        if evaluate_test and not metrics["diverged"]:
+            metrics.update(evaluate_split(trainer, data.test, "test"))
         if metrics["diverged"]:
             tune.report(finite_only(metrics))  # no checkpoint: a diverged state is worth nothing
             return

@@ -13,6 +13,7 @@ from tuner.report.figures import make_figures
 from tuner.report.gaps import collect, comparison_notes, gap_rows
 from tuner.report.markdown import TABLE_LEGEND, console_table, search_summary, write_markdown
 from tuner.report.store import DEFAULT_URI, connect
+from tuner.report.study import study_section
 from tuner.text import plural
 
 
@@ -36,10 +37,18 @@ def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = Tru
     made, skipped = make_figures(searches, best, out_dir)
     report_md = out_dir / "report.md"
     write_markdown(report_md, uri, searches, rows, notes, made, skipped)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments() if not spaces or e.name in spaces}
+    study_md, study_console, study_figures = study_section(client, experiments, searches, out_dir)
+    if study_md:  # studies lead: they hold the comparison with intervals
+        body = report_md.read_text().split("\n", 1)
+        report_md.write_text("\n".join([body[0], "", *study_md, body[1]]))
+    made += study_figures
 
     if rows:
         print("\n".join(console_table(rows)))
         print(TABLE_LEGEND)
+    for line in study_console:
+        print(line)
     for line in notes:
         print(line)
     for s in searches:

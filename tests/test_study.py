@@ -1,0 +1,248 @@
+"""`python -m tuner.study`: a study file is checked whole before anything is created; the confirm statistics are what
+the formulas give; a tiny study runs end to end into MLflow and the report."""
+
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakedata import learnable_arrays, write_cifar_folder
+from mlflow.tracking import MlflowClient
+
+from tuner import study as study_cli
+from tuner.report.store import Trial
+from tuner.study_file import load_study
+from tuner.study_results import Candidate, accuracy_rows, blocks_rows, mean_std, pick_candidates, welch_interval
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_STUDY = """
+model: basiccnn
+budget:
+  fixed: {width: 0.0625, epochs: 2, batch_size: 50, train_subset: 400, val_size: 200, eval_batch_size: 200}
+  search:
+    lr: {type: loguniform, low: 1.0e-3, high: 0.2}
+  scheduler: {type: fifo}
+  searcher: {type: optuna_tpe, seed: 0, n_startup_trials: 1, points_to_evaluate: [{lr: 0.05}]}
+  num_samples: 1
+  max_concurrent: 2
+  resources: {cpu: 1, gpu: 0}
+arms:
+  backprop: {trainer: backprop}
+  dgl:
+    trainer: dgl
+    fixed: {aux_width: 32}
+    search: {num_blocks: {type: int, low: 2, high: 3}}
+    points_to_evaluate: [{num_blocks: 3}]
+    write_up: {num_blocks: 3}
+confirm: {seeds: [1, 2, 3]}
+"""
+
+# (a change to the tiny study, what the one line must say)
+BROKEN = [
+    ("arms:\n  backprop: {trainer: backprop, search: {lr: {type: uniform, low: 0.1, high: 0.2}}}\n", "search.lr"),
+    ("arms:\n  backprop: {trainer: backprop, num_samples: 4}\n", "arms.backprop.num_samples: part of the shared"),
+    ("arms:\n  backprop: {trainer: backprop, fixed: {epochs: 5}}\n", "arms.backprop.fixed.epochs: 'epochs' is part"),
+    ("arms:\n  backprop: {trainer: backprop, fixed: {train_subset: 100}}\n", "arms.backprop.fixed.train_subset"),
+    ("arms:\n  backprop: {trainer: backprop, fixed: {lr: 0.1}}\n", "arms.backprop.fixed.lr: 'lr' is part"),
+    ("arms:\n  backprop: {trainer: backprop, fixed: {bogus: 1}}\n", "(as a search space): fixed.bogus: unknown key"),
+    ("arms:\n  backprop: {trainer: sgd}\n", "arms.backprop (as a search space)"),
+    ("confirm: {seeds: [0, 1, 2]}\n", "confirm.seeds: must be distinct and differ from the search's seed 0"),
+    ("confirm: {seeds: [1]}\n", "confirm.seeds"),
+    ("confirm: {reference: nobody}\n", "confirm.reference: 'nobody' is not an arm"),
+    ("arms:\n  dgl: {trainer: dgl, write_up: {aux_width: 32}}\n", "write_up.aux_width: 'aux_width' is not searched"),
+    (
+        "arms:\n  dgl: {trainer: dgl, search: {num_blocks: {type: int, low: 2, high: 3}}, write_up: {num_blocks: 3}}\n",
+        "arms.dgl.write_up: no point in points_to_evaluate has these values",
+    ),
+]
+
+
+def broken_study(tmp_path, change: str) -> Path:
+    """The tiny study with the top-level sections in `change` replaced."""
+    import yaml
+
+    data = yaml.safe_load(TINY_STUDY)
+    for key, value in yaml.safe_load(change).items():
+        data[key] = {**data[key], **value}  # an arm named replaces that arm; the others stay
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("change, message", BROKEN)
+def test_a_broken_study_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, change, message):
+    path = broken_study(tmp_path, change)
+    storage, db = tmp_path / "runs", tmp_path / "mlflow.db"
+    code = study_cli.main(["--study", str(path), "--storage", str(storage), "--mlflow-uri", f"sqlite:///{db}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "broken.yaml" in err, err
+    assert message in err, err
+    assert not storage.exists() and not db.exists()
+
+
+def test_resume_without_an_unfinished_study_is_one_line(tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(TINY_STUDY)
+    (tmp_path / "not_a_study").mkdir()
+    for resume in ([], [str(tmp_path / "not_a_study")]):
+        code = study_cli.main(["--study", str(tmp_path / "tiny.yaml"), "--storage", str(tmp_path), "--resume", *resume])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and err.startswith("error: --resume"), err
+
+
+def test_arms_share_the_budget_and_add_their_own_keys(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_STUDY)
+    study = load_study(str(path))
+    bp, dgl = study.spaces["backprop"], study.spaces["dgl"]
+    assert bp.params["lr"] == dgl.params["lr"] and list(bp.params) == ["lr"] and "num_blocks" in dgl.params
+    assert bp.base_config().model_dump(exclude={"trainer", "aux_width"}) == dgl.base_config().model_dump(
+        exclude={"trainer", "aux_width"}
+    )
+    assert dgl.searcher.points_to_evaluate == [{"lr": 0.05, "num_blocks": 3}]
+    assert bp.searcher.points_to_evaluate == [{"lr": 0.05}]
+    assert study.write_up == {"dgl": {"num_blocks": 3}} and study.seeds == (1, 2, 3)
+
+
+def test_the_shipped_studies_load_and_the_gpu_plan_states_its_cost(capsys):
+    for name in ("cpu_vgg16", "gpu_vgg16"):
+        study = load_study(name)
+        assert study.write_up == {"dgl": {"num_blocks": 13}}
+    assert study_cli.main(["--study", "gpu_vgg16", "--dry-run", "--storage", "/nonexistent/runs"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated GPU-hours: 14 (searching 9, confirming 4)" in out and "backprop 10" in out
+    assert "nothing was started" in out
+
+
+def test_halving_epochs_per_trial_by_hand():
+    from tuner.schema import Asha, Fifo
+
+    # rungs 10, 30, 90, then max_t 100: all trials run 10 epochs, 1/3 run 20 more, 1/9 run 60 more, 1/27 run 10 more
+    assert study_cli.halving_epochs(Asha(max_t=100, grace_period=10, reduction_factor=3), 100) == pytest.approx(
+        10 + 20 / 3 + 60 / 9 + 10 / 27
+    )
+    assert study_cli.halving_epochs(Fifo(), 8) == 8
+
+
+def test_welch_interval_and_mean_std_match_the_formulas():
+    a, b = [0.80, 0.82, 0.84], [0.70, 0.75, 0.72]
+    assert mean_std(a) == pytest.approx((0.82, 0.02))
+    va, vb = statistics.variance(a) / 3, statistics.variance(b) / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)  # Welch-Satterthwaite
+    from scipy.stats import t
+
+    half = t.ppf(0.975, df) * math.sqrt(va + vb)
+    diff = 0.82 - statistics.fmean(b)
+    assert welch_interval(a, b) == pytest.approx((diff, diff - half, diff + half))
+    assert df == pytest.approx(3.806, abs=1e-3) and half == pytest.approx(0.0524, abs=1e-3)
+    assert math.isnan(welch_interval([0.8], b)[1])
+
+
+def test_final_and_peak_per_seed_and_the_gap_row():
+    curves = {1: [(1, 0.5), (2, 0.7), (3, 0.6)], 2: [(1, 0.6), (2, 0.65)]}
+    ref = Candidate("backprop", "backprop", "t1", 0.6, {}, curves)
+    dgl = Candidate("dgl", "dgl", "t2", 0.5, {}, {1: [(1, 0.4), (2, 0.5)], 2: [(1, 0.55), (2, 0.45)]})
+    assert ref.finals() == [0.6, 0.65] and ref.peaks() == [0.7, 0.65]
+    assert dgl.finals() == [0.5, 0.45] and dgl.peaks() == [0.5, 0.55]
+    rows = accuracy_rows([ref, dgl], "backprop")
+    assert rows[0][4:] == ["62.50 ± 3.54", "ref", "67.50 ± 3.54", "ref"]
+    gap, low, high = welch_interval([0.5, 0.45], [0.6, 0.65])
+    assert rows[1][4] == "47.50 ± 3.54" and rows[1][5] == f"{gap * 100:.2f} [{low * 100:.2f}, {high * 100:.2f}]"
+    assert rows[1][5].startswith("-15.00 [")
+
+
+def test_measuring_the_test_split_every_epoch_leaves_training_as_it_was(monkeypatch):
+    """The confirm stage's trials measure the test split after each epoch; the epochs they train must be the search's
+    (the same seed gives the same validation accuracy), or confirm and search would disagree by construction."""
+    from types import SimpleNamespace
+
+    import tuner.trial as trial
+
+    arrays = learnable_arrays(300, 50, seed=0)
+    config = {"trainer": "dgl", "model": "basiccnn", "width": 0.125, "aux_width": 32, "epochs": 2, "batch_size": 32}
+    config.update(val_size=100, device="cpu")
+    monkeypatch.setattr(trial, "prepare_environment", lambda: None)
+    monkeypatch.setattr(trial, "limit_threads", lambda n: None)
+    monkeypatch.setattr(trial, "granted", lambda resource: None)  # no Ray here
+    monkeypatch.setattr(trial.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t0"))
+    monkeypatch.setattr(trial.tune, "get_checkpoint", lambda: None)
+    reports = {True: [], False: []}
+    for with_test in (False, True):
+        monkeypatch.setattr(trial.tune, "report", lambda metrics, checkpoint=None: reports[with_test].append(metrics))
+        trial.train_trial(config, arrays, evaluate_test=with_test)
+    assert [m["val_acc"] for m in reports[True]] == [m["val_acc"] for m in reports[False]]
+    assert [m["train_loss"] for m in reports[True]] == [m["train_loss"] for m in reports[False]]
+    assert all("test_acc" in m for m in reports[True]) and not any("test_acc" in m for m in reports[False])
+
+
+def _trial(trial_id, val, k, outcome="completed"):
+    params = {"trainer": "dgl", "num_blocks": k, "lr": 0.1, "seed": 0}
+    return Trial(trial_id, trial_id, "p", "e", "dgl", "vgg16", outcome, params, {"val_acc": val}, 0, 1)
+
+
+def test_candidates_are_the_best_trial_and_the_best_at_the_write_up_block_count():
+    trials = [_trial("a", 0.7, 4), _trial("b", 0.6, 13), _trial("c", 0.65, None), _trial("d", 0.9, 13, "diverged")]
+    picked = pick_candidates({"dgl": trials}, {"dgl": {"num_blocks": 13}}, "vgg16")
+    # null num_blocks is one block per conv layer: 13 on vgg16; a diverged trial is never picked
+    assert [(c.name, c.trial_id) for c in picked] == [("dgl", "a"), ("dgl @ num_blocks=13", "c")]
+    only = pick_candidates({"dgl": trials[1:3]}, {"dgl": {"num_blocks": 13}}, "vgg16")
+    assert [c.trial_id for c in only] == ["c"]  # the best is at K=13 already: trained once
+    assert blocks_rows(trials, "vgg16") == [["4", "1", "1", "70.00", "a"], ["13", "3", "2", "65.00", "c"]]
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_into_mlflow_and_the_report(tmp_path):
+    write_cifar_folder(tmp_path / "cifar", learnable_arrays(700, 100, seed=3))
+    (tmp_path / "tiny.yaml").write_text(TINY_STUDY)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--study", "tiny.yaml", "--data-dir", "cifar", "--storage", "runs", "--mlflow-uri", uri]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner.study", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], max_results=1000)
+    by_role = {}
+    for run in runs:
+        by_role.setdefault(run.data.tags.get("dt.role"), []).append(run)
+    (study,) = by_role["study"]
+    assert study.info.status == "FINISHED" and study.data.tags["dt.status"] == "finished"
+    assert sorted(r.info.run_name.split("-")[1] for r in by_role["search"]) == ["backprop", "dgl"]
+    assert all(r.data.tags["mlflow.parentRunId"] == study.info.run_id for r in by_role["search"])
+    (stage,) = by_role["confirm_stage"]
+    assert stage.data.tags["mlflow.parentRunId"] == study.info.run_id
+    confirm = by_role["confirm"]
+    assert all(r.data.tags["mlflow.parentRunId"] == stage.info.run_id for r in confirm)
+    seeds = sorted(int(r.data.params["seed"]) for r in confirm)
+    assert len(confirm) in (3, 6) and seeds == sorted([1, 2, 3] * (len(confirm) // 3))
+    for run in confirm:  # the test split measured after every epoch
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]
+    assert "study.md" in {a.path for a in client.list_artifacts(study.info.run_id)}
+
+    from tuner.report.cli import run_report
+
+    assert run_report(uri, ["tiny"], tmp_path / "report", log_artifacts=False) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Study tiny-" in report and "Welch t, 95%, n=3" in report and "K (num_blocks)" in report
+    assert f"bench/search_efficiency.py --log-to-run {study.info.run_id}" in report
+    assert list((tmp_path / "report").glob("confirm_tiny-*.png"))
+
+    # once bench/search_efficiency.py has logged its figure and numbers on the study's run, the report shows them
+    import json
+
+    figure = tmp_path / "report" / "confirm_tiny.png"
+    next((tmp_path / "report").glob("confirm_tiny-*.png")).rename(figure)
+    client.log_artifact(study.info.run_id, str(figure.rename(figure.with_name("search_efficiency.png"))))
+    reached = "epochs_to_reach_random_best"
+    methods = {"asha_tpe": {reached: [12, None, 30]}, "random": {reached: []}}
+    client.log_text(study.info.run_id, json.dumps({"methods": methods}), "search_efficiency.json")
+    assert run_report(uri, ["tiny"], tmp_path / "again", log_artifacts=False) == 0
+    again = (tmp_path / "again" / "report.md").read_text()
+    assert "- asha_tpe: 12, never, 30" in again and "![search efficiency](tiny-" in again
+    assert list((tmp_path / "again").glob("tiny-*_search_efficiency.png"))

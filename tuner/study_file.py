@@ -1,0 +1,195 @@
+"""Study files: several trainers searched under one shared budget, then their best configs re-trained with new seeds.
+
+A study (`studies/NAME.yaml`, documented in studies/README.md) has a `budget` -- everything a search spends and
+everything its arms share: trials, epochs, scheduler, searcher, data, resources, the fixed values and the searched
+distributions of the keys every arm has -- and `arms`, each a trainer that may only add keys of its own. Each arm
+becomes an ordinary search space (budget + the arm's keys), checked like any space file. Everything is checked
+before anything is created: a bad file raises SpaceError with one line naming the study file and the key.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from models.networks import num_units
+from tuner.errors import SpaceError
+from tuner.schema import _Shape
+from tuner.space import Space, SpaceProblems, label, same
+from tuner.space_file import find_file, load_space, read_yaml, shipped
+from tuner.text import yaml_value
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+# what a search spends: set once, for every arm (an arm that names one is refused)
+BUDGET_SECTIONS = ("num_samples", "max_concurrent", "resources", "scheduler", "searcher", "metric", "mode")
+BUDGET_KEYS = ("epochs", "train_subset", "val_size", "split_seed", "seed", "device")
+
+
+class Budget(_Shape):
+    fixed: dict[str, Any]
+    search: dict[str, Any] = Field(default_factory=dict)
+    scheduler: Any = None
+    searcher: Any = None
+    num_samples: Any
+    max_concurrent: Any = None
+    resources: Any = None
+
+
+class Arm(_Shape):
+    trainer: Any
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Any] = Field(default_factory=dict)
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)  # the arm's own keys of budget's points
+    write_up: dict[str, Any] = Field(default_factory=dict)  # also confirm the best trial with these values
+
+
+class Confirm(_Shape):
+    seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=2)
+    reference: str = "backprop"  # the arm every gap is measured against
+
+
+class StudyFile(_Shape):
+    description: str = ""
+    model: Any
+    budget: Budget
+    arms: dict[str, Arm] = Field(min_length=2)
+    confirm: Confirm = Field(default_factory=Confirm)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: Path
+    text: str
+    description: str
+    model: str
+    spaces: dict[str, Space]  # arm -> its validated search space (space.text is the YAML the arm's search runs)
+    write_up: dict[str, dict] = field(default_factory=dict)  # arm -> the values its write-up config has
+    seeds: tuple = (1, 2, 3)  # the confirm stage's seeds
+    reference: str = "backprop"
+
+    @property
+    def first(self) -> Space:
+        return next(iter(self.spaces.values()))
+
+
+def list_studies() -> list[str]:
+    return shipped(STUDIES_DIR)
+
+
+def normalized(key: str, value, model: str):
+    """num_blocks null means one block per conv layer: compared as that number."""
+    return num_units(model) if key == "num_blocks" and value is None else value
+
+
+def load_study(name_or_path: str) -> Study:
+    """Read and check a study and every arm's space. Raises SpaceError with one line; creates nothing."""
+    path = find_file(name_or_path, STUDIES_DIR, "study")
+    file = SpaceProblems(label(path))
+    text, data = read_yaml(path, file)
+    file.mapping(data, "top level", list(StudyFile.model_fields))
+    for arm, raw in (data.get("arms") or {}).items() if isinstance(data.get("arms"), dict) else ():
+        for key in raw if isinstance(raw, dict) else ():
+            if key in BUDGET_SECTIONS:
+                file.fail(f"arms.{arm}.{key}", "part of the shared budget: set it once, under budget")
+    try:
+        spec = StudyFile.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        file.fail(where, first["msg"] + (f" (got {yaml_value(first['input'])})" if first["type"] != "missing" else ""))
+    shared = {**spec.budget.fixed, **spec.budget.search}
+    if spec.confirm.reference not in spec.arms:
+        file.fail("confirm.reference", f"'{spec.confirm.reference}' is not an arm", ", ".join(spec.arms))
+    seed = spec.budget.fixed.get("seed", 0)
+    if seed in spec.confirm.seeds or len(set(spec.confirm.seeds)) < len(spec.confirm.seeds):
+        file.fail("confirm.seeds", f"must be distinct and differ from the search's seed {seed}")
+    spaces, write_up = {}, {}
+    with tempfile.TemporaryDirectory(prefix="dt-study-") as folder:
+        for arm, arm_spec in spec.arms.items():
+            for section in ("fixed", "search"):
+                for key in getattr(arm_spec, section):
+                    if key in BUDGET_KEYS or key in shared:
+                        file.fail(
+                            f"arms.{arm}.{section}.{key}",
+                            f"'{key}' is part of the shared budget (budget.fixed / budget.search): every arm has "
+                            "the same; an arm adds keys of its own only",
+                        )
+            space_text = arm_space_text(path.stem, arm, spec, file)
+            space_path = Path(folder) / f"{path.stem}-{arm}.yaml"
+            space_path.write_text(space_text)
+            try:
+                spaces[arm] = load_space(str(space_path))
+            except SpaceError as error:
+                file.fail(f"arms.{arm} (as a search space)", str(error).split(": ", 1)[1])
+            write_up[arm] = check_write_up(file, arm, arm_spec, spaces[arm])
+    return Study(
+        name=path.stem,
+        path=path,
+        text=text,
+        description=" ".join(spec.description.split()),
+        model=spaces[spec.confirm.reference].model,
+        spaces=spaces,
+        write_up={arm: values for arm, values in write_up.items() if values},
+        seeds=tuple(spec.confirm.seeds),
+        reference=spec.confirm.reference,
+    )
+
+
+def arm_space_text(study: str, arm: str, spec: StudyFile, file: SpaceProblems) -> str:
+    """The arm's search space as YAML: the budget with the arm's keys added."""
+    budget, arm_spec = spec.budget, spec.arms[arm]
+    searcher = dict(budget.searcher or {"type": "optuna_tpe"})
+    points = [dict(p) for p in searcher.get("points_to_evaluate") or []]
+    if len(arm_spec.points_to_evaluate) > len(points):
+        file.fail(
+            f"arms.{arm}.points_to_evaluate",
+            f"lists {len(arm_spec.points_to_evaluate)} points; budget.searcher.points_to_evaluate has {len(points)} "
+            "(each arm point adds the arm's own keys to the budget's point at the same place)",
+        )
+    for i, extra in enumerate(arm_spec.points_to_evaluate):
+        for key in extra:
+            if key in budget.search:
+                file.fail(f"arms.{arm}.points_to_evaluate[{i}].{key}", "a shared key: set it in the budget's point")
+        points[i].update(extra)
+    searcher["points_to_evaluate"] = points
+    space = {
+        "description": f"Arm '{arm}' of the study {study}: its shared budget plus the arm's own keys.",
+        "trainer": arm_spec.trainer,
+        "model": spec.model,
+        "fixed": {**budget.fixed, **arm_spec.fixed},
+        "search": {**budget.search, **arm_spec.search},
+        "scheduler": budget.scheduler,
+        "searcher": searcher,
+        "num_samples": budget.num_samples,
+        "max_concurrent": budget.max_concurrent,
+        "resources": budget.resources,
+    }
+    header = f"# Arm '{arm}' of the study {study}, written by tuner.study: run as an ordinary search.\n"
+    return header + yaml.safe_dump({k: v for k, v in space.items() if v is not None}, sort_keys=False)
+
+
+def check_write_up(file: SpaceProblems, arm: str, arm_spec: Arm, space: Space) -> dict:
+    """The write-up's values of an arm's searched keys, checked; and at least one first point must try them."""
+    values = {}
+    for key, value in arm_spec.write_up.items():
+        where = f"arms.{arm}.write_up.{key}"
+        if key not in space.params:
+            file.fail(where, f"'{key}' is not searched by this arm", ", ".join(space.params))
+        if not space.params[key].contains(value):
+            file.fail(where, f"{yaml_value(value)} is outside the searched range", space.params[key].describe())
+        values[key] = normalized(key, value, space.model)
+    tried = any(
+        all(k in p and same(normalized(k, p[k], space.model), v) for k, v in values.items())
+        for p in space.searcher.points_to_evaluate
+    )
+    if values and not tried:
+        file.fail(
+            f"arms.{arm}.write_up", "no point in points_to_evaluate has these values: the search might not try them"
+        )
+    return values
