@@ -192,7 +192,8 @@ def test_ray_state_is_copied_whole_and_put_back(tmp_path):
 
 
 def test_search_json_holds_the_settings_as_they_are(tmp_path, monkeypatch):
-    from tuner.run import locate_resume, parse_args, settings_from_flags
+    from tuner.run import parse_args, settings_from_flags
+    from tuner.search_start import locate_resume
 
     monkeypatch.chdir(tmp_path)
     flags = ["--space", "dgl_quick", "--num-samples", "3", "--data-dir", "data", "--max-failures", "5"]

@@ -20,8 +20,8 @@ from pathlib import Path
 from tuner.errors import SetupError, UserError
 from tuner.locations import absolute_tracking_uri
 from tuner.ray_adaptations.environment import prepare_environment
-from tuner.run import absolute, add_shared_flags, check_storage_flag, open_search, plan_text, preflight
 from tuner.search_folder import RECORD, SearchRecord, atomic_write, driver_pid, new_name
+from tuner.search_start import absolute, add_shared_flags, check_storage_flag, open_search, plan_text, preflight
 from tuner.settings import SearchSettings
 from tuner.study_file import Study, list_studies, load_study
 
