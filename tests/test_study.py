@@ -16,6 +16,7 @@ from tuner import study as study_cli
 from tuner.report.store import Trial
 from tuner.study_file import load_study
 from tuner.study_results import Candidate, accuracy_rows, blocks_rows, mean_std, pick_candidates, welch_interval
+from tuner.study_start import halving_epochs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,10 +122,10 @@ def test_halving_epochs_per_trial_by_hand():
     from tuner.schema import Asha, Fifo
 
     # rungs 10, 30, 90, then max_t 100: all trials run 10 epochs, 1/3 run 20 more, 1/9 run 60 more, 1/27 run 10 more
-    assert study_cli.halving_epochs(Asha(max_t=100, grace_period=10, reduction_factor=3), 100) == pytest.approx(
+    assert halving_epochs(Asha(max_t=100, grace_period=10, reduction_factor=3), 100) == pytest.approx(
         10 + 20 / 3 + 60 / 9 + 10 / 27
     )
-    assert study_cli.halving_epochs(Fifo(), 8) == 8
+    assert halving_epochs(Fifo(), 8) == 8
 
 
 def test_welch_interval_and_mean_std_match_the_formulas():

@@ -11,46 +11,15 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tuner.errors import SetupError, UserError
+from tuner.errors import UserError
 from tuner.locations import absolute_tracking_uri
 from tuner.ray_adaptations.environment import prepare_environment
-from tuner.search_folder import RECORD, SearchRecord, atomic_write, driver_pid, new_name
-from tuner.search_start import absolute, add_shared_flags, check_storage_flag, open_search, plan_text, preflight
-from tuner.settings import SearchSettings
-from tuner.study_file import Study, list_studies, load_study
-
-STUDY_RECORD = "study.json"
-# what the GPU-hours estimate assumes (not measured): one VGG16 (width 1) epoch on 45,000 images at batch 128 costs
-# this many seconds of a whole recent GPU (H100 class); DGL's 13 auxiliary heads make its epoch dearer
-GPU_EPOCH_S = {"backprop": 10.0, "dgl": 20.0}
-
-
-@dataclass
-class StudyRecord:
-    name: str
-    study: str  # the --study argument
-    storage: str
-    mlflow_uri: str
-    data_dir: str | None
-    parent_run_id: str = ""
-    confirm_run_id: str = ""
-    arms: dict = field(default_factory=dict)  # arm -> its search's folder
-    status: str = "running"  # running | interrupted | finished
-    wall_s: dict = field(default_factory=dict)  # stage -> seconds, summed over sessions
-    created: float = field(default_factory=time.time)
-
-    def save(self, folder: Path) -> None:
-        atomic_write(folder / STUDY_RECORD, json.dumps(asdict(self), indent=2).encode())
-
-    @classmethod
-    def load(cls, folder: Path) -> StudyRecord:
-        return cls(**json.loads((folder / STUDY_RECORD).read_text()))
+from tuner.search_start import absolute, add_shared_flags, check_storage_flag, preflight
+from tuner.study_file import list_studies, load_study
+from tuner.study_start import locate, plan
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,128 +27,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--study", required=True, help=f"a study name ({', '.join(list_studies())}) or a YAML path")
     add_shared_flags(p, "run of this study")
     return p.parse_args(argv)
-
-
-def unfinished_studies(storage: Path, name: str) -> list:
-    found = []
-    for path in storage.glob(f"*/{STUDY_RECORD}") if storage.is_dir() else ():
-        try:
-            record = StudyRecord.load(path.parent)
-        except (OSError, ValueError, TypeError, KeyError):  # not a study's record, or an older layout
-            continue
-        if record.name == name and record.status != "finished":
-            found.append((record.created, path.parent))
-    return [folder for _, folder in sorted(found)]
-
-
-def locate(args, study: Study, storage: Path, uri: str) -> tuple:
-    """The folder and record of a new study run, or of the one --resume continues. Touches nothing."""
-    if not args.resume:
-        record = StudyRecord(study.name, args.study, str(storage), uri, absolute(args.data_dir))
-        return storage / new_name(study.name), record
-    pending = unfinished_studies(storage, study.name) if args.resume == "latest" else [Path(args.resume).resolve()]
-    if not pending or not (pending[-1] / STUDY_RECORD).is_file():
-        raise SetupError(f"--resume {args.resume}: no unfinished run of the study '{study.name}' (under {storage})")
-    if driver_pid(pending[-1]):
-        raise SetupError(f"--resume {pending[-1]}: that study is running now (driver pid {driver_pid(pending[-1])})")
-    try:
-        record = StudyRecord.load(pending[-1])
-    except (OSError, ValueError, TypeError, KeyError):
-        raise SetupError(f"--resume {pending[-1]}: not a study folder (no readable {STUDY_RECORD})") from None
-    if record.status == "finished" or record.name != study.name:
-        raise SetupError(f"--resume {pending[-1]}: not an unfinished run of the study '{study.name}'")
-    return pending[-1], record
-
-
-def plan(study: Study, folder: Path, record: StudyRecord) -> str:
-    first = study.first
-    cfg, sched = first.base_config(), first.scheduler
-    asha = f"ASHA grace {sched.grace_period}, reduction {sched.reduction_factor}" if sched.type == "asha" else "FIFO"
-    candidates = len(study.spaces) + len(study.write_up)
-    lines = [
-        f"Study {folder.name}: {study.model} (width {cfg.width}), {len(study.spaces)} arms under one budget:",
-        f"  each arm: {first.num_samples} trials x up to {cfg.epochs} epochs ({asha}), train subset "
-        f"{cfg.train_subset or 'all'}, {cfg.val_size} validation images (split seed {cfg.split_seed}), "
-        f"{first.max_concurrent or 'unlimited'} at once, "
-        f"{first.resources.cpu:g} CPU / {first.resources.gpu:g} GPU each",
-    ]
-    for arm, space in study.spaces.items():
-        lines.append(f"  arm {arm}: {space.trainer}, searching {', '.join(space.params)}")
-    lines.append(
-        f"  confirm: up to {candidates} configs x seeds {', '.join(map(str, study.seeds))} ({cfg.epochs} epochs, test "
-        f"split every epoch); gaps against '{study.reference}'"
-    )
-    per_trial = halving_epochs(sched, cfg.epochs)
-    search_epochs = len(study.spaces) * first.num_samples * per_trial
-    confirm_epochs = candidates * len(study.seeds) * cfg.epochs
-    lines.append(
-        f"  trial-epochs: about {search_epochs:.0f} searching ({per_trial:.1f} per trial if ASHA halves at each rung; "
-        f"at most {len(study.spaces) * first.num_samples * cfg.epochs}) + {confirm_epochs} confirming"
-    )
-    if first.resources.gpu:
-        epochs = {  # arm -> (searching, confirming) trial-epochs
-            arm: (first.num_samples * per_trial, len(study.seeds) * (1 + (arm in study.write_up)) * cfg.epochs)
-            for arm in study.spaces
-        }
-        cost = {arm: GPU_EPOCH_S.get(space.trainer, max(GPU_EPOCH_S.values())) for arm, space in study.spaces.items()}
-        searching, confirming = (sum(e[stage] * cost[arm] for arm, e in epochs.items()) / 3600 for stage in (0, 1))
-        lines.append(
-            f"  estimated GPU-hours: {searching + confirming:.0f} (searching {searching:.0f}, confirming "
-            f"{confirming:.0f}), assuming, not measured, these seconds per epoch of a whole GPU: "
-            + ", ".join(f"{t} {s:g}" for t, s in GPU_EPOCH_S.items())
-        )
-    lines += [f"  study folder: {folder}", f"  MLflow: {record.mlflow_uri}, experiment '{study.name}'"]
-    return "\n".join(lines)
-
-
-def halving_epochs(scheduler, epochs: int) -> float:
-    """Epochs per trial if ASHA kept 1/reduction of the trials at each rung (grace, grace*r, ... then max_t); Ray's
-    asynchronous ASHA promotes more, so this is a lower estimate. FIFO: every epoch."""
-    if scheduler.type != "asha":
-        return float(epochs)
-    rungs, rung = [], scheduler.grace_period
-    while rung < scheduler.max_t:
-        rungs.append(rung)
-        rung *= scheduler.reduction_factor
-    rungs.append(scheduler.max_t)
-    return sum((rungs[i] - (rungs[i - 1] if i else 0)) / scheduler.reduction_factor**i for i in range(len(rungs)))
-
-
-def run_arms(study: Study, folder: Path, record: StudyRecord, address: str | None) -> int:
-    """Each arm's search, in the study's order: new, continued, or skipped when it finished."""
-    from tuner.search import run_search
-
-    for arm, arm_space in study.spaces.items():
-        space_file = folder / "arms" / f"{arm_space.name}.yaml"
-        if not space_file.exists():
-            space_file.parent.mkdir(parents=True, exist_ok=True)
-            space_file.write_text(arm_space.text)
-        previous = record.arms.get(arm)
-        if previous and (Path(previous) / RECORD).exists():
-            if SearchRecord.load(Path(previous)).status == "finished":
-                continue
-        else:
-            previous = None
-        settings = SearchSettings(
-            space=str(space_file),
-            storage=str(folder),
-            mlflow_uri=record.mlflow_uri,
-            experiment_name=study.name,
-            data_dir=record.data_dir,
-            address=address,
-            study_run_id=record.parent_run_id,
-        )
-        space, arm_folder, arm_record = open_search(settings, previous, fresh=True)
-        record.arms[arm] = str(arm_folder)
-        record.save(folder)
-        print(f"\n== arm {arm}\n" + plan_text(space, arm_folder, arm_record, bool(previous), address), flush=True)
-        started = time.time()
-        code = run_search(space, arm_folder, arm_record, bool(previous), arm_record.settings)
-        record.wall_s[arm] = record.wall_s.get(arm, 0.0) + time.time() - started
-        record.save(folder)
-        if code:
-            return code
-    return 0
 
 
 def main(argv=None) -> int:

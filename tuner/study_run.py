@@ -14,13 +14,52 @@ from tuner.confirm import confirm_configs, open_confirm_run, run_confirm
 from tuner.data import load_arrays
 from tuner.errors import SetupError
 from tuner.report.store import load_searches
-from tuner.search_folder import SearchRecord, claim
-from tuner.study import StudyRecord, run_arms
+from tuner.search_folder import RECORD, SearchRecord, claim
+from tuner.search_start import open_search, plan_text
+from tuner.settings import SearchSettings
 from tuner.study_file import Study
 from tuner.study_results import blocks_rows, load_confirmed, pick_candidates, summary_tables
+from tuner.study_start import StudyRecord
 from tuner.tracking import reopen_run, start_parent_run
 
 SUMMARY = "study.md"
+
+
+def run_arms(study: Study, folder: Path, record: StudyRecord, address: str | None) -> int:
+    """Each arm's search, in the study's order: new, continued, or skipped when it finished."""
+    from tuner.search import run_search
+
+    for arm, arm_space in study.spaces.items():
+        space_file = folder / "arms" / f"{arm_space.name}.yaml"
+        if not space_file.exists():
+            space_file.parent.mkdir(parents=True, exist_ok=True)
+            space_file.write_text(arm_space.text)
+        previous = record.arms.get(arm)
+        if previous and (Path(previous) / RECORD).exists():
+            if SearchRecord.load(Path(previous)).status == "finished":
+                continue
+        else:
+            previous = None
+        settings = SearchSettings(
+            space=str(space_file),
+            storage=str(folder),
+            mlflow_uri=record.mlflow_uri,
+            experiment_name=study.name,
+            data_dir=record.data_dir,
+            address=address,
+            study_run_id=record.parent_run_id,
+        )
+        space, arm_folder, arm_record = open_search(settings, previous, fresh=True)
+        record.arms[arm] = str(arm_folder)
+        record.save(folder)
+        print(f"\n== arm {arm}\n" + plan_text(space, arm_folder, arm_record, bool(previous), address), flush=True)
+        started = time.time()
+        code = run_search(space, arm_folder, arm_record, bool(previous), arm_record.settings)
+        record.wall_s[arm] = record.wall_s.get(arm, 0.0) + time.time() - started
+        record.save(folder)
+        if code:
+            return code
+    return 0
 
 
 def open_study_run(client: MlflowClient, study: Study, folder: Path, record: StudyRecord) -> None:
