@@ -24,7 +24,7 @@ from tuner.search_start import (
     plan_text,
     preflight,
 )
-from tuner.settings import SearchSettings
+from tuner.settings import SPACE_OVERRIDES, SearchSettings
 from tuner.space_file import list_spaces
 from tuner.warm_start import run_id_of
 
@@ -77,13 +77,7 @@ def settings_from_flags(args: argparse.Namespace) -> SearchSettings:
         data_dir=absolute(args.data_dir),
         address=args.address,
         max_failures=args.max_failures,
-        num_samples=args.num_samples,
-        max_epochs=args.max_epochs,
-        train_subset=args.train_subset,
-        seed=args.seed,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent,
+        **{field: getattr(args, field) for field in SPACE_OVERRIDES},
         verbose=args.verbose,
         warm_start=args.warm_start if run_id_of(args.warm_start or "") else absolute(args.warm_start),
         warm_start_top=args.warm_start_top,

@@ -13,7 +13,7 @@ from tuner.errors import SetupError, one_line
 from tuner.locations import limit_mlflow_http
 from tuner.optuna_storage import shown_url, storage_url
 from tuner.search_folder import SearchRecord, driver_pid, new_name, resume_command, unfinished
-from tuner.settings import SearchSettings
+from tuner.settings import SPACE_OVERRIDES, SearchSettings
 from tuner.space import Space
 from tuner.space_file import load_space
 
@@ -40,15 +40,7 @@ def absolute(path: str | None) -> str | None:
 
 def resolve_space(settings: SearchSettings) -> Space:
     space = load_space(settings.space)
-    return space.with_overrides(
-        num_samples=settings.num_samples,
-        max_epochs=settings.max_epochs,
-        train_subset=settings.train_subset,
-        seed=settings.seed,
-        cpus=settings.cpus_per_trial,
-        gpus=settings.gpus_per_trial,
-        max_concurrent=settings.max_concurrent,
-    )
+    return space.with_overrides(**{keyword: getattr(settings, field) for field, keyword in SPACE_OVERRIDES.items()})
 
 
 def locate_resume(resume: str, storage: Path, space_name: str) -> tuple[Path, SearchRecord]:

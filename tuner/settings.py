@@ -35,3 +35,15 @@ def study_tags(settings: SearchSettings) -> dict:
     if not settings.study_run_id:
         return {}
     return {"mlflow.parentRunId": settings.study_run_id, "dt.study_run_id": settings.study_run_id}
+
+
+# the settings that override the space (as `tuner.run` flags of the same names), and Space.with_overrides' keyword
+SPACE_OVERRIDES = {
+    "num_samples": "num_samples",
+    "max_epochs": "max_epochs",
+    "train_subset": "train_subset",
+    "seed": "seed",
+    "cpus_per_trial": "cpus",
+    "gpus_per_trial": "gpus",
+    "max_concurrent": "max_concurrent",
+}
