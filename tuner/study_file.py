@@ -21,8 +21,9 @@ from models.networks import num_units
 from tuner.errors import SpaceError
 from tuner.schema import _Shape
 from tuner.space import Space, SpaceProblems, label, same
-from tuner.space_file import find_file, load_space, read_yaml, shipped
+from tuner.space_file import load_space
 from tuner.text import yaml_value
+from tuner.yaml_file import find_file, read_yaml, shipped
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 # what a search spends: set once, for every arm (an arm that names one is refused)
