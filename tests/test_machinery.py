@@ -19,9 +19,10 @@ from mlflow.tracking import MlflowClient
 from tuner.metric_names import block_metric
 from tuner.mlflow_views import applicable_params
 from tuner.outcome import trial_outcome
+from tuner.parent_run import close_dangling_runs, finish_parent_run, reopen_run, start_parent_run
 from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch, make_searcher
 from tuner.schema import KEYS, resolve
-from tuner.tracking import MLflowTracker, close_dangling_runs, finish_parent_run, reopen_run, start_parent_run
+from tuner.tracking import MLflowTracker
 
 State = optuna.trial.TrialState
 

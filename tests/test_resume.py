@@ -21,11 +21,12 @@ from fakedata import learnable_arrays, write_cifar_folder
 from helpers import local_store
 from mlflow.tracking import MlflowClient
 
+from tuner.parent_run import start_parent_run
 from tuner.ray_adaptations.asha import STATE_FILE, PersistentASHA
 from tuner.ray_adaptations.snapshots import RAY_SNAPSHOT, install_ray_snapshot, save_ray_snapshot
 from tuner.search_folder import RESUME_DIR, SearchRecord, claim
 from tuner.settings import SearchSettings
-from tuner.tracking import MLflowTracker, start_parent_run
+from tuner.tracking import MLflowTracker
 
 ENDED = ("completed", "stopped", "diverged", "failed")
 

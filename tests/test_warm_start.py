@@ -96,8 +96,8 @@ def earlier_mlflow_search(uri, space, trials):
     config.json, its val_acc per epoch and its dt.outcome. trials: (lr, outcome, [val_acc per epoch])."""
     from mlflow.tracking import MlflowClient
 
+    from tuner.parent_run import start_parent_run
     from tuner.schema import resolve
-    from tuner.tracking import start_parent_run
 
     client = MlflowClient(uri)
     parent = start_parent_run(client, "old", "old-search-1", {}, {}, space.text)

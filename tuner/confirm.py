@@ -15,13 +15,13 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from tuner.parent_run import close_dangling_runs, start_parent_run
 from tuner.progress import ProgressLine
 from tuner.ray_adaptations.notices import FailureNotices
 from tuner.ray_adaptations.snapshots import SnapshotOnEvents, install_ray_snapshot
 from tuner.search import CHECKPOINTS_KEPT, _ended, restore_tuner, trainable_for
 from tuner.space import Space
 from tuner.study_results import CANDIDATES, save_candidates
-from tuner.tracking import close_dangling_runs, start_parent_run
 
 FOLDER = "confirm"  # the Ray experiment, inside the study's folder
 TEST_METRICS = ("test_acc", "test_loss")

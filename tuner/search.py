@@ -25,6 +25,15 @@ from tuner.epoch import evaluate_split
 from tuner.errors import SetupError, one_line
 from tuner.mlflow_views import trial_number
 from tuner.outcome import trial_outcome
+from tuner.parent_run import (
+    close_dangling_runs,
+    delete_child_runs,
+    find_parent_run,
+    finish_parent_run,
+    log_trial_metric,
+    reopen_run,
+    start_parent_run,
+)
 from tuner.progress import ProgressLine
 from tuner.publish import announce_search, publish_results
 from tuner.ranking import final_score, rank
@@ -37,16 +46,7 @@ from tuner.search_folder import SearchRecord, claim, resume_command
 from tuner.settings import SearchSettings, study_tags
 from tuner.space import Space, make_sampler
 from tuner.text import fmt_value, text_table
-from tuner.tracking import (
-    MLflowTracker,
-    close_dangling_runs,
-    delete_child_runs,
-    find_parent_run,
-    finish_parent_run,
-    log_trial_metric,
-    reopen_run,
-    start_parent_run,
-)
+from tuner.tracking import MLflowTracker
 from tuner.trial import build_trial, load_checkpoint, train_trial
 from tuner.warm_start import new_search_study
 

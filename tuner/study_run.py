@@ -13,6 +13,7 @@ from tuner.cluster import init_ray
 from tuner.confirm import confirm_configs, open_confirm_run, run_confirm
 from tuner.data import load_arrays
 from tuner.errors import SetupError
+from tuner.parent_run import reopen_run, start_parent_run
 from tuner.report.store import load_searches
 from tuner.search_folder import RECORD, SearchRecord, claim
 from tuner.search_start import open_search, plan_text
@@ -20,7 +21,6 @@ from tuner.settings import SearchSettings
 from tuner.study_file import Study
 from tuner.study_results import blocks_rows, load_confirmed, pick_candidates, summary_tables
 from tuner.study_start import StudyRecord
-from tuner.tracking import reopen_run, start_parent_run
 
 SUMMARY = "study.md"
 
