@@ -132,7 +132,7 @@ def close_dangling_runs(
     return closed
 
 
-def deletechild_runs(client: MlflowClient, parent_run_id: str) -> int:
+def delete_child_runs(client: MlflowClient, parent_run_id: str) -> int:
     """Delete the child runs of a search that is started anew (its driver died before any trial was saved)."""
     runs = child_runs(client, parent_run_id)
     for run in runs:
