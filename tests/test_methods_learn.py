@@ -199,10 +199,11 @@ def test_cdni_learns_and_its_synthetic_gradients_point_the_right_way(dni_data):
 
 # Plain DNI does not learn this task, measured with the settings above: val_acc 0.36-0.42 (seeds 0, 1) against 0.55
 # with its modules zeroed, block-0 cosine within +-0.012 at every epoch, and 0.05-0.15 at the last interface, whose
-# target is the true gradient (with SGD at lr 0.01 or 0.02, K=2 or 3, 2,000 images: val_acc 0.25-0.35). Without the label a module can only predict E[dL/dh | h], which
-# is J^T (p(h) - E[y | h]): on features that do not yet separate the classes it says "be less sure", not what to
-# learn (the write-up, too, has DNI 8 points behind cDNI on CIFAR-10). DNI and cDNI are one class (the label is a
-# flag, models/synthetic_gradients.py), so the mutants below, which break what both share, are caught by cDNI.
+# target is the true gradient (with SGD at lr 0.01 or 0.02, K=2 or 3, 2,000 images: val_acc 0.25-0.35). Without
+# the label a module can only predict E[dL/dh | h], which is J^T (p(h) - E[y | h]): on features that do not yet
+# separate the classes it says "be less sure", not what to learn (the write-up, too, has DNI 8 points behind cDNI
+# on CIFAR-10). DNI and cDNI are one class (the label is a flag, models/synthetic_gradients.py), so the mutants
+# below, which break what both share, are caught by cDNI.
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="without the label, DNI's synthetic gradients do not teach this task")
 def test_dni_learns_and_its_synthetic_gradients_point_the_right_way(dni_data):
