@@ -15,11 +15,12 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from tuner.outcome import ended_for_good
 from tuner.parent_run import close_dangling_runs, start_parent_run
 from tuner.progress import ProgressLine
 from tuner.ray_adaptations.notices import FailureNotices
 from tuner.ray_adaptations.snapshots import SnapshotOnEvents, install_ray_snapshot
-from tuner.search import CHECKPOINTS_KEPT, _ended, restore_tuner, trainable_for
+from tuner.search import CHECKPOINTS_KEPT, restore_tuner, trainable_for
 from tuner.space import Space
 from tuner.study_results import CANDIDATES, save_candidates
 
@@ -82,7 +83,7 @@ def run_confirm(space: Space, study_folder: Path, configs: list, arrays: dict, u
         tuner = new_confirm_tuner(space, study_folder, configs, arrays, uri, run_id)
     results = tuner.fit()
     client = MlflowClient(uri)
-    if len(results) < len(configs) or not all(_ended(result) for result in results):
+    if len(results) < len(configs) or not all(ended_for_good(result) for result in results):
         close_dangling_runs(client, run_id, status="KILLED", outcome=None)
         return False
     close_dangling_runs(client, run_id)

@@ -39,3 +39,11 @@ def trial_error_text(trial) -> str:
     if not path or not Path(path).is_file():
         return ""
     return ANSI_ESCAPE.sub("", Path(path).read_text(errors="replace"))  # Ray colours the worker's name
+
+
+def ended_for_good(result) -> bool:
+    """Whether a trial ended for good: it ran its epochs (`finished`), diverged, used up its retries (an error), or
+    the scheduler stopped it (Ray marks that result `done`). A trial stopped by Ctrl-C has none of these. (`done` alone
+    is not enough: Ray's saved state can miss it on a trial that returned, so a restored one would look unended.)"""
+    metrics = result.metrics or {}
+    return result.error is not None or bool(metrics.get("finished") or metrics.get("diverged") or metrics.get("done"))

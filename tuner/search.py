@@ -24,7 +24,7 @@ from tuner.data import load_arrays
 from tuner.epoch import evaluate_split
 from tuner.errors import SetupError, one_line
 from tuner.mlflow_views import trial_number
-from tuner.outcome import trial_outcome
+from tuner.outcome import ended_for_good, trial_outcome
 from tuner.parent_run import (
     close_dangling_runs,
     delete_child_runs,
@@ -210,7 +210,7 @@ def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, s
             delete_child_runs(client, record.parent_run_id)
         tuner = new_tuner(space, folder, record, arrays, settings)
     results = tuner.fit()
-    if len(results) < space.num_samples or not all(_ended(result) for result in results):
+    if len(results) < space.num_samples or not all(ended_for_good(result) for result in results):
         return interrupted(results, space, folder, record, client)
     summary = summarize(results, space, arrays, client, record)
     outcomes = Counter(trial_outcome(r.metrics or {}, r.error is not None) for r in results)
@@ -226,7 +226,7 @@ def interrupted(results, space: Space, folder: Path, record: SearchRecord, clien
     """Ctrl-C: Ray saved the state; end the runs of the trials in flight as KILLED (undecided, see the module
     docstring), mark the parent and the record interrupted, and say how to continue."""
     close_dangling_runs(client, record.parent_run_id, status="KILLED", outcome=None)
-    ended = sum(1 for result in results if _ended(result))
+    ended = sum(1 for result in results if ended_for_good(result))
     finish_parent_run(client, record.parent_run_id, "interrupted", {})
     record.status = "interrupted"
     record.save(folder)
@@ -236,14 +236,6 @@ def interrupted(results, space: Space, folder: Path, record: SearchRecord, clien
         flush=True,
     )
     return 130
-
-
-def _ended(result) -> bool:
-    """Whether a trial ended for good: it ran its epochs (`finished`), diverged, used up its retries (an error), or
-    the scheduler stopped it (Ray marks that result `done`). A trial stopped by Ctrl-C has none of these. (`done` alone
-    is not enough: Ray's saved state can miss it on a trial that returned, so a restored one would look unended.)"""
-    metrics = result.metrics or {}
-    return result.error is not None or bool(metrics.get("finished") or metrics.get("diverged") or metrics.get("done"))
 
 
 def summarize(results, space: Space, arrays: dict, client: MlflowClient, record: SearchRecord) -> dict:
