@@ -9,7 +9,9 @@ Rows, by their `bench` key:
                   --cores threads, pipelined DGL with --cores stages x 1 thread, backprop at --cores threads. On GPUs:
                   sequential DGL and backprop on one GPU, pipelined DGL with one stage per GPU.
   parallel_ratio  pipelined images/s over each other runner's, paired round by round, median (min, max).
-  parallel_setup  the stage partition, the blocks' measured costs, and the load average before and after: other
+  parallel_setup  the stage partition (as cut from the blocks timed alone, and as the stages re-cut it after the
+                  warm-up epoch, from what they measured running together), each stage's share of an epoch spent
+                  waiting for input and on the next stage, and the load average before and after: other
                   processes on the machine slow every runner, and the load says how much there was.
 
 Within a round the runners take turns, so a busy neighbour slows all of them alike. A runner's timed epochs exclude
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -32,13 +35,14 @@ import torch
 
 from bench.common import bench_config, emit, summary, synthetic_split, timed_epoch
 from models.networks import CFGS
+from models.pipeline import REBALANCE_AFTER_STEPS
 from models.registry import build_trainer
 from tuner.errors import ConfigError
 from tuner.schema import check_value
 
 SECTIONS = ("cpu", "gpu")
 QUICK = {"model": "vgg16", "width": 0.25, "batch_size": 128, "steps": 8, "warmup_steps": 2, "rounds": 3, "cores": 2}
-FULL = {"model": "vgg16", "width": 0.25, "batch_size": 128, "steps": 24, "warmup_steps": 3, "rounds": 5, "cores": 2}
+FULL = {"model": "vgg16", "width": 0.25, "batch_size": 128, "steps": 48, "warmup_steps": 8, "rounds": 5, "cores": 2}
 DEFAULT_HEAD = "flatten_mlp"  # the write-up's DGL head, the config default
 
 
@@ -94,16 +98,23 @@ def gpu_runners(s: dict) -> list[Runner]:
 
 
 def measure(section: str, runners: list[Runner], s: dict, device, out=None) -> list[dict]:
-    split = synthetic_split(s["batch_size"] * (s["steps"] + s["warmup_steps"]), device)
+    split = synthetic_split(s["batch_size"] * max(s["steps"], s["warmup_steps"], REBALANCE_AFTER_STEPS), device)
     load_before = os.getloadavg()
-    for runner in runners:  # warm-up: allocations, caches, the stage processes' start
-        runner.epoch(split, s["batch_size"], max(s["warmup_steps"], 1), epoch=0)
+    pipelined = next(r for r in runners if r.name.startswith("pipelined"))
+    first_partition = pipelined.trainer.partition
+    # warm-up: allocations, caches; for the pipelined runner an epoch long enough to move its cuts by what its
+    # stages measured together, then one to restart them there, so no timed epoch pays for a process start
+    for runner in runners:
+        runner.epoch(split, s["batch_size"], max(s["warmup_steps"], REBALANCE_AFTER_STEPS), epoch=0)
+    pipelined.epoch(split, s["batch_size"], 1, epoch=0)
     speeds = {runner.name: [] for runner in runners}
+    idle = []  # per round, each stage's share of the epoch spent starved of input / held up by the next stage
     for round_ in range(s["rounds"]):
         for runner in runners:
             timing = runner.epoch(split, s["batch_size"], s["steps"], epoch=round_ + 1)
             speeds[runner.name].append(timing["images"] / timing["wall_s"])
-    pipelined = next(r for r in runners if r.name.startswith("pipelined"))
+            if runner is pipelined:
+                idle.append([{k: v / timing["wall_s"] for k, v in w.items()} for w in runner.trainer.stage_waits])
     rows = [
         emit(
             {
@@ -114,8 +125,14 @@ def measure(section: str, runners: list[Runner], s: dict, device, out=None) -> l
                 "batch_size": s["batch_size"],
                 "aux_head": s["aux_head"],
                 "partition": [[b + 1 for b in p] for p in pipelined.trainer.partition],
+                "partition_timed_alone": [[b + 1 for b in p] for p in first_partition],
                 "stage_devices": pipelined.trainer.stage_devices,
                 "stage_threads": pipelined.trainer.stage_threads,
+                # median over rounds of the share of an epoch each stage waited: for its input, then on its output
+                "stage_idle": [
+                    [round(statistics.median(r[st][k] for r in idle), 3) for k in ("input_s", "output_s")]
+                    for st in range(len(idle[0]))
+                ],
                 "load_average_before": [round(v, 2) for v in load_before],
                 "load_average_after": [round(v, 2) for v in os.getloadavg()],
                 "cpu_count": os.cpu_count(),
@@ -196,8 +213,10 @@ def report(rows: list[dict]) -> None:
     for row in rows:
         if row["bench"] == "parallel_setup":
             print(
-                f"# {row['section']}: {row['model']} width {row['width']}, stages {row['partition']}, load average "
-                f"{row['load_average_before']} -> {row['load_average_after']}",
+                f"# {row['section']}: {row['model']} width {row['width']}, stages {row['partition']} (timed alone: "
+                f"{row['partition_timed_alone']}), load average "
+                f"{row['load_average_before']} -> {row['load_average_after']}; each stage's share of an epoch "
+                f"waiting for input / on the next stage: {row['stage_idle']}",
                 file=sys.stderr,
             )
         elif row["bench"] == "parallel":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 NUM_CLASSES = 10
+IMAGE_CHANNELS, IMAGE_SIZE = 3, 32  # CIFAR-10's images
 
 # Conv widths; 'M' is a 2x2 max-pool that belongs to the conv before it.
 CFGS: dict[str, list] = {
@@ -33,7 +34,7 @@ def conv_units(name: str, width: float = 1.0, dropout: float = 0.0) -> tuple[lis
     if name not in CFGS:
         raise ValueError(f"unknown model '{name}'; allowed: {', '.join(CFGS)}")
     kernel = KERNEL.get(name, 3)
-    units, in_channels, size = [], 3, 32
+    units, in_channels, size = [], IMAGE_CHANNELS, IMAGE_SIZE
     for item in CFGS[name]:
         if item == "M":
             units[-1].append(nn.MaxPool2d(2))
@@ -107,7 +108,7 @@ def build_network(name: str, width: float = 1.0, num_blocks: int | None = None, 
 
 def block_output_shapes(blocks) -> list[tuple[int, int]]:
     """(channels, spatial size) after each block, read off the modules (no forward pass needed)."""
-    shapes, channels, size = [], 3, 32
+    shapes, channels, size = [], IMAGE_CHANNELS, IMAGE_SIZE
     for block in blocks:
         for layer in block:
             if isinstance(layer, nn.Conv2d):

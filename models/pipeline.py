@@ -28,11 +28,23 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-from models.pipeline_stage import POLL_S, balanced_partition, block_costs, blocks_state, load_blocks_state, run_stage
+from models.networks import IMAGE_CHANNELS, IMAGE_SIZE
+from models.pipeline_stage import (
+    POLL_S,
+    Link,
+    balanced_partition,
+    block_costs,
+    blocks_state,
+    load_blocks_state,
+    run_stage,
+)
 from models.trainers import DGL
 
 QUEUE_DEPTH = 2  # batches in flight between two stages: enough to hide jitter, little memory
 STALL_S = 600.0  # no progress for this long: a stage is alive but stuck
+REBALANCE_AFTER_STEPS = 8  # an epoch at least this long times the stages well enough to move a cut (its first
+# steps left out: models/pipeline_stage.py UNSTEADY_STEPS)
+REBALANCE_GAIN = 0.03  # move a cut only for a slowest stage at least this much faster (a restart costs seconds)
 
 
 class PipelineError(RuntimeError):
@@ -52,12 +64,25 @@ class PipelinedDGL(DGL):
     def __init__(self, cfg: dict, device, steps_per_epoch: int):
         super().__init__(cfg, device, steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
-        self.partition = balanced_partition(block_costs(self, cfg.batch_size), cfg.stages)
         self.stage_devices = stage_devices(self.device, cfg.stages)
         # this process's threads shared out: in a Ray trial, the CPUs granted (S x the per-stage CPUs)
         self.stage_threads = max(1, torch.get_num_threads() // cfg.stages)
+        self.block_costs = self._costs_as_a_stage_runs()
+        self.partition = balanced_partition(self.block_costs, cfg.stages)
+        self.rebalanced = False  # once, after the first epoch long enough to time
         self.processes: list = []
         self.stages_current = False  # whether the stages hold this trainer's state (then it need not travel)
+
+    def _costs_as_a_stage_runs(self) -> list[float]:
+        """Each block's step cost, timed with the threads a stage will have: early (wide, high-resolution) blocks
+        gain more from extra threads than late ones, so costs timed with all of this process's threads would
+        balance the stages for a machine they do not run on."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.stage_threads)
+        try:
+            return block_costs(self, self.cfg.batch_size)
+        finally:
+            torch.set_num_threads(threads)
 
     def describe(self, s: int) -> str:
         first, last = self.partition[s][0] + 1, self.partition[s][-1] + 1
@@ -67,7 +92,7 @@ class PipelinedDGL(DGL):
         context = mp.get_context("spawn")  # CUDA cannot be used in a forked child, and spawn is the same everywhere
         stages = len(self.partition)
         self.jobs = [context.Queue() for _ in range(stages)]
-        self.links = [context.Queue(maxsize=QUEUE_DEPTH) for _ in range(stages)]  # links[s] feeds stage s
+        self.links = [self._link(context, s) for s in range(stages)]  # links[s] feeds stage s
         self.results, self.diverged = context.Queue(), context.Event()
         self.processes = [
             context.Process(
@@ -94,6 +119,15 @@ class PipelinedDGL(DGL):
             process.start()
         self.stages_current = False
 
+    def _link(self, context, s: int):
+        """What feeds stage s: shared-memory slots between CPU processes; a queue where CUDA tensors travel (by
+        CUDA IPC, no copy through the host)."""
+        if any(device.startswith("cuda") for device in self.stage_devices) or self.device.type == "cuda":
+            return context.Queue(maxsize=QUEUE_DEPTH)
+        first = self.partition[s][0]
+        channels, size = (IMAGE_CHANNELS, IMAGE_SIZE) if first == 0 else self.network.block_shapes[first - 1]
+        return Link(context, (self.cfg.batch_size, channels, size, size), QUEUE_DEPTH)
+
     def train_epoch(self, batches) -> dict:
         self.parts.train()
         if not self.processes:
@@ -114,12 +148,35 @@ class PipelinedDGL(DGL):
             raise
         for result in done:
             load_blocks_state(self, result["state"])
+        self.stage_waits = [result["waited"] for result in done]  # the last epoch's, for bench/parallel.py
         self.epoch, self.stages_current = self.epoch + 1, True
+        if not self.rebalanced and done[0]["steps"] >= REBALANCE_AFTER_STEPS:
+            self.rebalance([result["step_s"] for result in done])
         correct = None if any(r["correct"] is None for r in done) else torch.cat([r["correct"] for r in done])
         seen = done[-1]["seen"]
         metrics = {"train_loss": done[-1]["loss_sum"].item() / max(seen, 1)}
         metrics.update(self._accuracies(correct if correct is None else correct.to(self.device), seen, "train_acc"))
         return metrics
+
+    def rebalance(self, step_s: list[float]) -> bool:
+        """Re-partition by what the stages measured while running together. Blocks timed alone do not slow down
+        alike once two stages share a machine's caches and memory (measured: one stage 8%, the other 17% slower),
+        so each block's cost is scaled by its stage's busy seconds per step over its blocks' timed-alone sum. When
+        another cut promises a slowest stage at least REBALANCE_GAIN faster, the stages stop and restart with it
+        next epoch: what they compute does not depend on where the cuts are, only how long it takes."""
+        self.rebalanced = True
+        scaled = list(self.block_costs)
+        for blocks, busy in zip(self.partition, step_s):
+            alone = sum(self.block_costs[i] for i in blocks)
+            for i in blocks:
+                scaled[i] *= busy / alone if alone > 0 else 1.0
+        partition = balanced_partition(scaled, len(self.partition))
+        slowest = max(sum(scaled[i] for i in blocks) for blocks in partition)
+        if partition == self.partition or slowest > (1 - REBALANCE_GAIN) * max(step_s):
+            return False
+        self.close()
+        self.block_costs, self.partition = scaled, partition
+        return True
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

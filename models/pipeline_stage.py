@@ -16,6 +16,7 @@ from models.trainer_base import NAN_CHECK_EVERY, _hits
 from models.trainers import DGL, BlockWithHead
 
 POLL_S = 0.5  # how often a blocked queue operation checks that the other side is alive
+UNSTEADY_STEPS = 2  # an epoch's first steps, left out of a stage's timing (a new process allocates and warms up)
 
 
 def balanced_partition(costs: list[float], stages: int) -> list[list[int]]:
@@ -41,10 +42,10 @@ def balanced_partition(costs: list[float], stages: int) -> list[list[int]]:
     return groups[::-1]
 
 
-def block_costs(trainer: DGL, batch_size: int, repeats: int = 3) -> list[float]:
+def block_costs(trainer: DGL, batch_size: int, repeats: int = 5) -> list[float]:
     """Seconds of one training step of each block with its head (forward, backward, optimizer step: a wide head's
     step is a good part of its block's cost), on copies, so the trainer's parameters, BatchNorm statistics and the
-    global RNG stay untouched: the least of `repeats` timings."""
+    global RNG stay untouched: the least of `repeats` timings after one untimed step (first-touch allocations)."""
     generator = torch.Generator().manual_seed(0)
     h = torch.randn(batch_size, 3, 32, 32, generator=generator).to(trainer.device)
     y = torch.randint(0, 10, (batch_size,), generator=generator).to(trainer.device)
@@ -53,7 +54,7 @@ def block_costs(trainer: DGL, batch_size: int, repeats: int = 3) -> list[float]:
         module = BlockWithHead(copy.deepcopy(block), copy.deepcopy(head), copy.deepcopy(sim_conv)).train()
         optimizer = make_optimizer(module.parameters(), trainer.cfg)
         timings = []
-        for _ in range(repeats):
+        for _ in range(repeats + 1):
             start = time.perf_counter()
             with trainer.amp():
                 out, logits, _ = module(h)
@@ -63,7 +64,7 @@ def block_costs(trainer: DGL, batch_size: int, repeats: int = 3) -> list[float]:
             if trainer.on_cuda:
                 torch.cuda.synchronize(trainer.device)
             timings.append(time.perf_counter() - start)
-        costs.append(min(timings))
+        costs.append(min(timings[1:]))
         h = out.detach()
     return costs
 
@@ -97,6 +98,50 @@ def load_blocks_state(trainer: DGL, state: dict) -> None:
         trainer.schedulers[i].load_state_dict(sched_state)
 
 
+class Link:
+    """A bounded channel of (activations, labels) batches between two processes on one machine's CPU: `depth`
+    slots of shared memory made once, so a batch costs a copy in and a copy out. A tensor put on a
+    torch.multiprocessing queue instead moves to a new shared-memory segment every time, which measured 4-10 ms
+    of the sender's CPU per 2-4 MB batch, in a stage step of ~150 ms. `put`/`get` time out like a queue's
+    (queue.Full / queue.Empty); None is the end-of-epoch marker."""
+
+    def __init__(self, context, shape: tuple[int, ...], depth: int):
+        self.x = torch.empty((depth, *shape)).share_memory_()
+        self.y = torch.empty((depth, shape[0]), dtype=torch.long).share_memory_()
+        self.free, self.full = context.Queue(), context.Queue()  # slot numbers: writable / holding a batch
+        for slot in range(depth):
+            self.free.put(slot)
+
+    def put(self, item, timeout: float) -> None:
+        if item is None:
+            return self.full.put(None)
+        x, y = item
+        try:
+            slot = self.free.get(timeout=timeout)
+        except queue.Empty:
+            raise queue.Full from None
+        self.x[slot, : len(y)].copy_(x)
+        self.y[slot, : len(y)].copy_(y)
+        self.full.put((slot, len(y)))
+
+    def get(self, timeout: float):
+        message = self.full.get(timeout=timeout)
+        if message is None:
+            return None
+        slot, n = message
+        item = self.x[slot, :n].clone(), self.y[slot, :n].clone()  # the slot is the sender's again at once
+        self.free.put(slot)
+        return item
+
+    def cancel_join_thread(self) -> None:
+        self.free.cancel_join_thread()
+        self.full.cancel_join_thread()
+
+    def close(self) -> None:
+        self.free.close()
+        self.full.close()
+
+
 # ------------------------------------------------------------------------------------------------ a stage process
 def _get(q, alive):
     while True:
@@ -114,6 +159,14 @@ def _put(q, item, alive):
         except queue.Full:
             if not alive():
                 raise SystemExit(1) from None
+
+
+def _timed(operation, waited: dict, key: str, *args):
+    start = time.perf_counter()
+    try:
+        return operation(*args)
+    finally:
+        waited[key] += time.perf_counter() - start
 
 
 def run_stage(
@@ -142,7 +195,10 @@ def run_stage(
             torch.manual_seed(hash((cfg.seed, job["epoch"], index)) & (2**63 - 1))  # this stage's dropout stream
             trainer.parts.train()
             loss_sum, correct, seen, step = torch.zeros((), device=trainer.device), None, 0, 0
-            while (item := _get(inbox, alive)) is not None:
+            waited = {"input_s": 0.0, "output_s": 0.0}  # starved of input / held up by the next stage
+            steady = {"busy_s": 0.0, "steps": 0}  # working, past each epoch's first steps (allocations, caches)
+            while (item := _timed(_get, waited, "input_s", inbox, alive)) is not None:
+                step_started, output_waited = time.perf_counter(), waited["output_s"]
                 h, y = (t.to(trainer.device) for t in item)
                 logits = []
                 for i in blocks:
@@ -150,20 +206,31 @@ def run_stage(
                     trainer.schedulers[i].step()
                     logits.append(block_logits)
                 if outbox is not None:
-                    _put(outbox, (h.detach(), y), alive)
+                    _timed(_put, waited, "output_s", outbox, (h.detach(), y), alive)
                 hits = _hits(logits, y)
                 correct = hits if correct is None else correct + hits
                 loss_sum += loss.detach().float() * len(y)
                 seen, step = seen + len(y), step + 1
                 if last and step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
                     diverged.set()  # the main process stops feeding batches
+                if step > UNSTEADY_STEPS:
+                    steady["busy_s"] += time.perf_counter() - step_started - (waited["output_s"] - output_waited)
+                    steady["steps"] += 1
             if outbox is not None:
                 _put(outbox, None, alive)
             results.put(
                 (
                     "done",
                     index,
-                    {"state": blocks_state(trainer, blocks), "correct": correct, "seen": seen, "loss_sum": loss_sum},
+                    {
+                        "state": blocks_state(trainer, blocks),
+                        "correct": correct,
+                        "seen": seen,
+                        "loss_sum": loss_sum,
+                        "waited": waited,
+                        "steps": step,
+                        "step_s": steady["busy_s"] / steady["steps"] if steady["steps"] else None,
+                    },
                 )
             )
     except SystemExit:
