@@ -4,7 +4,7 @@ A DGL block never waits for a gradient from above, so block i can learn from bat
 batch t-1. `stages: S` splits the K blocks into S contiguous stages, balanced by their measured cost, and runs each
 stage in its own process (its own CPU threads, or its own GPU where several are visible). Stage s takes a batch's
 detached activations and labels from stage s-1, updates its blocks with `DGL.block_step` (the step sequential DGL
-takes) and passes its last block's output on, through bounded queues. Stage s therefore sees, for every batch, the
+takes) and passes its last block's output on, through bounded links. Stage s therefore sees, for every batch, the
 very input sequential DGL gives it — the previous block's output under that block's weights before it stepped on
 that batch — and ends with the same parameters (bit for bit on a CPU at equal thread counts: tests/test_pipeline.py).
 Only dropout differs: each stage draws its masks from its own stream, seeded by (seed, epoch, stage).
@@ -13,11 +13,12 @@ The main process keeps a full DGL copy: it feeds the batches, and after each epo
 it, so `evaluate`, `state_dict` and `load_state_dict` are DGL's own and a checkpoint resumes exactly. Stages get
 their state at the start of every epoch; nothing lives only in them between epochs.
 
-Transport: torch.multiprocessing queues (spawn). A CPU tensor put on one moves to shared memory and a CUDA tensor
-travels by CUDA IPC, so an activation is never serialised, and it is the least code that spans the cores and GPUs
-of one machine. Stages do not span machines: a trial's stages share a node (tuner/search.py asks Ray for them as
-one bundle). A stage that dies, raises or stalls fails the epoch with PipelineError, and every stage is stopped;
-a stage whose parent is gone exits by itself, so nothing is left behind.
+Transport: torch.multiprocessing (spawn). Between CPU stages a link is a few slots of shared memory made once
+(`Link`); where a stage is on a GPU, activations travel on queues by CUDA IPC. An activation is never serialised,
+and it is the least code that spans the cores and GPUs of one machine. Stages do not span machines: a trial's stages
+share a node (tuner/search.py asks Ray for them as one bundle). A stage that dies, raises or stalls fails the epoch
+with PipelineError, and every stage is stopped; a stage whose parent is gone exits by itself, so nothing is left
+behind.
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ class PipelinedDGL(DGL):
         self.parts.train()
         if not self.processes:
             self._start()
+        threads = torch.get_num_threads()
+        # while the stages train, this process only prepares and hands over batches: with one thread, no idle
+        # worker thread of its own spins on a core a stage needs
+        torch.set_num_threads(1)
         try:
             self.diverged.clear()
             for s, blocks in enumerate(self.partition):
@@ -146,6 +151,8 @@ class PipelinedDGL(DGL):
         except BaseException:
             self.close(kill=True)  # Ctrl-C or a failure: no stage outlives the epoch it was started for
             raise
+        finally:
+            torch.set_num_threads(threads)
         for result in done:
             load_blocks_state(self, result["state"])
         self.stage_waits = [result["waited"] for result in done]  # the last epoch's, for bench/parallel.py
