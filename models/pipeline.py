@@ -123,7 +123,7 @@ class PipelinedDGL(DGL):
     def _link(self, context, s: int):
         """What feeds stage s: shared-memory slots between CPU processes; a queue where CUDA tensors travel (by
         CUDA IPC, no copy through the host)."""
-        if any(device.startswith("cuda") for device in self.stage_devices) or self.device.type == "cuda":
+        if self.device.type == "cuda":  # then every stage is on a GPU (stage_devices)
             return context.Queue(maxsize=QUEUE_DEPTH)
         first = self.partition[s][0]
         channels, size = (IMAGE_CHANNELS, IMAGE_SIZE) if first == 0 else self.network.block_shapes[first - 1]

@@ -11,6 +11,7 @@ import traceback
 import torch
 import torch.multiprocessing as mp
 
+from models.networks import IMAGE_CHANNELS, IMAGE_SIZE, NUM_CLASSES
 from models.optim import make_optimizer
 from models.trainer_base import NAN_CHECK_EVERY, _hits
 from models.trainers import DGL, BlockWithHead
@@ -47,8 +48,8 @@ def block_costs(trainer: DGL, batch_size: int, repeats: int = 5) -> list[float]:
     step is a good part of its block's cost), on copies, so the trainer's parameters, BatchNorm statistics and the
     global RNG stay untouched: the least of `repeats` timings after one untimed step (first-touch allocations)."""
     generator = torch.Generator().manual_seed(0)
-    h = torch.randn(batch_size, 3, 32, 32, generator=generator).to(trainer.device)
-    y = torch.randint(0, 10, (batch_size,), generator=generator).to(trainer.device)
+    h = torch.randn(batch_size, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(trainer.device)
+    y = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator).to(trainer.device)
     costs = []
     for block, head, sim_conv in zip(trainer.network.blocks, trainer.heads, trainer.sim_convs):
         module = BlockWithHead(copy.deepcopy(block), copy.deepcopy(head), copy.deepcopy(sim_conv)).train()
