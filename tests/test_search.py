@@ -139,7 +139,7 @@ def test_tiny_search_end_to_end(tmp_path, fake_data):
     # the console names trials as the runs do: the best one's number in the summary and first in the top table
     number = best_name.split()[0]
     assert f"Best: trial {number} (Ray trial {tested[0].data.tags['dt.trial_id']})" in result.stdout
-    top = result.stdout.split("Top trials by final val_acc:\n")[1].splitlines()
+    top = result.stdout.split("Top trials by final val_acc (those that ran every epoch first):\n")[1].splitlines()
     assert top[1].split()[0] == number
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/history_tiny.png", "figures/curves_basiccnn.png"} <= figures

@@ -1,6 +1,7 @@
 """`python -m tuner.study`: a study file is checked whole before anything is created; the confirm statistics are what
 the formulas give; a tiny study runs end to end into MLflow and the report."""
 
+import json
 import math
 import os
 import statistics
@@ -15,8 +16,9 @@ from mlflow.tracking import MlflowClient
 from tuner import study as study_cli
 from tuner.report.store import Trial
 from tuner.study_file import load_study
-from tuner.study_results import Candidate, accuracy_rows, blocks_rows, mean_std, pick_candidates, welch_interval
+from tuner.study_results import Candidate, blocks_rows, confirm_configs, pick_candidates
 from tuner.study_start import halving_epochs
+from tuner.study_tables import accuracy_rows, mean_std, welch_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +33,7 @@ budget:
   num_samples: 1
   max_concurrent: 2
   resources: {cpu: 1, gpu: 0}
+  repetitions: 2
 arms:
   backprop: {trainer: backprop}
   dgl:
@@ -39,7 +42,7 @@ arms:
     search: {num_blocks: {type: int, low: 2, high: 3}}
     points_to_evaluate: [{num_blocks: 3}]
     write_up: {num_blocks: 3}
-confirm: {seeds: [1, 2, 3]}
+confirm: {seeds: [1, 2]}
 """
 
 # (a change to the tiny study, what the one line must say)
@@ -51,7 +54,7 @@ BROKEN = [
     ("arms:\n  backprop: {trainer: backprop, fixed: {lr: 0.1}}\n", "arms.backprop.fixed.lr: 'lr' is part"),
     ("arms:\n  backprop: {trainer: backprop, fixed: {bogus: 1}}\n", "(as a search space): fixed.bogus: unknown key"),
     ("arms:\n  backprop: {trainer: sgd}\n", "arms.backprop (as a search space)"),
-    ("confirm: {seeds: [0, 1, 2]}\n", "confirm.seeds: must be distinct and differ from the search's seed 0"),
+    ("confirm: {seeds: [0, 1, 2]}\n", "confirm.seeds: must be distinct and differ from the searches' seeds 0, 1000"),
     ("confirm: {seeds: [1]}\n", "confirm.seeds"),
     ("confirm: {reference: nobody}\n", "confirm.reference: 'nobody' is not an arm"),
     ("arms:\n  dgl: {trainer: dgl, write_up: {aux_width: 32}}\n", "write_up.aux_width: 'aux_width' is not searched"),
@@ -105,7 +108,8 @@ def test_arms_share_the_budget_and_add_their_own_keys(tmp_path):
     )
     assert dgl.searcher.points_to_evaluate == [{"lr": 0.05, "num_blocks": 3}]
     assert bp.searcher.points_to_evaluate == [{"lr": 0.05}]
-    assert study.write_up == {"dgl": {"num_blocks": 3}} and study.seeds == (1, 2, 3)
+    assert study.write_up == {"dgl": {"num_blocks": 3}} and study.seeds == (1, 2) and study.repetitions == 2
+    assert study.repetition_space("dgl", 1).fixed["seed"] == 1000 and study.confirm_seeds(1) == (1001, 1002)
 
 
 def test_the_shipped_studies_load_and_the_gpu_plan_states_its_cost(capsys):
@@ -144,15 +148,15 @@ def test_welch_interval_and_mean_std_match_the_formulas():
 
 def test_final_and_peak_per_seed_and_the_gap_row():
     curves = {1: [(1, 0.5), (2, 0.7), (3, 0.6)], 2: [(1, 0.6), (2, 0.65)]}
-    ref = Candidate("backprop", "backprop", "t1", 0.6, {}, curves)
-    dgl = Candidate("dgl", "dgl", "t2", 0.5, {}, {1: [(1, 0.4), (2, 0.5)], 2: [(1, 0.55), (2, 0.45)]})
+    ref = Candidate("backprop", "backprop", "t1", 0.6, {}, curves=curves)
+    dgl = Candidate("dgl", "dgl", "t2", 0.5, {}, curves={1: [(1, 0.4), (2, 0.5)], 2: [(1, 0.55), (2, 0.45)]})
     assert ref.finals() == [0.6, 0.65] and ref.peaks() == [0.7, 0.65]
     assert dgl.finals() == [0.5, 0.45] and dgl.peaks() == [0.5, 0.55]
     rows = accuracy_rows([ref, dgl], "backprop")
-    assert rows[0][4:] == ["62.50 ± 3.54", "ref", "67.50 ± 3.54", "ref"]
+    assert rows[0][5:] == ["62.50 ± 3.54", "ref", "67.50 ± 3.54", "ref"]
     gap, low, high = welch_interval([0.5, 0.45], [0.6, 0.65])
-    assert rows[1][4] == "47.50 ± 3.54" and rows[1][5] == f"{gap * 100:.2f} [{low * 100:.2f}, {high * 100:.2f}]"
-    assert rows[1][5].startswith("-15.00 [")
+    assert rows[1][5] == "47.50 ± 3.54" and rows[1][6] == f"{gap * 100:.2f} [{low * 100:.2f}, {high * 100:.2f}]"
+    assert rows[1][6].startswith("-15.00 [")
 
 
 def test_measuring_the_test_split_every_epoch_leaves_training_as_it_was(monkeypatch):
@@ -186,12 +190,86 @@ def _trial(trial_id, val, k, outcome="completed"):
 
 def test_candidates_are_the_best_trial_and_the_best_at_the_write_up_block_count():
     trials = [_trial("a", 0.7, 4), _trial("b", 0.6, 13), _trial("c", 0.65, None), _trial("d", 0.9, 13, "diverged")]
-    picked = pick_candidates({"dgl": trials}, {"dgl": {"num_blocks": 13}}, "vgg16")
+    picked = pick_candidates({("dgl", 0): trials}, {"dgl": {"num_blocks": 13}}, "vgg16")
     # null num_blocks is one block per conv layer: 13 on vgg16; a diverged trial is never picked
     assert [(c.name, c.trial_id) for c in picked] == [("dgl", "a"), ("dgl @ num_blocks=13", "c")]
-    only = pick_candidates({"dgl": trials[1:3]}, {"dgl": {"num_blocks": 13}}, "vgg16")
+    only = pick_candidates({("dgl", 0): trials[1:3]}, {"dgl": {"num_blocks": 13}}, "vgg16")
     assert [c.trial_id for c in only] == ["c"]  # the best is at K=13 already: trained once
-    assert blocks_rows(trials, "vgg16") == [["4", "1", "1", "70.00", "a"], ["13", "3", "2", "65.00", "c"]]
+    rows = blocks_rows({"dgl": trials}, "vgg16")
+    assert rows == [["dgl", "4", "1", "1", "70.00", "a"], ["dgl", "13", "3", "2", "65.00", "c"]]
+
+
+def test_a_stopped_trial_is_never_a_candidate_over_a_completed_one():
+    """ASHA stopped `s` after its first rung with a higher val_acc than `c` reached after every epoch: the scores are
+    of different epochs, so `c` is the candidate; and where no trial with the write-up's K ran every epoch, that
+    candidate is reported as never completed, not dropped and not confirmed."""
+    trials = [_trial("s", 0.9, 4, "stopped"), _trial("c", 0.5, 4), _trial("k", 0.95, 13, "stopped")]
+    picked = pick_candidates({("dgl", 0): trials}, {"dgl": {"num_blocks": 13}}, "vgg16", lambda r: (1, 2))
+    assert [(c.name, c.trial_id) for c in picked] == [("dgl", "c"), ("dgl @ num_blocks=13", "")]
+    assert "no trial with num_blocks=13 ran every epoch (1 stopped)" == picked[1].note
+    assert confirm_configs(picked) == [{**trials[1].params, "seed": 1}, {**trials[1].params, "seed": 2}]
+    rows = accuracy_rows(picked, "dgl")
+    assert rows[1][1] == "never completed" and rows[1][3] == "0/1"
+
+
+def test_the_search_summary_ranks_completed_trials_first():
+    from tuner.ranking import final_score, rank
+
+    rows = [("stopped", 0.9, "a"), ("completed", 0.5, "b"), ("completed", 0.6, "c"), ("diverged", 0.99, "d")]
+    ranked = rank(
+        rows,
+        score=lambda r: final_score(r[1], r[0]),
+        trial_id=lambda r: r[2],
+        completed=lambda r: r[0] == "completed",
+    )
+    assert [r[2] for r in ranked] == ["c", "b", "a"]
+
+
+def test_a_confirm_seed_that_did_not_finish_every_epoch_is_not_counted(monkeypatch):
+    """Seed 3 diverged at epoch 2 (its curve keeps epoch 1's finite value): it is listed, not counted as a seed."""
+    from types import SimpleNamespace
+
+    import tuner.study_results as results
+
+    config = {"trainer": "dgl", "epochs": 2, "lr": 0.1}
+    candidate = Candidate("dgl", "dgl", "t", 0.5, {**config, "seed": 0}, 0, [1, 2, 3])
+    runs, curves, outcomes = [], {}, {1: "completed", 2: "completed", 3: "diverged"}
+    for seed, curve in ((1, [(1, 0.4), (2, 0.5)]), (2, [(1, 0.45), (2, 0.55)]), (3, [(1, 0.6)])):
+        runs.append(SimpleNamespace(info=SimpleNamespace(run_id=f"r{seed}"), data=SimpleNamespace(tags={})))
+        runs[-1].data.tags["dt.outcome"] = outcomes[seed]
+        curves[f"r{seed}"] = (curve, {**config, "seed": seed})
+    client = SimpleNamespace(
+        get_run=lambda run_id: SimpleNamespace(info=SimpleNamespace(experiment_id="0")),
+        search_runs=lambda *args, **kwargs: runs,
+    )
+    saved = results.save_candidates([candidate])
+    artifacts = {("confirm", results.CANDIDATES): saved}
+    artifacts.update({(run_id, "config.json"): json.dumps(c) for run_id, (_, c) in curves.items()})
+    monkeypatch.setattr(results, "read_artifact", lambda client, run_id, name: artifacts.get((run_id, name)))
+    monkeypatch.setattr(results, "metric_history", lambda client, run_id, key: curves[run_id][0])
+    (loaded,) = results.load_confirmed(client, "confirm")
+    assert sorted(loaded.curves) == [1, 2] and loaded.unfinished == [3]
+    assert loaded.finals() == [0.5, 0.55]
+    assert "1 unfinished, not counted" in accuracy_rows([loaded], "dgl")[0][4]
+
+
+def test_the_gap_interval_is_over_repetition_means_when_there_are_two_or_more():
+    def candidate(name, repetition, finals):
+        return Candidate(
+            name, name, "t", 0.5, {}, repetition, [1, 2], curves={s: [(1, v)] for s, v in enumerate(finals)}
+        )
+
+    ref = [
+        candidate("backprop", 0, [0.60, 0.62]),
+        candidate("backprop", 1, [0.64, 0.66]),
+        candidate("backprop", 2, [0.6, 0.6]),
+    ]
+    dgl = [candidate("dgl", 0, [0.50, 0.52]), candidate("dgl", 1, [0.55, 0.53]), candidate("dgl", 2, [0.5, 0.48])]
+    rows = accuracy_rows(ref + dgl, "backprop")
+    gap, low, high = welch_interval([0.51, 0.54, 0.49], [0.61, 0.65, 0.6])
+    assert rows[1][6] == f"{gap * 100:.2f} [{low * 100:.2f}, {high * 100:.2f}]"
+    seeds_only = welch_interval([0.5, 0.52, 0.55, 0.53, 0.5, 0.48], [0.6, 0.62, 0.64, 0.66, 0.6, 0.6])
+    assert (high - low) > (seeds_only[2] - seeds_only[1])  # the repetitions' spread widens it
 
 
 @pytest.mark.slow
@@ -214,14 +292,21 @@ def test_tiny_study_end_to_end_into_mlflow_and_the_report(tmp_path):
         by_role.setdefault(run.data.tags.get("dt.role"), []).append(run)
     (study,) = by_role["study"]
     assert study.info.status == "FINISHED" and study.data.tags["dt.status"] == "finished"
-    assert sorted(r.info.run_name.split("-")[1] for r in by_role["search"]) == ["backprop", "dgl"]
-    assert all(r.data.tags["mlflow.parentRunId"] == study.info.run_id for r in by_role["search"])
+    assert "search" not in by_role  # the arms' searches: one experiment per arm, every repetition in it
+    for arm in ("backprop", "dgl"):
+        arm_runs = client.search_runs(
+            [client.get_experiment_by_name(f"tiny-{arm}").experiment_id], "tags.`dt.role` = 'search'"
+        )
+        assert sorted(r.info.run_name.split("-")[2] for r in arm_runs) == ["r0", "r1"]
+        assert all(r.data.tags["mlflow.parentRunId"] == study.info.run_id for r in arm_runs)
+    assert study.data.tags["dt.arm_experiments"] == "tiny-backprop,tiny-dgl"
     (stage,) = by_role["confirm_stage"]
     assert stage.data.tags["mlflow.parentRunId"] == study.info.run_id
     confirm = by_role["confirm"]
     assert all(r.data.tags["mlflow.parentRunId"] == stage.info.run_id for r in confirm)
     seeds = sorted(int(r.data.params["seed"]) for r in confirm)
-    assert len(confirm) in (3, 6) and seeds == sorted([1, 2, 3] * (len(confirm) // 3))
+    # per repetition r: seeds 1, 2 moved on by 1000 r, for 1 or 2 configs (dgl's best may be at the write-up's K)
+    assert 8 <= len(confirm) <= 12 and set(seeds) == {1, 2, 1001, 1002}
     for run in confirm:  # the test split measured after every epoch
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]
     assert "study.md" in {a.path for a in client.list_artifacts(study.info.run_id)}
@@ -230,13 +315,11 @@ def test_tiny_study_end_to_end_into_mlflow_and_the_report(tmp_path):
 
     assert run_report(uri, ["tiny"], tmp_path / "report", log_artifacts=False) == 0
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "## Study tiny-" in report and "Welch t, 95%, n=3" in report and "K (num_blocks)" in report
+    assert "## Study tiny-" in report and "Welch t over repetition means" in report and "K (num_blocks)" in report
     assert f"bench/search_efficiency.py --log-to-run {study.info.run_id}" in report
     assert list((tmp_path / "report").glob("confirm_tiny-*.png"))
 
     # once bench/search_efficiency.py has logged its figure and numbers on the study's run, the report shows them
-    import json
-
     figure = tmp_path / "report" / "confirm_tiny.png"
     next((tmp_path / "report").glob("confirm_tiny-*.png")).rename(figure)
     client.log_artifact(study.info.run_id, str(figure.rename(figure.with_name("search_efficiency.png"))))

@@ -28,11 +28,6 @@ FOLDER = "confirm"  # the Ray experiment, inside the study's folder
 TEST_METRICS = ("test_acc", "test_loss")
 
 
-def confirm_configs(candidates: list, seeds) -> list:
-    """Every candidate config with every seed (the search's seed replaced; the validation split stays)."""
-    return [{**c.config, "seed": seed} for c in candidates for seed in seeds]
-
-
 def domain_of(configs: list) -> dict:
     """A param space that holds every config (Ray checks each preset point against it): a key's one value, or a
     choice of the values the configs give it. With as many samples as points, nothing is ever drawn from it."""

@@ -246,12 +246,18 @@ def summarize(results, space: Space, arrays: dict, client: MlflowClient, record:
         outcome = trial_outcome(metrics, result.error is not None)
         rows.append((final_score(metrics.get(space.metric), outcome), result, outcome))
     # the report ranks with the same rule (tuner/ranking.py)
-    scored = rank(rows, score=lambda r: r[0], trial_id=lambda r: r[1].metrics.get("trial_id"), mode=space.mode)
+    scored = rank(
+        rows,
+        score=lambda r: r[0],
+        trial_id=lambda r: r[1].metrics.get("trial_id"),
+        mode=space.mode,
+        completed=lambda r: r[2] == "completed",
+    )
     print(f"\n{len(rows)} trials: " + ", ".join(f"{n} {o}" for o, n in Counter(r[2] for r in rows).items()))
     if not scored:
         print("No trial reported a finite validation score.")
         return {"num_trials": len(rows)}
-    print(f"Top trials by final {space.metric}:")
+    print(f"Top trials by final {space.metric} (those that ran every epoch first):")
     ids = [(r.metrics or {}).get("trial_id") for r in results]  # the order the run names number them in
 
     def number(result) -> str:

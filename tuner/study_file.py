@@ -29,6 +29,7 @@ STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 # what a search spends: set once, for every arm (an arm that names one is refused)
 BUDGET_SECTIONS = ("num_samples", "max_concurrent", "resources", "scheduler", "searcher", "metric", "mode")
 BUDGET_KEYS = ("epochs", "train_subset", "val_size", "split_seed", "seed", "device")
+REPETITION_SEED_STRIDE = 1000  # repetition r: every seed (trials', searcher's, confirm's) moved on by 1000 r
 
 
 class Budget(_Shape):
@@ -39,6 +40,7 @@ class Budget(_Shape):
     num_samples: Any
     max_concurrent: Any = None
     resources: Any = None
+    repetitions: int = Field(1, ge=1, le=100)  # each arm's search run this many times, with other seeds
 
 
 class Arm(_Shape):
@@ -52,6 +54,7 @@ class Arm(_Shape):
 class Confirm(_Shape):
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=2)
     reference: str = "backprop"  # the arm every gap is measured against
+    baseline: str = ""  # optional: the arm whose gap to the reference the other arms' levers try to close
 
 
 class StudyFile(_Shape):
@@ -71,12 +74,29 @@ class Study:
     model: str
     spaces: dict[str, Space]  # arm -> its validated search space (space.text is the YAML the arm's search runs)
     write_up: dict[str, dict] = field(default_factory=dict)  # arm -> the values its write-up config has
-    seeds: tuple = (1, 2, 3)  # the confirm stage's seeds
+    seeds: tuple = (1, 2, 3)  # the confirm stage's seeds (of repetition 0; see confirm_seeds)
     reference: str = "backprop"
+    baseline: str = ""
+    repetitions: int = 1
 
     @property
     def first(self) -> Space:
         return next(iter(self.spaces.values()))
+
+    def experiment(self, arm: str) -> str:
+        """The MLflow experiment of an arm's searches (every repetition's): one per arm, so that each reads as its own
+        experiment at scale; the study's own run and its confirm stage stay in the experiment named for the study."""
+        return f"{self.name}-{arm}"
+
+    def confirm_seeds(self, repetition: int) -> tuple:
+        """The confirm seeds of a repetition's candidates: new seeds for every repetition, so that two repetitions
+        that chose the same config still measure it twice, independently."""
+        return tuple(seed + REPETITION_SEED_STRIDE * repetition for seed in self.seeds)
+
+    def repetition_space(self, arm: str, repetition: int) -> Space:
+        """The arm's search space in a repetition: the trials' seed and the searcher's seed moved on by 1000 times the
+        repetition's number; everything else (the budget, the validation split, the first points) the same."""
+        return repetition_space(self.spaces[arm], repetition)
 
 
 def list_studies() -> list[str]:
@@ -105,11 +125,19 @@ def load_study(name_or_path: str) -> Study:
         where = ".".join(str(part) for part in first["loc"])
         file.fail(where, first["msg"] + (f" (got {yaml_value(first['input'])})" if first["type"] != "missing" else ""))
     shared = {**spec.budget.fixed, **spec.budget.search}
-    if spec.confirm.reference not in spec.arms:
-        file.fail("confirm.reference", f"'{spec.confirm.reference}' is not an arm", ", ".join(spec.arms))
+    for key in ("reference", "baseline"):
+        arm = getattr(spec.confirm, key)
+        if (arm or key == "reference") and arm not in spec.arms:
+            file.fail(f"confirm.{key}", f"'{arm}' is not an arm", ", ".join(spec.arms))
     seed = spec.budget.fixed.get("seed", 0)
-    if seed in spec.confirm.seeds or len(set(spec.confirm.seeds)) < len(spec.confirm.seeds):
-        file.fail("confirm.seeds", f"must be distinct and differ from the search's seed {seed}")
+    search_seeds = {seed + REPETITION_SEED_STRIDE * r for r in range(spec.budget.repetitions)}
+    confirm_seeds = [s + REPETITION_SEED_STRIDE * r for r in range(spec.budget.repetitions) for s in spec.confirm.seeds]
+    if search_seeds & set(confirm_seeds) or len(set(spec.confirm.seeds)) < len(spec.confirm.seeds):
+        file.fail(
+            "confirm.seeds",
+            f"must be distinct and differ from the searches' seeds {', '.join(map(str, sorted(search_seeds)))} "
+            f"(repetition r moves every seed on by {REPETITION_SEED_STRIDE} r)",
+        )
     spaces, write_up = {}, {}
     with tempfile.TemporaryDirectory(prefix="dt-study-") as folder:
         for arm, arm_spec in spec.arms.items():
@@ -139,6 +167,8 @@ def load_study(name_or_path: str) -> Study:
         write_up={arm: values for arm, values in write_up.items() if values},
         seeds=tuple(spec.confirm.seeds),
         reference=spec.confirm.reference,
+        baseline=spec.confirm.baseline,
+        repetitions=spec.budget.repetitions,
     )
 
 
@@ -173,6 +203,30 @@ def arm_space_text(study: str, arm: str, spec: StudyFile, file: SpaceProblems) -
     }
     header = f"# Arm '{arm}' of the study {study}, written by tuner.study: run as an ordinary search.\n"
     return header + yaml.safe_dump({k: v for k, v in space.items() if v is not None}, sort_keys=False)
+
+
+def repetition_space(space: Space, repetition: int) -> Space:
+    """`space` with its trials' seed and its searcher's seed moved on by 1000 `repetition`, named for it."""
+    step = REPETITION_SEED_STRIDE * repetition
+    data = yaml.safe_load(space.text)
+    data["fixed"]["seed"] = data["fixed"].get("seed", 0) + step
+    searcher = data.get("searcher") or {}
+    if searcher.get("seed") is not None:
+        searcher["seed"] = searcher["seed"] + step
+    data["searcher"] = searcher
+    if repetition:
+        data["description"] = f"{data.get('description', '')} Repetition {repetition}: every seed moved on by {step}."
+    header = f"# {space.name}, repetition {repetition}, written by tuner.study: run as an ordinary search.\n"
+    return space_from_text(header + yaml.safe_dump(data, sort_keys=False), f"{space.name}-r{repetition}")
+
+
+def space_from_text(text: str, name: str) -> Space:
+    """A space from its YAML text, named `name` (a space is named for its file)."""
+    with tempfile.TemporaryDirectory(prefix="dt-study-") as folder:
+        path = Path(folder) / f"{name}.yaml"
+        path.write_text(text)
+        space = load_space(str(path))
+    return space
 
 
 def check_write_up(file: SpaceProblems, arm: str, arm_spec: Arm, space: Space) -> dict:

@@ -86,20 +86,30 @@ def plan(study: Study, folder: Path, record: StudyRecord) -> str:
     ]
     for arm, space in study.spaces.items():
         lines.append(f"  arm {arm}: {space.trainer}, searching {', '.join(space.params)}")
+    reps = study.repetitions
+    if reps > 1:
+        lines.append(
+            f"  repetitions: every arm's search {reps} times, repetition r with every seed moved on by 1000 r "
+            "(trials', searcher's, confirm's); gaps with an interval over the repetitions"
+        )
     lines.append(
-        f"  confirm: up to {candidates} configs x seeds {', '.join(map(str, study.seeds))} ({cfg.epochs} epochs, test "
-        f"split every epoch); gaps against '{study.reference}'"
+        f"  confirm: up to {candidates} configs x seeds {', '.join(map(str, study.seeds))} per repetition "
+        f"({cfg.epochs} epochs, test split every epoch); gaps against '{study.reference}'"
+        + (f", the share of the gap of '{study.baseline}' each arm closes" if study.baseline else "")
     )
     per_trial = halving_epochs(sched, cfg.epochs)
-    search_epochs = len(study.spaces) * first.num_samples * per_trial
-    confirm_epochs = candidates * len(study.seeds) * cfg.epochs
+    search_epochs = reps * len(study.spaces) * first.num_samples * per_trial
+    confirm_epochs = reps * candidates * len(study.seeds) * cfg.epochs
     lines.append(
         f"  trial-epochs: about {search_epochs:.0f} searching ({per_trial:.1f} per trial if ASHA halves at each rung; "
-        f"at most {len(study.spaces) * first.num_samples * cfg.epochs}) + {confirm_epochs} confirming"
+        f"at most {reps * len(study.spaces) * first.num_samples * cfg.epochs}) + {confirm_epochs} confirming"
     )
     if first.resources.gpu:
         epochs = {  # arm -> (searching, confirming) trial-epochs
-            arm: (first.num_samples * per_trial, len(study.seeds) * (1 + (arm in study.write_up)) * cfg.epochs)
+            arm: (
+                reps * first.num_samples * per_trial,
+                reps * len(study.seeds) * (1 + (arm in study.write_up)) * cfg.epochs,
+            )
             for arm in study.spaces
         }
         cost = {arm: GPU_EPOCH_S.get(space.trainer, max(GPU_EPOCH_S.values())) for arm, space in study.spaces.items()}
@@ -109,7 +119,12 @@ def plan(study: Study, folder: Path, record: StudyRecord) -> str:
             f"{confirming:.0f}), assuming, not measured, these seconds per epoch of a whole GPU: "
             + ", ".join(f"{t} {s:g}" for t, s in GPU_EPOCH_S.items())
         )
-    lines += [f"  study folder: {folder}", f"  MLflow: {record.mlflow_uri}, experiment '{study.name}'"]
+    experiments = ", ".join(study.experiment(arm) for arm in study.spaces)
+    lines += [
+        f"  study folder: {folder}",
+        f"  MLflow: {record.mlflow_uri}, experiment '{study.name}' (the study and its confirm stage); the arms' "
+        f"searches in one experiment per arm: {experiments}",
+    ]
     return "\n".join(lines)
 
 

@@ -13,12 +13,15 @@ from tuner.report.figures import make_figures
 from tuner.report.gaps import collect, comparison_notes, gap_rows
 from tuner.report.markdown import TABLE_LEGEND, console_table, search_summary, write_markdown
 from tuner.report.store import DEFAULT_URI, connect
-from tuner.report.study import study_section
+from tuner.report.study import arm_experiment_names, study_section
 from tuner.text import plural
 
 
 def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = True) -> int:
     client = connect(uri)
+    studies = []
+    if spaces:  # a study's name means its arms' experiments too
+        spaces, studies = arm_experiment_names(client, spaces)
     searches, best = collect(client, spaces)
     if not searches:
         print(f"No searches in {uri} (no MLflow runs tagged dt.role=search): nothing to report.")
@@ -37,8 +40,10 @@ def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = Tru
     made, skipped = make_figures(searches, best, out_dir)
     report_md = out_dir / "report.md"
     write_markdown(report_md, uri, searches, rows, notes, made, skipped)
-    experiments = {e.experiment_id: e.name for e in client.search_experiments() if not spaces or e.name in spaces}
-    study_md, study_console, study_figures = study_section(client, experiments, searches, out_dir)
+    experiments = {
+        e.experiment_id: e.name for e in client.search_experiments() if not spaces or e.name in spaces + studies
+    }
+    study_md, study_console, study_figures = study_section(client, experiments, out_dir)
     if study_md:  # studies lead: they hold the comparison with intervals
         body = report_md.read_text().split("\n", 1)
         report_md.write_text("\n".join([body[0], "", *study_md, body[1]]))

@@ -7,7 +7,7 @@ import time
 
 from models.networks import CFGS
 from models.registry import TRAINERS as TRAINER_CLASSES
-from tuner.ranking import best_trial
+from tuner.ranking import best_trial, ran_every_epoch
 from tuner.report.store import Trial, load_searches, metric_history
 from tuner.schema import KEYS
 
@@ -31,7 +31,7 @@ def best_trials(searches: list) -> dict:
         for t in search.trials:
             groups.setdefault((t.model, t.trainer), []).append(t)
     best = {
-        key: best_trial(trials, score=lambda t: t.final_val_acc, trial_id=lambda t: t.trial_id)
+        key: best_trial(trials, lambda t: t.final_val_acc, lambda t: t.trial_id, completed=ran_every_epoch)
         for key, trials in groups.items()
     }
     return {key: t for key, t in best.items() if t is not None}

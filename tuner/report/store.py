@@ -52,6 +52,7 @@ class Search:
     searched: list  # the hyperparameters this search varied
     dimensions: dict = field(default_factory=dict)  # name -> Dimension, from the search's space.yaml
     trials: list = field(default_factory=list)
+    study_run_id: str = ""  # the study this search is an arm of, if any
 
 
 def connect(uri: str):
@@ -188,6 +189,7 @@ def load_searches(client, spaces: list | None = None) -> list:
                 searched=list(dimensions) or _searched_keys(p, trials),
                 trials=trials,
                 dimensions=dimensions,
+                study_run_id=p.data.tags.get("dt.study_run_id", ""),
             )
         )
     return searches

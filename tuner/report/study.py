@@ -9,8 +9,9 @@ import statistics
 from pathlib import Path
 
 from tuner.report.figures import _save, plt, trainer_color
-from tuner.report.store import read_artifact
-from tuner.study_results import blocks_rows, load_confirmed, summary_tables
+from tuner.report.store import load_searches, read_artifact
+from tuner.study_results import blocks_rows, load_confirmed
+from tuner.study_tables import by_name, summary_tables
 
 STUDY_FILTER = "tags.`dt.role` = 'study'"
 EFFICIENCY = "search_efficiency"
@@ -25,21 +26,22 @@ def find_studies(client, experiments: dict) -> list:
 
 
 def plot_confirm_curves(title: str, candidates: list, path) -> None:
-    """Test accuracy per epoch of each candidate: the mean over its confirm seeds, and a band from the lowest to the
-    highest seed."""
+    """Test accuracy per epoch of each candidate: the mean over its confirm seeds (of every repetition), and a band
+    from the lowest to the highest seed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = ("-", "--", ":", "-.")
-    for i, c in enumerate(candidates):
+    for i, (name, group) in enumerate(by_name(candidates).items()):
         by_epoch = {}
-        for curve in c.curves.values():
+        curves = [curve for c in group for curve in c.curves.values()]
+        for curve in curves:
             for epoch, value in curve:
                 by_epoch.setdefault(epoch, []).append(value * 100)
         epochs = sorted(by_epoch)
         if not epochs:
             continue
-        color = trainer_color(c.config.get("trainer", ""))
+        color = trainer_color(next((c.config.get("trainer", "") for c in group if c.config), ""))
         mean = [statistics.fmean(by_epoch[e]) for e in epochs]
-        ax.plot(epochs, mean, styles[i % len(styles)], color=color, label=f"{c.name} (n={len(c.curves)})")
+        ax.plot(epochs, mean, styles[i % len(styles)], color=color, label=f"{name} (n={len(curves)})")
         ax.fill_between(
             epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs], color=color, alpha=0.15
         )
@@ -69,7 +71,7 @@ def efficiency_lines(client, run_id: str, out_dir: Path, stem: str) -> tuple:
     return lines, made
 
 
-def study_section(client, experiments: dict, searches: list, out_dir: Path) -> tuple:
+def study_section(client, experiments: dict, out_dir: Path) -> tuple:
     """(markdown lines, console lines, figures made) for every study in the selected experiments."""
     markdown, console, made = [], [], []
     for run in find_studies(client, experiments):
@@ -80,13 +82,17 @@ def study_section(client, experiments: dict, searches: list, out_dir: Path) -> t
             f"tags.`dt.role` = 'confirm_stage' and tags.mlflow.parentRunId = '{study_id}'",
         )
         candidates = load_confirmed(client, stage[0].info.run_id) if stage else []
-        arms = [s for s in searches if s.run_id in arm_run_ids(client, run)]
-        dgl = [t for s in arms for t in s.trials if t.trainer == "dgl"]
+        arms = arm_searches(client, run)
+        dgl = {}
+        for search in arms:
+            dgl.setdefault(search.experiment, []).extend(t for t in search.trials if t.trainer == "dgl")
         model = next((t.model for s in arms for t in s.trials), "vgg16")
-        tables = summary_tables(candidates, reference, blocks_rows(dgl, model), markdown=True)
+        blocks = blocks_rows({arm: trials for arm, trials in dgl.items() if trials}, model)
+        baseline = run.data.tags.get("dt.baseline", "")
+        tables = {md: summary_tables(candidates, reference, blocks, md, baseline) for md in (True, False)}
         status = run.data.tags.get("dt.status", run.info.status.lower())
-        markdown += [f"## Study {name} [{status}]", "", *tables, ""]
-        console += [f"Study {name} [{status}]", *summary_tables(candidates, reference, blocks_rows(dgl, model), False)]
+        markdown += [f"## Study {name} [{status}]", "", *tables[True], ""]
+        console += [f"Study {name} [{status}]", *tables[False]]
         if any(c.curves for c in candidates):
             path = out_dir / f"confirm_{name}.png"
             plot_confirm_curves(f"{name}: test accuracy of the confirm seeds (band: min-max)", candidates, path)
@@ -99,9 +105,26 @@ def study_section(client, experiments: dict, searches: list, out_dir: Path) -> t
     return markdown, console, made
 
 
-def arm_run_ids(client, study_run) -> set:
-    runs = client.search_runs(
-        [study_run.info.experiment_id],
-        f"tags.`dt.role` = 'search' and tags.`dt.study_run_id` = '{study_run.info.run_id}'",
-    )
-    return {r.info.run_id for r in runs}
+def arm_experiment_names(client, names: list) -> tuple:
+    """(the searches' experiments, the studies' experiments) that `names` mean: a study's experiment holds its run and
+    confirm stage, its arms' searches are in experiments of their own, which its run names."""
+    searched, studies = [], []
+    for experiment in client.search_experiments():
+        if experiment.name not in names:
+            continue
+        runs = client.search_runs([experiment.experiment_id], STUDY_FILTER, max_results=1000)
+        arms = [n for run in runs for n in run.data.tags.get("dt.arm_experiments", "").split(",") if n]
+        if runs:
+            studies.append(experiment.name)
+        searched += arms or [experiment.name]
+    missing = [n for n in names if n not in searched and n not in studies]
+    return list(dict.fromkeys(searched + missing)), studies
+
+
+def arm_searches(client, study_run) -> list:
+    """The study's arms' searches, every repetition: in the experiments its run names (one per arm), or, for a study
+    run before arms had experiments of their own, in the study's."""
+    names = [n for n in study_run.data.tags.get("dt.arm_experiments", "").split(",") if n]
+    experiment = client.get_experiment(study_run.info.experiment_id).name
+    searches = load_searches(client, names or [experiment])
+    return [s for s in searches if s.study_run_id == study_run.info.run_id]
