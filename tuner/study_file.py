@@ -101,7 +101,7 @@ def load_study(name_or_path: str) -> Study:
     for arm, raw in (data.get("arms") or {}).items() if isinstance(data.get("arms"), dict) else ():
         if not isinstance(arm, str) or not ARM_NAME.fullmatch(arm):
             file.fail(
-                f"arms.{arm}", "an arm's name must be a plain identifier", "letters, digits, _; not first a digit"
+                f"arms.{arm}", "an arm's name must be a plain identifier", "letters, digits and _, not first a digit"
             )
         for key in raw if isinstance(raw, dict) else ():
             if key in BUDGET_SECTIONS:
@@ -113,7 +113,7 @@ def load_study(name_or_path: str) -> Study:
         where = ".".join(str(part) for part in first["loc"])
         file.fail(where, first["msg"] + (f" (got {yaml_value(first['input'])})" if first["type"] != "missing" else ""))
     if "seed" in spec.budget.search:
-        file.fail("budget.search.seed", "the seed is not searched: the study sets the seeds", "budget.fixed.seed")
+        file.fail("budget.search.seed", "the seed is not searched: the study sets the seeds", "a seed in budget.fixed")
     shared = shared_keys(spec)
     if spec.confirm.reference not in spec.arms:
         file.fail("confirm.reference", f"'{spec.confirm.reference}' is not an arm", ", ".join(spec.arms))
