@@ -162,6 +162,14 @@ def test_keys_only_some_arms_read_stay_an_arms_own(tmp_path):
         }
 
 
+def test_the_plan_shows_what_every_arm_trains_with(tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(TINY_STUDY.replace("batch_size: 50", "batch_size: 64, dropout: 0.1"))
+    assert study_cli.main(["--study", str(tmp_path / "tiny.yaml"), "--dry-run", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    shared = "every arm: width=0.0625, batch_size=64, optimizer=sgd, augment=True, dropout=0.1, label_smoothing=0"
+    assert shared in out, out
+
+
 def test_the_shipped_studies_load_and_the_gpu_plan_states_its_cost(capsys):
     for name in ("cpu_vgg16", "gpu_vgg16"):
         study = load_study(name)

@@ -14,11 +14,14 @@ from tuner.search_folder import atomic_write, driver_pid, new_name
 from tuner.search_start import absolute
 from tuner.space import label
 from tuner.study_file import Study
+from tuner.text import fmt_value
 
 STUDY_RECORD = "study.json"
 # what the GPU-hours estimate assumes (not measured): one VGG16 (width 1) epoch on 45,000 images at batch 128 costs
 # this many seconds of a whole recent GPU (H100 class); DGL's 13 auxiliary heads make its epoch dearer
 GPU_EPOCH_S = {"backprop": 10.0, "dgl": 20.0}
+# shared keys the plan shows beside the budget's data and epochs (a study file refuses an arm that sets one)
+PLAN_KEYS = ("width", "batch_size", "optimizer", "augment", "dropout", "label_smoothing")
 
 
 @dataclass
@@ -94,8 +97,10 @@ def plan(study: Study, folder: Path, record: StudyRecord) -> str:
     cfg, sched = first.base_config(), first.scheduler
     asha = f"ASHA grace {sched.grace_period}, reduction {sched.reduction_factor}" if sched.type == "asha" else "FIFO"
     candidates = len(study.spaces) + len(study.write_up)
+    shared = ", ".join(f"{k}={'searched' if k in first.params else fmt_value(getattr(cfg, k))}" for k in PLAN_KEYS)
     lines = [
-        f"Study {folder.name}: {study.model} (width {cfg.width}), {len(study.spaces)} arms under one budget:",
+        f"Study {folder.name}: {study.model}, {len(study.spaces)} arms under one budget:",
+        f"  every arm: {shared}",
         f"  each arm: {first.num_samples} trials x up to {cfg.epochs} epochs ({asha}), train subset "
         f"{cfg.train_subset or 'all'}, {cfg.val_size} validation images (split seed {cfg.split_seed}), "
         f"{first.max_concurrent or 'unlimited'} at once, "
