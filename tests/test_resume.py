@@ -8,7 +8,6 @@ the resume snapshot (resume_state/ray_state.pkl) and from MLflow.
 
 import json
 import os
-import pickle
 import re
 import signal
 import subprocess
@@ -18,12 +17,12 @@ from pathlib import Path
 
 import pytest
 from fakedata import learnable_arrays, write_cifar_folder
-from helpers import local_store
+from helpers import Driver, durable_trials, local_store, marker
 from mlflow.tracking import MlflowClient
 
 from tuner.parent_run import start_parent_run
 from tuner.ray_adaptations.asha import STATE_FILE, PersistentASHA
-from tuner.ray_adaptations.snapshots import RAY_SNAPSHOT, install_ray_snapshot, save_ray_snapshot
+from tuner.ray_adaptations.snapshots import install_ray_snapshot, save_ray_snapshot
 from tuner.search_folder import RESUME_DIR, SearchRecord, claim
 from tuner.settings import SearchSettings
 from tuner.tracking import MLflowTracker
@@ -71,71 +70,6 @@ def run_cli(*args, cwd, timeout=120):
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-
-
-class Driver:
-    """The CLI in its own process group, as a terminal runs it (so Ctrl-C reaches Ray's processes too)."""
-
-    def __init__(self, args, tmp_path, name, faults=""):
-        self.log = tmp_path / f"{name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DT_FAULT": faults, "DT_FAULT_DIR": str(tmp_path / "faults")}
-        (tmp_path / "faults").mkdir(exist_ok=True)
-        self.started = time.time()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.run", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=open(self.log, "w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait_for(self, condition, what: str, timeout: float = 300):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            value = condition()
-            if value:
-                return value
-            assert self.proc.poll() is None, (
-                f"the driver exited ({self.proc.returncode}) before {what}:\n{self.output[-3000:]}"
-            )
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.output[-3000:]}")
-
-    def wait(self, timeout: float = 300) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            raise AssertionError(f"the driver did not exit:\n{self.output[-3000:]}") from None
-
-
-def marker(tmp_path, action: str, attempt: int) -> Path | None:
-    found = sorted((tmp_path / "faults").glob(f"*-{action}-{attempt}"))
-    return found[0] if found else None
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def durable_trials(folder: Path) -> dict:
-    """trial id -> Ray status in the state a resumed search starts from."""
-    snapshot = folder / RESUME_DIR / RAY_SNAPSHOT
-    if not snapshot.exists():
-        return {}
-    files = pickle.loads(snapshot.read_bytes())
-    (state,) = [data for name, data in files.items() if name.startswith("experiment_state-")]
-    trials = [json.loads(trial) for trial, _ in json.loads(state)["trial_data"]]
-    return {trial["trial_id"]: trial["status"] for trial in trials}
 
 
 def child_runs(client, experiment: str) -> dict:
@@ -311,12 +245,7 @@ def test_killed_then_interrupted_search_resumes_with_nothing_lost_or_duplicated(
     ended_at_kill = first.wait_for(
         lambda: [t for t, status in durable_trials(folder).items() if status == "TERMINATED"], "a trial to end"
     )
-    os.kill(first.proc.pid, signal.SIGKILL)
-    first.wait()
-    deadline = time.time() + 60
-    while not gone(stalled_pid) and time.time() < deadline:  # Ray's processes die with their driver
-        time.sleep(0.2)
-    assert gone(stalled_pid), "the stalled trial's worker outlived its driver"
+    first.kill(stalled_pid)
     assert SearchRecord.load(folder).status == "running"  # nobody could say otherwise
     before_kill = {t: history(client, run) for t, run in child_runs(client, "tiny").items()}
 

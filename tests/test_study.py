@@ -49,9 +49,9 @@ confirm: {seeds: [1, 2]}
 BROKEN = [
     ("arms:\n  backprop: {trainer: backprop, search: {lr: {type: uniform, low: 0.1, high: 0.2}}}\n", "search.lr"),
     ("arms:\n  backprop: {trainer: backprop, num_samples: 4}\n", "arms.backprop.num_samples: part of the shared"),
-    ("arms:\n  backprop: {trainer: backprop, fixed: {epochs: 5}}\n", "arms.backprop.fixed.epochs: 'epochs' is part"),
+    ("arms:\n  backprop: {trainer: backprop, fixed: {epochs: 5}}\n", "arms.backprop.fixed.epochs: 'epochs' is read by"),
     ("arms:\n  backprop: {trainer: backprop, fixed: {train_subset: 100}}\n", "arms.backprop.fixed.train_subset"),
-    ("arms:\n  backprop: {trainer: backprop, fixed: {lr: 0.1}}\n", "arms.backprop.fixed.lr: 'lr' is part"),
+    ("arms:\n  backprop: {trainer: backprop, fixed: {lr: 0.1}}\n", "arms.backprop.fixed.lr: 'lr' is read by"),
     ("arms:\n  backprop: {trainer: backprop, fixed: {bogus: 1}}\n", "(as a search space): fixed.bogus: unknown key"),
     ("arms:\n  backprop: {trainer: sgd}\n", "arms.backprop (as a search space)"),
     ("confirm: {seeds: [0, 1, 2]}\n", "confirm.seeds: must be distinct and differ from the searches' seeds 0, 1000"),
@@ -62,6 +62,26 @@ BROKEN = [
         "arms:\n  dgl: {trainer: dgl, search: {num_blocks: {type: int, low: 2, high: 3}}, write_up: {num_blocks: 3}}\n",
         "arms.dgl.write_up: no point in points_to_evaluate has these values",
     ),
+    # keys every arm's trainer reads are shared, whether or not the budget sets them
+    ("arms:\n  dgl: {trainer: dgl, fixed: {batch_size: 32}}\n", "arms.dgl.fixed.batch_size: 'batch_size' is read by"),
+    ("arms:\n  dgl: {trainer: dgl, fixed: {width: 0.5}}\n", "arms.dgl.fixed.width: 'width' is read by every arm's"),
+    ("arms:\n  dgl: {trainer: dgl, fixed: {augment: false}}\n", "arms.dgl.fixed.augment: 'augment' is read"),
+    ("arms:\n  dgl: {trainer: dgl, fixed: {optimizer: adamw}}\n", "arms.dgl.fixed.optimizer: 'optimizer' is"),
+    ("arms:\n  backprop: {trainer: backprop, fixed: {label_smoothing: 0.1}}\n", "arms.backprop.fixed.label_smoothing"),
+    (
+        "arms:\n  dgl: {trainer: dgl, search: {dropout: {type: uniform, low: 0.0, high: 0.3}}}\n",
+        "arms.dgl.search.dropout: 'dropout' is read by every arm's trainer (backprop, dgl): a shared key",
+    ),
+    (
+        "arms:\n  dgl: {trainer: dgl, points_to_evaluate: [{momentum: 0.8}]}\n",
+        "arms.dgl.points_to_evaluate[0].momentum",
+    ),
+    ("arms:\n  dgl: {trainer: dgl, fixed: {stages: 2}}\n", "arms.dgl.fixed.stages: 'stages' is set once, under budget"),
+    ("budget:\n  search: {seed: {type: int, low: 0, high: 9}}\n", "budget.search.seed: the seed is not searched"),
+    # an arm's name goes into file and run names
+    ("arms:\n  ../../escape: {trainer: dgl}\n", "arms.../../escape: an arm's name must be a plain identifier"),
+    ("arms:\n  dgl-k13: {trainer: dgl}\n", "arms.dgl-k13: an arm's name must be a plain identifier"),
+    ("arms:\n  13: {trainer: dgl}\n", "arms.13: an arm's name must be a plain identifier"),
 ]
 
 
@@ -97,6 +117,25 @@ def test_resume_without_an_unfinished_study_is_one_line(tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: --resume"), err
 
 
+def test_resuming_an_edited_study_is_one_line_and_names_the_file(tmp_path, capsys):
+    from argparse import Namespace
+
+    from tuner.study_start import locate
+
+    path, storage = tmp_path / "tiny.yaml", tmp_path / "runs"
+    path.write_text(TINY_STUDY)
+    folder, record = locate(Namespace(resume=None, study=str(path), data_dir=None), load_study(str(path)), storage, "")
+    folder.mkdir(parents=True)
+    record.save(folder)  # as a study that started, then stopped
+    resume = ["--study", str(path), "--storage", str(storage), "--resume", "--dry-run"]
+    assert study_cli.main(resume) == 0  # the file as it was: resumed
+    path.write_text(TINY_STUDY.replace("epochs: 2,", "epochs: 3,"))
+    assert study_cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: --resume {folder}: {path} was edited since this study started" in err
+    assert "(line 4: 'fixed: {width: 0.0625, epochs: 2," in err and "without --resume" in err, err
+
+
 def test_arms_share_the_budget_and_add_their_own_keys(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_STUDY)
@@ -110,6 +149,29 @@ def test_arms_share_the_budget_and_add_their_own_keys(tmp_path):
     assert bp.searcher.points_to_evaluate == [{"lr": 0.05}]
     assert study.write_up == {"dgl": {"num_blocks": 3}} and study.seeds == (1, 2) and study.repetitions == 2
     assert study.repetition_space("dgl", 1).fixed["seed"] == 1000 and study.confirm_seeds(1) == (1001, 1002)
+
+
+def test_keys_only_some_arms_read_stay_an_arms_own(tmp_path):
+    lever = (
+        "arms:\n  dgl: {trainer: dgl, fixed: {aux_head: flatten_mlp, local_loss: predsim, aux_depth: 2}, "
+        "search: {sim_weight: {type: uniform, low: 0.5, high: 0.99}, aux_width: {type: int, low: 32, high: 64}, "
+        "num_blocks: {type: int, low: 2, high: 3}}}\n"
+    )
+    study = load_study(str(broken_study(tmp_path, lever)))
+    assert set(study.spaces["dgl"].params) == {"lr", "sim_weight", "aux_width", "num_blocks"}
+    shared = {"width", "batch_size", "epochs", "augment", "dropout", "optimizer", "seed", "train_subset", "val_size"}
+    for arm in study.spaces.values():  # what the plan prints of the first arm holds for every arm
+        assert {k: getattr(arm.base_config(), k) for k in shared} == {
+            k: getattr(study.first.base_config(), k) for k in shared
+        }
+
+
+def test_the_plan_shows_what_every_arm_trains_with(tmp_path, capsys):
+    (tmp_path / "tiny.yaml").write_text(TINY_STUDY.replace("batch_size: 50", "batch_size: 64, dropout: 0.1"))
+    assert study_cli.main(["--study", str(tmp_path / "tiny.yaml"), "--dry-run", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    shared = "every arm: width=0.0625, batch_size=64, optimizer=sgd, augment=True, dropout=0.1, label_smoothing=0"
+    assert shared in out, out
 
 
 def test_the_shipped_studies_load_and_the_gpu_plan_states_its_cost(capsys):

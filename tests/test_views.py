@@ -63,7 +63,7 @@ def test_only_the_params_a_trial_reads_are_logged():
     assert "sg_kernel" in mlflow_views.applicable_params({**defaults, "trainer": "dni"})
     assert "sim_weight" in mlflow_views.applicable_params({**dgl_pred, "local_loss": "predsim"})
     backprop = mlflow_views.applicable_params({**defaults, "trainer": "backprop", "local_loss": "predsim"})
-    assert not {"aux_head", "local_loss", "sim_weight"} & set(backprop)
+    assert not {"aux_head", "local_loss", "sim_weight", "num_blocks"} & set(backprop)
     adamw_step = mlflow_views.applicable_params({**defaults, "optimizer": "adamw", "schedule": "step"})
     assert {"lr_step_epochs", "lr_gamma"} <= set(adamw_step) and not {"momentum", "nesterov"} & set(adamw_step)
 

@@ -33,6 +33,7 @@ NAME_PARAMS = 3  # searched values in a trial's run name, beyond its trainer and
 
 # key -> (the key it depends on, the values under which it is used by the trainers in models/)
 APPLIES_WHEN = {
+    "num_blocks": ("trainer", ("dgl", "dni", "cdni")),  # backprop trains its network as one block
     "aux_head": ("trainer", ("dgl",)),
     "local_loss": ("trainer", ("dgl",)),
     "stages": ("trainer", ("dgl",)),

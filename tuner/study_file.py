@@ -9,6 +9,7 @@ before anything is created: a bad file raises SpaceError with one line naming th
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from pydantic import Field, ValidationError
 
 from models.networks import num_units
 from tuner.errors import SpaceError
-from tuner.schema import _Shape
+from tuner.mlflow_views import APPLIES_WHEN, applies
+from tuner.schema import KEYS, _Shape
 from tuner.space import Space, SpaceProblems, label, same
 from tuner.space_file import load_space
 from tuner.text import yaml_value
@@ -28,8 +30,10 @@ from tuner.yaml_file import find_file, read_yaml, shipped
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 # what a search spends: set once, for every arm (an arm that names one is refused)
 BUDGET_SECTIONS = ("num_samples", "max_concurrent", "resources", "scheduler", "searcher", "metric", "mode")
-BUDGET_KEYS = ("epochs", "train_subset", "val_size", "split_seed", "seed", "device")
 REPETITION_SEED_STRIDE = 1000  # repetition r: every seed (trials', searcher's, confirm's) moved on by 1000 r
+ARM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an arm's name goes into file and run names
+# keys only some trainers read that are still set once for all arms, and why
+SET_ONCE = {"stages": "it changes how DGL's blocks run (pipelined processes) and so the wall time, not what they learn"}
 
 
 class Budget(_Shape):
@@ -115,6 +119,10 @@ def load_study(name_or_path: str) -> Study:
     text, data = read_yaml(path, file)
     file.mapping(data, "top level", list(StudyFile.model_fields))
     for arm, raw in (data.get("arms") or {}).items() if isinstance(data.get("arms"), dict) else ():
+        if not isinstance(arm, str) or not ARM_NAME.fullmatch(arm):
+            file.fail(
+                f"arms.{arm}", "an arm's name must be a plain identifier", "letters, digits and _, not first a digit"
+            )
         for key in raw if isinstance(raw, dict) else ():
             if key in BUDGET_SECTIONS:
                 file.fail(f"arms.{arm}.{key}", "part of the shared budget: set it once, under budget")
@@ -124,7 +132,9 @@ def load_study(name_or_path: str) -> Study:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         file.fail(where, first["msg"] + (f" (got {yaml_value(first['input'])})" if first["type"] != "missing" else ""))
-    shared = {**spec.budget.fixed, **spec.budget.search}
+    if "seed" in spec.budget.search:
+        file.fail("budget.search.seed", "the seed is not searched: the study sets the seeds", "a seed in budget.fixed")
+    shared = shared_keys(spec)
     for key in ("reference", "baseline"):
         arm = getattr(spec.confirm, key)
         if (arm or key == "reference") and arm not in spec.arms:
@@ -141,14 +151,10 @@ def load_study(name_or_path: str) -> Study:
     spaces, write_up = {}, {}
     with tempfile.TemporaryDirectory(prefix="dt-study-") as folder:
         for arm, arm_spec in spec.arms.items():
-            for section in ("fixed", "search"):
-                for key in getattr(arm_spec, section):
-                    if key in BUDGET_KEYS or key in shared:
-                        file.fail(
-                            f"arms.{arm}.{section}.{key}",
-                            f"'{key}' is part of the shared budget (budget.fixed / budget.search): every arm has "
-                            "the same; an arm adds keys of its own only",
-                        )
+            points = {f"points_to_evaluate[{i}]": point for i, point in enumerate(arm_spec.points_to_evaluate)}
+            for section, keys in {"fixed": arm_spec.fixed, "search": arm_spec.search, **points}.items():
+                for key in (key for key in keys if key in shared):
+                    file.fail(f"arms.{arm}.{section}.{key}", shared[key])
             space_text = arm_space_text(path.stem, arm, spec, file)
             space_path = Path(folder) / f"{path.stem}-{arm}.yaml"
             space_path.write_text(space_text)
@@ -172,6 +178,35 @@ def load_study(name_or_path: str) -> Study:
     )
 
 
+def trainer_reads(trainer, key: str) -> bool:
+    """Whether a trial of `trainer` reads `key` under some value of the keys it depends on (the rule MLflow's params
+    follow: tuner/mlflow_views.py), e.g. DGL reads sim_weight (with local_loss predsim), backprop never does."""
+    config, parent = {"trainer": trainer}, key
+    while parent in APPLIES_WHEN and APPLIES_WHEN[parent][0] != "trainer":
+        parent, values = APPLIES_WHEN[parent]
+        config[parent] = values[0]
+    return applies(key, config)
+
+
+def shared_keys(spec: StudyFile) -> dict:
+    """Key -> why no arm may set it: the keys every arm's trainer reads, those the budget sets, and SET_ONCE."""
+    trainers = [arm.trainer for arm in spec.arms.values()]
+    read_by_all = [
+        key for key in KEYS if key not in ("trainer", "model") and all(trainer_reads(t, key) for t in trainers)
+    ]
+    shared = {
+        key: f"'{key}' is read by every arm's trainer ({', '.join(sorted(set(map(str, trainers))))}): a shared key, "
+        "set once under budget.fixed or budget.search so that every arm trains with the same; an arm adds keys that "
+        "only some arms' trainers read"
+        for key in read_by_all
+    }
+    for key in {**spec.budget.fixed, **spec.budget.search}:
+        shared.setdefault(key, f"'{key}' is set by the budget (budget.fixed / budget.search): every arm has the same")
+    for key, why in SET_ONCE.items():
+        shared.setdefault(key, f"'{key}' is set once, under budget.fixed: {why}")
+    return shared
+
+
 def arm_space_text(study: str, arm: str, spec: StudyFile, file: SpaceProblems) -> str:
     """The arm's search space as YAML: the budget with the arm's keys added."""
     budget, arm_spec = spec.budget, spec.arms[arm]
@@ -184,9 +219,6 @@ def arm_space_text(study: str, arm: str, spec: StudyFile, file: SpaceProblems) -
             "(each arm point adds the arm's own keys to the budget's point at the same place)",
         )
     for i, extra in enumerate(arm_spec.points_to_evaluate):
-        for key in extra:
-            if key in budget.search:
-                file.fail(f"arms.{arm}.points_to_evaluate[{i}].{key}", "a shared key: set it in the budget's point")
         points[i].update(extra)
     searcher["points_to_evaluate"] = points
     space = {

@@ -6,17 +6,22 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 
 from tuner.errors import SetupError
 from tuner.search_folder import atomic_write, driver_pid, new_name
 from tuner.search_start import absolute
+from tuner.space import label
 from tuner.study_file import Study
+from tuner.text import fmt_value
 
 STUDY_RECORD = "study.json"
 # what the GPU-hours estimate assumes (not measured): one VGG16 (width 1) epoch on 45,000 images at batch 128 costs
 # this many seconds of a whole recent GPU (H100 class); DGL's 13 auxiliary heads make its epoch dearer
 GPU_EPOCH_S = {"backprop": 10.0, "dgl": 20.0}
+# shared keys the plan shows beside the budget's data and epochs (a study file refuses an arm that sets one)
+PLAN_KEYS = ("width", "batch_size", "optimizer", "augment", "dropout", "label_smoothing")
 
 
 @dataclass
@@ -26,6 +31,7 @@ class StudyRecord:
     storage: str
     mlflow_uri: str
     data_dir: str | None
+    text: str = ""  # the study file as the study started with it: a resumed study must run the same
     parent_run_id: str = ""
     confirm_run_id: str = ""
     arms: dict = field(default_factory=dict)  # arm -> its search's folder
@@ -56,7 +62,7 @@ def unfinished_studies(storage: Path, name: str) -> list:
 def locate(args, study: Study, storage: Path, uri: str) -> tuple:
     """The folder and record of a new study run, or of the one --resume continues. Touches nothing."""
     if not args.resume:
-        record = StudyRecord(study.name, args.study, str(storage), uri, absolute(args.data_dir))
+        record = StudyRecord(study.name, args.study, str(storage), uri, absolute(args.data_dir), study.text)
         return storage / new_name(study.name), record
     pending = unfinished_studies(storage, study.name) if args.resume == "latest" else [Path(args.resume).resolve()]
     if not pending or not (pending[-1] / STUDY_RECORD).is_file():
@@ -69,7 +75,21 @@ def locate(args, study: Study, storage: Path, uri: str) -> tuple:
         raise SetupError(f"--resume {pending[-1]}: not a study folder (no readable {STUDY_RECORD})") from None
     if record.status == "finished" or record.name != study.name:
         raise SetupError(f"--resume {pending[-1]}: not an unfinished run of the study '{study.name}'")
+    if record.text and record.text != study.text:
+        raise SetupError(
+            f"--resume {pending[-1]}: {label(study.path)} was edited since this study started "
+            f"({first_change(record.text, study.text)}); resuming would mix two studies: put the file back as it was, "
+            "or start the study afresh without --resume"
+        )
     return pending[-1], record
+
+
+def first_change(before: str, now: str) -> str:
+    """Where two texts first differ, for one line of an error message: `line 5: 'a' then, 'b' now`."""
+    for number, (old, new) in enumerate(zip_longest(before.splitlines(), now.splitlines(), fillvalue=""), 1):
+        if old != new:
+            return f"line {number}: {old.strip()[:60]!r} then, {new.strip()[:60]!r} now"
+    return "in line endings only"
 
 
 def plan(study: Study, folder: Path, record: StudyRecord) -> str:
@@ -77,8 +97,10 @@ def plan(study: Study, folder: Path, record: StudyRecord) -> str:
     cfg, sched = first.base_config(), first.scheduler
     asha = f"ASHA grace {sched.grace_period}, reduction {sched.reduction_factor}" if sched.type == "asha" else "FIFO"
     candidates = len(study.spaces) + len(study.write_up)
+    shared = ", ".join(f"{k}={'searched' if k in first.params else fmt_value(getattr(cfg, k))}" for k in PLAN_KEYS)
     lines = [
-        f"Study {folder.name}: {study.model} (width {cfg.width}), {len(study.spaces)} arms under one budget:",
+        f"Study {folder.name}: {study.model}, {len(study.spaces)} arms under one budget:",
+        f"  every arm: {shared}",
         f"  each arm: {first.num_samples} trials x up to {cfg.epochs} epochs ({asha}), train subset "
         f"{cfg.train_subset or 'all'}, {cfg.val_size} validation images (split seed {cfg.split_seed}), "
         f"{first.max_concurrent or 'unlimited'} at once, "
