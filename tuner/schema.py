@@ -44,6 +44,9 @@ class TrialConfig(BaseModel):
     # DNI / cDNI synthetic-gradient modules; the defaults are the write-up's
     sg_kernel: Literal[3, 5] = 5  # kernel of the module's three convs
     sg_after_last_block: bool = True  # a module after the last block too: the classifier learns from the loss alone
+    # the module's last conv: zero_weight (the write-up's and the reference code's: its bias keeps PyTorch's default)
+    # or zero (weight and bias: every module's first prediction is exactly 0)
+    sg_last_init: Literal["zero_weight", "zero"] = "zero_weight"
     # optimisation
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0.0, le=1e6)
