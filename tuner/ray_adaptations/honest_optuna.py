@@ -54,7 +54,8 @@ class HonestOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
-        return self._config_of(config) if self._config_of and config is not None else config
+        config_of = getattr(self, "_config_of", None)  # absent from a searcher pickled before it existed
+        return config_of(config) if config_of and config is not None else config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
