@@ -18,7 +18,7 @@ def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dic
     """key -> Dimension, parents before children (otherwise file order)."""
     if not file.mapping(raw, "search", KEYS):
         file.fail("search", "names no hyperparameter", "one or more keys of tuner.schema.TrialConfig")
-    forms = {}  # key -> [(key path, its spec)]: one distribution, or one per condition
+    forms = {}  # key -> [(key path, its spec)]: one distribution, or one per condition (a list in the file)
     for key, entry in search.items():
         if key in NOT_SEARCHABLE:
             file.fail(f"search.{key}", f"'{key}' cannot be searched", "keys other than " + ", ".join(NOT_SEARCHABLE))
@@ -28,7 +28,8 @@ def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dic
             file.fail(f"search.{key}", "lists no distribution", "one distribution, or a list of them each with when:")
         forms[key] = [(f"search.{key}[{i}]", spec) for i, spec in enumerate(entry)] if isinstance(entry, list) else []
         forms[key] = forms[key] or [(f"search.{key}", entry)]
-    unconditioned = {key: _distributions(file, key, specs) for key, specs in forms.items()}
+    per_condition = {key for key, entry in search.items() if isinstance(entry, list)}
+    unconditioned = {key: _distributions(file, key, specs, key in per_condition) for key, specs in forms.items()}
     alone = {key: _hull(key, branches) for key, branches in unconditioned.items()}  # what a parent offers
     params = {}
     for key, specs in forms.items():  # conditions, now that every param is known
@@ -36,9 +37,7 @@ def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dic
             _conditioned(file, alone, key, path, spec, branch)
             for (path, spec), branch in zip(specs, unconditioned[key])
         ]
-        params[key] = (
-            _per_condition(file, alone, key, specs, branches) if isinstance(search[key], list) else branches[0]
-        )
+        params[key] = _per_condition(file, alone, key, specs, branches) if key in per_condition else branches[0]
     ordered = {}
     while len(ordered) < len(params):
         ready = [k for k, p in params.items() if k not in ordered and all(parent in ordered for parent in p.when)]
@@ -79,10 +78,10 @@ def _distribution(file: SpaceProblems, key: str, path: str, spec) -> Dimension:
     return Dimension(key, kind, low=low, high=high, step=step if kind == "int" else None, log=log)
 
 
-def _distributions(file: SpaceProblems, key: str, specs: list) -> list[Dimension]:
-    """A key's distributions, conditions aside; several must each have a condition and be of one type."""
+def _distributions(file: SpaceProblems, key: str, specs: list, per_condition: bool) -> list[Dimension]:
+    """A key's distributions, conditions aside; one per condition must each have one and be of one type."""
     distributions = [_distribution(file, key, path, spec) for path, spec in specs]
-    if len(specs) == 1 and specs[0][0] == f"search.{key}":  # one distribution, not a list
+    if not per_condition:
         return distributions
     for (path, spec), distribution in zip(specs, distributions):
         if not spec.when:
