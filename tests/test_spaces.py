@@ -211,6 +211,18 @@ def test_optuna_knows_each_conditions_lr_apart(tmp_path):
     assert config_values(trial.params)["lr"] == trial.params[name]
 
 
+def test_the_searcher_gives_trials_config_keys_and_runs_the_points_first(tmp_path):
+    from tuner.search import space_searcher
+
+    path = tmp_path / "per_optimizer.yaml"
+    path.write_text(per_optimizer(ADAMW_LR, SGD_LR))
+    space = load_space(str(path))
+    searcher = space_searcher(space, space.searcher.points_to_evaluate)
+    configs = [searcher.suggest(f"trial {i}") for i in range(4)]
+    assert {k: configs[0][k] for k in ("optimizer", "lr")} == {"optimizer": "adamw", "lr": 3e-4}
+    assert all("lr" in config and not any("[" in key for key in config) for config in configs), configs
+
+
 def test_bad_per_condition_space_is_refused_in_one_line_before_anything_exists(tmp_path, capsys):
     from tuner.run import main
 
