@@ -2,8 +2,9 @@
 
 The shape of a file is the pydantic model tuner.schema.SpaceFile (documented key by key in
 search_spaces/example.yaml). This module adds what a schema cannot say: duplicate YAML keys, values that must fit
-the config key they belong to, the `when:` graph, points inside their ranges. Everything is checked before a search
-starts: a bad file raises SpaceError with one line `<file>: <key path>: <what is wrong>; allowed: ...`.
+the config key they belong to, the `when:` graph (tuner/space_search.py), points inside their ranges. Everything
+is checked before a search starts: a bad file raises SpaceError with one line `<file>: <key path>: <what is wrong>;
+allowed: ...`.
 """
 
 from __future__ import annotations
