@@ -128,9 +128,14 @@ class SyntheticGradient(nn.Module):
     Conv, channels and size preserved, biases on every conv, the last conv's weight initialised to zero (its bias
     keeps PyTorch's default, as there). With `conditioned` (cDNI) the one-hot label goes through a Linear (with
     bias) and is added, broadcast over space, to the first conv's output. The write-up's kernel is 5 (`sg_kernel`).
+
+    `last_init`: "zero_weight" is the write-up's, and the reference code's too (eugenium/DGL
+    dni_comparisons/cifar_cnn_dni.py and koz4k/dni-pytorch examples/mnist-cnn/main.py, `ConvSynthesizer`: "zero-
+    initialize the last layer, as in the paper", the weight only). "zero" zeroes the bias as well, so a module
+    starts at a zero synthetic gradient instead of a constant one set by a random bias.
     """
 
-    def __init__(self, channels: int, conditioned: bool = False, kernel: int = 5):
+    def __init__(self, channels: int, conditioned: bool = False, kernel: int = 5, last_init: str = "zero_weight"):
         super().__init__()
         padding = kernel // 2
         self.conv1 = nn.Conv2d(channels, channels, kernel, padding=padding)
@@ -144,6 +149,8 @@ class SyntheticGradient(nn.Module):
             nn.Conv2d(channels, channels, kernel, padding=padding),
         )
         nn.init.zeros_(self.rest[-1].weight)
+        if last_init == "zero":
+            nn.init.zeros_(self.rest[-1].bias)
 
     def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = self.conv1(h)

@@ -28,7 +28,7 @@ class DNI(Trainer):
         cfg, blocks = self.cfg, self.network.blocks
         shapes = self.network.block_shapes if cfg.sg_after_last_block else self.network.block_shapes[:-1]
         self.synthetic = nn.ModuleList(
-            SyntheticGradient(channels, self.conditioned, cfg.sg_kernel) for channels, _ in shapes
+            SyntheticGradient(channels, self.conditioned, cfg.sg_kernel, cfg.sg_last_init) for channels, _ in shapes
         )
         self.parts["synthetic"] = self.synthetic
         # compiled apart from the blocks: a block's output gradient and its module's regression loss are two backward

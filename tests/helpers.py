@@ -39,6 +39,7 @@ UNREAD_BY_DGL_PRED = {
     "aux_convs",
     "sg_kernel",
     "sg_after_last_block",
+    "sg_last_init",
 }
 
 

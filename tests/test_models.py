@@ -154,6 +154,12 @@ def test_synthetic_gradient_zero_weight_start_and_label_context():
     assert torch.allclose(plain(same_input)[0], plain(same_input)[1])
 
 
+def test_synthetic_gradient_zero_last_init_starts_at_zero():
+    h = torch.randn(4, 8, 6, 6)
+    assert SyntheticGradient(8, last_init="zero")(h).abs().max() == 0
+    assert SyntheticGradient(8)(h).abs().max() > 0  # the write-up's: a constant from the last conv's bias
+
+
 def noklands_similarity(x):
     """anokland/local-loss train.py similarity_matrix, restated."""
     if x.dim() == 4:

@@ -191,3 +191,36 @@ def test_bad_space_is_one_line_exit_2_and_creates_nothing(tmp_path, old, new, ke
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.yaml" in lines[0] and key in lines[0], result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+PER_OPTIMIZER_SPACE = """
+trainer: dni
+model: basiccnn
+fixed: {width: 0.0625, epochs: 1, batch_size: 50, train_subset: 400, val_size: 200, eval_batch_size: 200}
+search:
+  optimizer: {type: choice, values: [sgd, adamw]}
+  lr:
+    - {type: loguniform, low: 1.0e-4, high: 3.0e-3, when: {optimizer: adamw}}
+    - {type: loguniform, low: 0.003, high: 0.1, when: {optimizer: sgd}}
+searcher:
+  type: random
+  seed: 1
+  points_to_evaluate: [{optimizer: adamw, lr: 3.0e-4}]
+num_samples: 5
+max_concurrent: 1
+"""
+
+
+@pytest.mark.slow
+def test_trials_of_a_search_draw_lr_from_their_optimizers_range(tmp_path, fake_data):
+    space = tmp_path / "per_optimizer.yaml"
+    space.write_text(PER_OPTIMIZER_SPACE)
+    result = run_cli("--space", str(space), "--data-dir", str(fake_data), *local_store(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("per_optimizer").experiment_id])
+    children = [r for r in runs if r.data.tags.get("dt.role") == "trial"]
+    drawn = sorted((r.data.params["optimizer"], float(r.data.params["lr"])) for r in children)
+    assert len(drawn) == 5 and ("adamw", 3e-4) in drawn and {o for o, _ in drawn} == {"sgd", "adamw"}, drawn
+    ranges = {"adamw": (1e-4, 3e-3), "sgd": (0.003, 0.1)}
+    assert all(ranges[optimizer][0] <= lr <= ranges[optimizer][1] for optimizer, lr in drawn), drawn

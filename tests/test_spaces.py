@@ -9,7 +9,7 @@ import yaml
 
 from tuner.errors import ConfigError, SpaceError
 from tuner.schema import resolve
-from tuner.space import make_sampler
+from tuner.space import config_values, make_sampler
 from tuner.space_file import SPACES_DIR, find_space, list_spaces, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -33,13 +33,13 @@ def sample(space, asks=20):
     """`asks` trials of a real Optuna study driven by the space's sampler and define-by-run function."""
     study = optuna.create_study(sampler=make_sampler(space), direction="maximize")
     for point in space.searcher.points_to_evaluate:
-        study.enqueue_trial(point)
+        study.enqueue_trial(space.in_optuna_terms(point)[0])
     trials = []
     for i in range(asks):
         trial = study.ask()
         space.define_by_run(trial)
         study.tell(trial, float(i % 7))  # any value: lets TPE leave its startup phase
-        trials.append(trial.params)
+        trials.append(config_values(trial.params))
     return trials
 
 
@@ -175,6 +175,65 @@ def test_good_variant_loads(tmp_path):
     assert load_space(str(path)).params["sim_weight"].when == {"local_loss": ("predsim",)}
 
 
+# a distribution per condition: lr's range follows the optimizer
+ADAMW_LR = {"type": "loguniform", "low": 1e-4, "high": 3e-3, "when": {"optimizer": "adamw"}}
+SGD_LR = {"type": "loguniform", "low": 0.003, "high": 0.1, "when": {"optimizer": "sgd"}}
+OPTIMIZER = {"type": "choice", "values": ["sgd", "adamw"]}
+
+
+def per_optimizer(*lr, **changes):
+    """GOOD searching the optimizer, `lr` a list of distributions, and schedule; `changes` as variant's."""
+    search = {"optimizer": OPTIMIZER, "lr": list(lr), "schedule": {"type": "choice", "values": ["constant", "cosine"]}}
+    point = {"type": "optuna_tpe", "points_to_evaluate": [{"optimizer": "adamw", "lr": 3e-4}]}
+    return variant(**{"search": search, "searcher": point, **changes})
+
+
+def test_lr_per_optimizer_is_sampled_from_its_optimizers_range(tmp_path):
+    path = tmp_path / "per_optimizer.yaml"
+    path.write_text(per_optimizer(ADAMW_LR, SGD_LR))
+    space = load_space(str(path))
+    trials = sample(space, asks=30)
+    assert {k: trials[0][k] for k in ("optimizer", "lr")} == {"optimizer": "adamw", "lr": 3e-4}  # the point
+    ranges = {"adamw": (1e-4, 3e-3), "sgd": (0.003, 0.1)}
+    assert {t["optimizer"] for t in trials} == {"sgd", "adamw"}
+    assert all(ranges[t["optimizer"]][0] <= t["lr"] <= ranges[t["optimizer"]][1] for t in trials)
+    assert "loguniform [0.0001, 0.003]" in space.describe() and "loguniform [0.003, 0.1]" in space.describe()
+
+
+def test_optuna_knows_each_conditions_lr_apart(tmp_path):
+    # one Optuna parameter per condition: TPE models adamw's lr on adamw trials only
+    path = tmp_path / "per_optimizer.yaml"
+    path.write_text(per_optimizer(ADAMW_LR, SGD_LR))
+    study = optuna.create_study(sampler=make_sampler(load_space(str(path))))
+    load_space(str(path)).define_by_run(trial := study.ask())
+    name = next(n for n in trial.params if n.startswith("lr"))
+    assert name == f"lr[optimizer={trial.params['optimizer']}]"
+    assert config_values(trial.params)["lr"] == trial.params[name]
+
+
+def test_the_searcher_gives_trials_config_keys_and_runs_the_points_first(tmp_path):
+    from tuner.search import space_searcher
+
+    path = tmp_path / "per_optimizer.yaml"
+    path.write_text(per_optimizer(ADAMW_LR, SGD_LR))
+    space = load_space(str(path))
+    searcher = space_searcher(space, space.searcher.points_to_evaluate)
+    configs = [searcher.suggest(f"trial {i}") for i in range(4)]
+    assert {k: configs[0][k] for k in ("optimizer", "lr")} == {"optimizer": "adamw", "lr": 3e-4}
+    assert all("lr" in config and not any("[" in key for key in config) for config in configs), configs
+
+
+def test_bad_per_condition_space_is_refused_in_one_line_before_anything_exists(tmp_path, capsys):
+    from tuner.run import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(per_optimizer(ADAMW_LR, {**SGD_LR, "when": {"optimizer": ["sgd", "adamw"]}}))
+    assert main(["--space", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "search.lr[1].when: overlaps search.lr[0].when" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
 BAD = {  # case -> (YAML text, the key path the message must name)
     "top level is a list": ("- 1\n- 2\n", "top level"),
     "unknown top key": (variant(searchers={"type": "random"}), "searchers: unknown key"),
@@ -233,6 +292,49 @@ BAD = {  # case -> (YAML text, the key path the message must name)
         "search.sim_weight.when.local_loss",
     ),
     "empty search": (variant(search={}), "search: names no hyperparameter"),
+    "conditions overlap": (
+        per_optimizer(ADAMW_LR, {**SGD_LR, "when": {"optimizer": ["sgd", "adamw"]}}),
+        'search.lr[1].when: overlaps search.lr[0].when: both hold for optimizer="adamw"',
+    ),
+    "a parent's choice without a distribution": (
+        per_optimizer(ADAMW_LR),
+        'search.lr: no distribution for optimizer="sgd"',
+    ),
+    "a distribution without a condition": (
+        per_optimizer(ADAMW_LR, {**SGD_LR, "when": None}),
+        "search.lr[1].when: missing",
+    ),
+    "condition on an unknown key": (
+        per_optimizer(ADAMW_LR, {**SGD_LR, "when": {"optimiser": "sgd"}}),
+        "search.lr[1].when.optimiser: unknown key",
+    ),
+    "condition value not a parent's choice": (
+        per_optimizer(ADAMW_LR, {**SGD_LR, "when": {"optimizer": "adam"}}),
+        "search.lr[1].when.optimizer",
+    ),
+    "conditions on different parents": (
+        per_optimizer(ADAMW_LR, {**SGD_LR, "when": {"schedule": "cosine"}}),
+        "search.lr[1].when: conditions on schedule",
+    ),
+    "distributions of two types": (
+        per_optimizer(ADAMW_LR, {**SGD_LR, "type": "uniform"}),
+        "search.lr[1].type: must be loguniform",
+    ),
+    "a list of no distribution": (per_optimizer(), "search.lr: lists no distribution"),
+    "a bad distribution in the list": (
+        per_optimizer(ADAMW_LR, {"type": "loguniform", "low": 0.003, "when": {"optimizer": "sgd"}}),
+        "search.lr[1].high: required key is missing",
+    ),
+    "a point outside its condition's range": (
+        per_optimizer(
+            ADAMW_LR, SGD_LR, searcher={"type": "random", "points_to_evaluate": [{"optimizer": "adamw", "lr": 0.05}]}
+        ),
+        "searcher.points_to_evaluate[0].lr: 0.05 is outside the searched range; allowed: loguniform [0.0001, 0.003]",
+    ),
+    "a point without the parent that picks its range": (
+        per_optimizer(ADAMW_LR, SGD_LR, searcher={"type": "random", "points_to_evaluate": [{"lr": 0.05}]}),
+        "searcher.points_to_evaluate[0].lr: 'lr' has a distribution per optimizer",
+    ),
     "unknown scheduler": (variant(scheduler={"type": "hyperband"}), "scheduler.type"),
     "unknown scheduler key": (variant(scheduler={"type": "asha", "max_epochs": 3}), "scheduler.max_epochs"),
     "max_t over epochs": (variant(scheduler={"type": "asha", "max_t": 20}), "scheduler.max_t"),

@@ -145,3 +145,12 @@ def test_an_mlflow_run_seeds_the_new_study_as_a_folder_does(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_distribution_per_condition_seeds_the_new_study_under_its_conditions_name(tmp_path):
+    space = load_space("dni_basiccnn")  # lr and weight_decay: a range per optimizer
+    warm = load_warm_start(str(earlier_search(tmp_path / "old", space, [1e-3] * 4)), space, top=1)
+    assert len(warm.trials) == 4 and not warm.dropped, warm.dropped
+    for trial in warm.trials:
+        assert f"lr[optimizer={trial.params['optimizer']}]" in trial.params
+    assert "lr" in warm.top[0] and space.params["lr"].branch(warm.top[0]).contains(warm.top[0]["lr"])

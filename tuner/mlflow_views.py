@@ -43,6 +43,7 @@ APPLIES_WHEN = {
     "aux_convs": ("aux_head", ("conv",)),
     "sg_kernel": ("trainer", ("dni", "cdni")),
     "sg_after_last_block": ("trainer", ("dni", "cdni")),
+    "sg_last_init": ("trainer", ("dni", "cdni")),
     "sim_weight": ("local_loss", ("predsim",)),
     "momentum": ("optimizer", ("sgd",)),
     "nesterov": ("optimizer", ("sgd",)),

@@ -13,7 +13,7 @@ import typing
 from typing import Annotated, Any, Literal, Union
 
 from annotated_types import Ge, Gt, Le
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
 from models.networks import CFGS, num_units
 from models.registry import TRAINERS
@@ -44,6 +44,9 @@ class TrialConfig(BaseModel):
     # DNI / cDNI synthetic-gradient modules; the defaults are the write-up's
     sg_kernel: Literal[3, 5] = 5  # kernel of the module's three convs
     sg_after_last_block: bool = True  # a module after the last block too: the classifier learns from the loss alone
+    # the module's last conv: zero_weight (the write-up's and the reference code's: its bias keeps PyTorch's default)
+    # or zero (weight and bias: every module's first prediction is exactly 0)
+    sg_last_init: Literal["zero_weight", "zero"] = "zero_weight"
     # optimisation
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0.0, le=1e6)
@@ -255,6 +258,13 @@ class Resources(_Shape):
 
 
 Distribution = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discriminator="type")]
+# a searched key: one distribution, or a list of them, each with its own `when:` (a distribution per condition).
+# The tags name the form pydantic tried in its error locations; tuner.space_file leaves them out of the key path.
+SEARCH_FORMS = ("one", "per_condition")
+SearchEntry = Annotated[
+    Annotated[Distribution, Tag("one")] | Annotated[list[Distribution], Tag("per_condition")],
+    Discriminator(lambda entry: "per_condition" if isinstance(entry, list) else "one"),
+]
 Scheduler = Annotated[Asha | Fifo, Field(discriminator="type")]
 Searcher = Annotated[OptunaTPE | RandomSearch, Field(discriminator="type")]
 
@@ -266,7 +276,7 @@ class SpaceFile(_Shape):
     trainer: Any
     model: Any
     fixed: Any = None
-    search: dict[str, Distribution]
+    search: dict[str, SearchEntry]
     scheduler: Scheduler | None = None
     searcher: Searcher | None = None
     num_samples: int = Field(ge=1)

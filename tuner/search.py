@@ -44,7 +44,7 @@ from tuner.ray_adaptations.notices import FailureNotices, hide_interrupt_notices
 from tuner.ray_adaptations.snapshots import SnapshotOnEvents, install_ray_snapshot
 from tuner.search_folder import SearchRecord, claim, resume_command
 from tuner.settings import SearchSettings, study_tags
-from tuner.space import Space, make_sampler
+from tuner.space import Space, config_values, make_sampler
 from tuner.text import fmt_value, text_table
 from tuner.tracking import MLflowTracker
 from tuner.trial import build_trial, load_checkpoint, train_trial
@@ -92,10 +92,11 @@ def space_searcher(space: Space, points: list[dict] | None = None, storage=None,
         make_sampler(space),
         space.metric,
         space.mode,
-        points,
+        [space.in_optuna_terms(point)[0] for point in points or []],
         space.max_concurrent,
         storage=storage,
         study_name=study_name,
+        config_of=config_values,
     )
 
 

@@ -66,11 +66,21 @@ class SpaceProblems:
             self.fail(path, str(error))
 
 
+def config_values(optuna_params: dict) -> dict:
+    """Optuna's parameter names -> config keys: a key with a distribution per condition is known to Optuna by one
+    name per condition (`lr[optimizer=adamw]`), so that TPE models each as its own parameter."""
+    return {name.split("[", 1)[0]: value for name, value in optuna_params.items()}
+
+
 @dataclass(frozen=True)
 class Dimension:
-    """One searched hyperparameter. `when`: parent choice dimension -> the values under which this one is sampled."""
+    """One searched hyperparameter. `when`: parent choice dimension -> the values under which this one is sampled.
 
-    name: str
+    A key with a distribution per condition is one Dimension whose `branches` are those distributions, each with
+    its own `when`; its own fields are their hull (what a report plots), its `when` each parent with all its values.
+    """
+
+    name: str  # the config key
     type: str  # uniform | loguniform | int | choice
     low: float | int | None = None
     high: float | int | None = None
@@ -78,9 +88,24 @@ class Dimension:
     step: int | None = None
     log: bool = False
     when: dict = field(default_factory=dict)
+    branches: tuple = ()
+    condition: str = ""  # a branch's condition in its Optuna name, e.g. "[optimizer=adamw]"
+
+    @property
+    def optuna_name(self) -> str:
+        return self.name + self.condition
 
     def conditioned(self, parent: str, values: tuple) -> Dimension:
         return replace(self, when={**self.when, parent: values})
+
+    def branch(self, chosen: dict) -> Dimension | None:
+        """The distribution sampled given the values `chosen` so far, or None: not sampled under them."""
+        if self.branches:
+            return next((b for b in self.branches if b.branch(chosen)), None)
+        holds = all(
+            parent in chosen and any(same(chosen[parent], v) for v in values) for parent, values in self.when.items()
+        )
+        return self if holds else None
 
     def distribution(self):
         """The Optuna distribution this dimension samples from (also how the report rebuilds a study)."""
@@ -93,13 +118,16 @@ class Dimension:
         return FloatDistribution(self.low, self.high, log=self.log)
 
     def suggest(self, trial):
+        name = self.optuna_name
         if self.type == "choice":
-            return trial.suggest_categorical(self.name, list(self.values))
+            return trial.suggest_categorical(name, list(self.values))
         if self.type == "int":
-            return trial.suggest_int(self.name, self.low, self.high, step=self.step, log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+            return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
 
     def contains(self, value) -> bool:
+        if self.branches:
+            return any(b.contains(value) for b in self.branches)
         if self.type == "choice":
             return any(same(value, choice) for choice in self.values)
         if self.type == "int" and (not isinstance(value, int) or (value - self.low) % self.step):
@@ -107,6 +135,8 @@ class Dimension:
         return self.low <= value <= self.high
 
     def describe(self) -> str:
+        if self.branches:
+            return " | ".join(b.describe() for b in self.branches)
         if self.type == "choice":
             text = f"choice [{', '.join(fmt(v) for v in self.values)}]"
         else:
@@ -144,11 +174,22 @@ class Space:
         value is suggested, and Ray collects the suggestions itself."""
         chosen = {}
         for param in self.params.values():  # parents come before their children
-            if all(
-                parent in chosen and any(same(chosen[parent], v) for v in values)
-                for parent, values in param.when.items()
-            ):
-                chosen[param.name] = param.suggest(trial)
+            sampled = param.branch(chosen)
+            if sampled:
+                chosen[param.name] = sampled.suggest(trial)
+
+    def in_optuna_terms(self, values: dict) -> tuple[dict, dict]:
+        """(Optuna's names -> values, Optuna's names -> distributions) of searched config values, e.g. a point to
+        evaluate first or an earlier trial (a key with a distribution per condition: the one its parents pick)."""
+        params, distributions = {}, {}
+        for key, value in values.items():
+            param = self.params.get(key)
+            sampled = param and (param.branch(values) or param)
+            name = sampled.optuna_name if sampled else key
+            params[name] = value
+            if sampled:
+                distributions[name] = sampled.distribution()
+        return params, distributions
 
     def with_overrides(
         self,

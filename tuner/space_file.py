@@ -2,21 +2,22 @@
 
 The shape of a file is the pydantic model tuner.schema.SpaceFile (documented key by key in
 search_spaces/example.yaml). This module adds what a schema cannot say: duplicate YAML keys, values that must fit
-the config key they belong to, the `when:` graph, points inside their ranges. Everything is checked before a search
-starts: a bad file raises SpaceError with one line `<file>: <key path>: <what is wrong>; allowed: ...`.
+the config key they belong to, the `when:` graph (tuner/space_search.py), points inside their ranges. Everything
+is checked before a search starts: a bad file raises SpaceError with one line `<file>: <key path>: <what is wrong>;
+allowed: ...`.
 """
 
 from __future__ import annotations
 
-import json
 import types
 import typing
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from tuner.schema import KEYS, Asha, Fifo, OptunaTPE, Resources, SpaceFile, TrialConfig, fmt, resolve
-from tuner.space import NOT_SEARCHABLE, Dimension, Space, SpaceProblems, label, number_problem, same
+from tuner.schema import KEYS, SEARCH_FORMS, Asha, Fifo, OptunaTPE, Resources, SpaceFile, TrialConfig, fmt, resolve
+from tuner.space import Space, SpaceProblems, label, number_problem, same
+from tuner.space_search import dimensions
 from tuner.yaml_file import find_file, read_yaml, shipped
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -92,6 +93,9 @@ def _locate(data, loc: tuple):
     the value found there, the members of the tagged union expected there or None)."""
     parts, holder, node, expected = [], SpaceFile, data, [SpaceFile]
     for part in loc:
+        if part in SEARCH_FORMS:  # pydantic names the form of a search entry it tried; the user never wrote that
+            expected = [t for t in expected if (typing.get_origin(t) is list) == (part == SEARCH_FORMS[1])]
+            continue
         models = [t for t in expected if isinstance(t, type) and issubclass(t, BaseModel)]
         union = models if len(models) > 1 else None
         if (
@@ -105,7 +109,7 @@ def _locate(data, loc: tuple):
         if isinstance(part, int):
             parts[-1] += f"[{part}]"
             node = node[part] if isinstance(node, list) and part < len(node) else None
-            expected = [typing.get_args(t)[0] for t in expected if typing.get_origin(t) is list]
+            expected = [m for t in expected if typing.get_origin(t) is list for m in _unwrap(typing.get_args(t)[0])]
         elif models and part in models[0].model_fields:
             holder, parts = models[0], parts + [part]
             node = node.get(part) if isinstance(node, dict) else None
@@ -159,7 +163,7 @@ def load_space(name_or_path: str) -> Space:
         fixed[key] = file.value(key, value, f"fixed.{key}")
     config = resolve(fixed)
 
-    params = _dimensions(file, spec.search, data["search"], fixed)
+    params = dimensions(file, spec.search, data["search"], fixed)
     metric, description = _or(spec.metric, "val_acc"), _or(spec.description, "")
     if not isinstance(metric, str) or not metric:
         file.fail("metric", f"must be the name of a reported metric, got {fmt(metric)}", "a string, e.g. val_acc")
@@ -189,76 +193,6 @@ def _or(value, default):
     return default if value is None else value
 
 
-def _dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dict:
-    if not file.mapping(raw, "search", KEYS):
-        file.fail("search", "names no hyperparameter", "one or more keys of tuner.schema.TrialConfig")
-    params = {}
-    for key, spec in search.items():
-        path, kind = f"search.{key}", spec.type
-        if key in NOT_SEARCHABLE:
-            file.fail(path, f"'{key}' cannot be searched", "keys other than " + ", ".join(NOT_SEARCHABLE))
-        if key in fixed:
-            file.fail(path, f"'{key}' is also in fixed; a key is either fixed or searched")
-        # a sampled value must be a valid config value: float distributions for float keys, int for int keys
-        annotation = TrialConfig.model_fields[key].annotation
-        allowed = {
-            float: ("uniform", "loguniform", "choice"),
-            int: ("int", "choice"),
-            int | None: ("int", "choice"),
-        }.get(annotation, ("choice",))
-        default = TrialConfig.model_fields[key].default
-        if kind not in allowed:
-            file.fail(f"{path}.type", f"'{kind}' does not fit '{key}' (default {fmt(default)})", ", ".join(allowed))
-        if kind == "choice":
-            if not isinstance(spec.values, list) or not spec.values:
-                file.fail(f"{path}.values", f"must be a non-empty list, got {fmt(spec.values)}")
-            values = tuple(file.value(key, v, f"{path}.values[{i}]") for i, v in enumerate(spec.values))
-            if len({json.dumps(v) for v in values}) < len(values):
-                file.fail(f"{path}.values", "lists a value twice")
-            params[key] = Dimension(key, kind, values=values)
-            continue
-        low, high = (file.value(key, getattr(spec, end), f"{path}.{end}") for end in ("low", "high"))
-        for end in ("low", "high"):
-            if getattr(spec, end) is None:  # check_value lets null through for keys like num_blocks
-                file.fail(f"{path}.{end}", "must be an integer, got null")
-        step, log = getattr(spec, "step", 1), getattr(spec, "log", kind == "loguniform")
-        if not low < high:
-            file.fail(f"{path}.low", f"must be < high (got low={fmt(low)}, high={fmt(high)})")
-        if log and low <= 0:
-            file.fail(f"{path}.low", f"must be > 0 on a log scale (got {fmt(low)})")
-        if kind == "int":
-            if log and step != 1:
-                file.fail(f"{path}.step", f"must be 1 with log: true (got {step})")
-            if (high - low) % step:
-                file.fail(f"{path}.high", f"high - low must be a multiple of step (got {low}, {high}, step {step})")
-        params[key] = Dimension(key, kind, low=low, high=high, step=step if kind == "int" else None, log=log)
-
-    for key, spec in search.items():  # conditions, now that every param is known
-        when = file.mapping(_or(spec.when, {}), f"search.{key}.when", [k for k in params if k != key])
-        for parent, values in when.items():
-            path, choices = f"search.{key}.when.{parent}", params[parent].values
-            if params[parent].type != "choice":
-                file.fail(
-                    path,
-                    f"'{parent}' is not a choice param",
-                    ", ".join(k for k, p in params.items() if p.type == "choice" and k != key) or "none here",
-                )
-            values = tuple(file.value(parent, v, path) for v in (values if isinstance(values, list) else [values]))
-            if not values:
-                file.fail(path, "lists no value", ", ".join(map(fmt, choices)))
-            for value in values:
-                if not params[parent].contains(value):
-                    file.fail(path, f"{fmt(value)} is not a choice of '{parent}'", ", ".join(map(fmt, choices)))
-            params[key] = params[key].conditioned(parent, values)
-    ordered = {}  # parents before children, otherwise file order
-    while len(ordered) < len(params):
-        ready = [k for k, p in params.items() if k not in ordered and all(parent in ordered for parent in p.when)]
-        if not ready:
-            file.fail("search", "'when' conditions form a cycle: " + ", ".join(k for k in params if k not in ordered))
-        ordered.update((k, params[k]) for k in ready)
-    return ordered
-
-
 def _scheduler(file: SpaceProblems, spec, config: TrialConfig):
     if spec.type == "fifo":
         return spec
@@ -280,8 +214,12 @@ def _searcher(file: SpaceProblems, spec, params: dict, config: TrialConfig):
             for key, value in file.mapping(point, path, list(params)).items()
         }
         for key, value in point.items():
-            if not params[key].contains(value):
-                file.fail(f"{path}.{key}", f"{fmt(value)} is outside the searched range", params[key].describe())
+            missing = [parent for parent in params[key].when if parent not in point]
+            if params[key].branches and missing:
+                file.fail(f"{path}.{key}", f"'{key}' has a distribution per {missing[0]}: set {missing[0]} too")
+            searched = params[key].branch(point) if params[key].branches else params[key]
+            if not searched.contains(value):
+                file.fail(f"{path}.{key}", f"{fmt(value)} is outside the searched range", searched.describe())
             for parent, values in params[key].when.items():
                 if parent in point and not any(same(point[parent], v) for v in values):
                     file.fail(

@@ -23,6 +23,7 @@ import optuna
 from tuner.errors import UserError, one_line
 from tuner.optuna_storage import STUDY_FILE, fresh_study_storage, shown_url, storage_url
 from tuner.search_folder import RECORD, SearchRecord
+from tuner.space import config_values
 from tuner.text import fmt_value
 
 KEPT_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -55,7 +56,8 @@ def _misfit(params: dict, space) -> str | None:
     """Why a trial's values do not fit `space`, or None."""
     fixed = space.base_config().model_dump()
     for key, value in params.items():
-        if key in space.params and not space.params[key].contains(value):
+        param = space.params.get(key)  # with a distribution per condition: the one this trial's values pick
+        if param and not (param.branch(params) or param).contains(value):
             return f"{key}={fmt_value(value)} outside the new range"
         if key not in space.params and fixed.get(key) != value:
             return f"{key}={fmt_value(value)} where the new space fixes {fmt_value(fixed.get(key))}"
@@ -101,7 +103,7 @@ def _from_folder(source: str) -> tuple[str, str, str | None, list]:
     except Exception as error:  # the database server it used cannot be reached now
         raise WarmStartError(f"--warm-start {folder}: its Optuna study cannot be read ({one_line(error)})") from None
     trials = [
-        EarlierTrial(f"trial {t.number}", t.state, t.value, dict(t.params), dict(t.intermediate_values))
+        EarlierTrial(f"trial {t.number}", t.state, t.value, config_values(t.params), dict(t.intermediate_values))
         for t in study.get_trials(deepcopy=False, states=KEPT_STATES)
     ]
     return record.name, study.direction.name.lower()[:3], None, trials
@@ -157,26 +159,27 @@ def load_warm_start(source: str, space, top: int = 0, tracking_uri: str = "") ->
             f"--warm-start {source}: that search's objective is to {mode} {metric or 'its metric'}; "
             f"this one's is {space.mode} {space.metric}"
         )
-    warm = WarmStart(source=name)
+    warm, configs = WarmStart(source=name), []  # configs: the kept trials' searched values, in config keys
     for old in earlier:
         reason = _misfit(old.params, space)
         if reason:
             warm.dropped.append(f"{old.label}: {reason}")
             continue
         searched = {k: v for k, v in old.params.items() if k in space.params}
-        warm.trials.append(
-            optuna.trial.create_trial(
-                state=old.state,
-                value=old.value if old.state == optuna.trial.TrialState.COMPLETE else None,
-                params=searched,
-                distributions={k: space.params[k].distribution() for k in searched},
-                intermediate_values=old.intermediate,
-                user_attrs={"warm_start_from": name},
-            )
+        params, distributions = space.in_optuna_terms(searched)
+        trial = optuna.trial.create_trial(
+            state=old.state,
+            value=old.value if old.state == optuna.trial.TrialState.COMPLETE else None,
+            params=params,
+            distributions=distributions,
+            intermediate_values=old.intermediate,
+            user_attrs={"warm_start_from": name},
         )
-    completed = [t for t in warm.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    best_first = sorted(completed, key=lambda t: t.value, reverse=space.mode == "max")
-    warm.top = [dict(t.params) for t in best_first[:top]]
+        warm.trials.append(trial)
+        configs.append(searched)
+    completed = [(t, c) for t, c in zip(warm.trials, configs) if t.state == optuna.trial.TrialState.COMPLETE]
+    best_first = sorted(completed, key=lambda pair: pair[0].value, reverse=space.mode == "max")
+    warm.top = [config for _, config in best_first[:top]]
     return warm
 
 

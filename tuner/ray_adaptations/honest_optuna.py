@@ -32,8 +32,10 @@ from tuner.outcome import finite_number, trial_outcome
 class HonestOptunaSearch(OptunaSearch):
     """OptunaSearch with a single (str) metric whose results carry `epoch`, `finished` and `diverged`."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, config_of=None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Optuna's parameters -> the config a trial gets, where the two name things differently (None: the same)
+        self._config_of = config_of
         # trial id -> highest epoch reported to Optuna; saved with the rest of __dict__, so a redone epoch
         # after a restore is not reported twice (Optuna would ignore it, with a warning)
         self._reported_epoch: dict[str, int] = {}
@@ -49,6 +51,11 @@ class HonestOptunaSearch(OptunaSearch):
             return
         self._ot_trials[trial_id].report(float(value), int(epoch))
         self._reported_epoch[trial_id] = int(epoch)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        config_of = getattr(self, "_config_of", None)  # absent from a searcher pickled before it existed
+        return config_of(config) if config_of and config is not None else config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -121,9 +128,11 @@ def make_searcher(
     max_concurrent: int | None = None,
     storage=None,
     study_name: str | None = None,
+    config_of=None,
 ) -> Searcher:
     """HonestOptunaSearch over `define_by_run(trial)`, wrapped in a ConcurrencyLimiter when max_concurrent is set.
-    storage/study_name: an Optuna storage to keep the study in (tuner/optuna_storage.py); None keeps it in memory."""
+    storage/study_name: an Optuna storage to keep the study in (tuner/optuna_storage.py); None keeps it in memory.
+    config_of: Optuna's parameters -> a trial's config (points_to_evaluate are in Optuna's names)."""
     searcher = HonestOptunaSearch(
         space=define_by_run,
         metric=metric,
@@ -132,6 +141,7 @@ def make_searcher(
         points_to_evaluate=points_to_evaluate or None,
         storage=storage,
         study_name=study_name,
+        config_of=config_of,
     )
     if max_concurrent:
         return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
