@@ -206,8 +206,8 @@ def run_stage(
                     h, block_logits, loss = trainer.block_step(i, h, y)
                     trainer.schedulers[i].step()
                     logits.append(block_logits)
-                if outbox is not None:
-                    _timed(_put, waited, "output_s", outbox, (h.detach(), y), alive)
+                if outbox is not None:  # its own labels: torch will not send on a CUDA tensor it received
+                    _timed(_put, waited, "output_s", outbox, (h.detach(), y.clone()), alive)
                 hits = _hits(logits, y)
                 correct = hits if correct is None else correct + hits
                 loss_sum += loss.detach().float() * len(y)

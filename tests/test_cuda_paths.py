@@ -1,0 +1,44 @@
+"""What a CUDA run needs that a CPU run would not show by itself, pinned on the CPU: tensors that cross processes
+are never re-sent or aliased, checkpoints load through the host, and the process-wide switches a GPU wants."""
+
+import queue
+import threading
+
+import pytest
+import torch
+from fakedata import learnable_arrays
+from helpers import small_trainer
+
+from models.pipeline_stage import blocks_state, run_stage
+from tuner.data import make_splits
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_splits(learnable_arrays(96, 10, seed=1), val_size=32, train_subset=None, seed=0, device="cpu")
+
+
+def make(data, **overrides):
+    return small_trainer(data, **{"aux_width": 32, "epochs": 1, "val_size": 32, "momentum": 0.9, **overrides})
+
+
+def storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def test_a_stage_forwards_labels_it_owns_not_the_ones_it_received(data):
+    # torch refuses to send on a CUDA tensor received from another process: the labels a stage passes to the next
+    # must be its own copy. Run stage 0 of 2 in this process, with plain queues for the links.
+    trainer = make(data)
+    jobs, inbox, outbox, results = queue.Queue(), queue.Queue(), queue.Queue(), queue.Queue()
+    received = list(data.train.batches(32, train=True, seed=0, epoch=0))[:2]
+    jobs.put({"epoch": 0, "state": blocks_state(trainer, [0])})
+    jobs.put(None)
+    for batch in received:
+        inbox.put(batch)
+    inbox.put(None)
+    run_stage(0, [0], trainer.cfg, "cpu", 3, 1, jobs, inbox, outbox, results, threading.Event())
+    assert results.get()[0] == "done"
+    for (_, y_in), (_, y_out) in zip(received, [outbox.get() for _ in received]):
+        assert torch.equal(y_in, y_out) and storage(y_in) != storage(y_out)
+    assert outbox.get() is None
