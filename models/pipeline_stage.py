@@ -94,7 +94,9 @@ def load_blocks_state(trainer: DGL, state: dict) -> None:
     _, unexpected = trainer.parts.load_state_dict(state["parts"], strict=False)
     assert not unexpected, unexpected
     for i, opt_state in state["optimizers"].items():
-        trainer.optimizers[i].load_state_dict(opt_state)
+        # copied: Optimizer.load_state_dict keeps a tensor already on the right device, and one received from
+        # another process would alias that process's memory (CUDA IPC), gone when it exits
+        trainer.optimizers[i].load_state_dict(copy.deepcopy(opt_state))
     for i, sched_state in state["schedulers"].items():
         trainer.schedulers[i].load_state_dict(sched_state)
 

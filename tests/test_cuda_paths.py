@@ -9,7 +9,7 @@ import torch
 from fakedata import learnable_arrays
 from helpers import small_trainer
 
-from models.pipeline_stage import blocks_state, run_stage
+from models.pipeline_stage import blocks_state, load_blocks_state, run_stage
 from tuner.data import make_splits
 
 
@@ -42,3 +42,17 @@ def test_a_stage_forwards_labels_it_owns_not_the_ones_it_received(data):
     for (_, y_in), (_, y_out) in zip(received, [outbox.get() for _ in received]):
         assert torch.equal(y_in, y_out) and storage(y_in) != storage(y_out)
     assert outbox.get() is None
+
+
+def test_optimizer_state_loaded_into_a_stage_is_its_own(data):
+    # Optimizer.load_state_dict keeps a tensor already on the right device: state received from another process
+    # would alias that process's memory (gone when it exits). Whatever load_blocks_state is given, it copies.
+    source = make(data)
+    source.train_epoch(data.train.batches(32, train=True, seed=0, epoch=0))
+    state = blocks_state(source, [0, 1])
+    assert state["optimizers"][0]["state"], "momentum buffers exist after an epoch"
+    target = make(data)
+    load_blocks_state(target, state)
+    given = {storage(t) for opt in state["optimizers"].values() for s in opt["state"].values() for t in s.values()}
+    held = [t for i in (0, 1) for s in target.optimizers[i].state.values() for t in s.values()]
+    assert held and not given & {storage(t) for t in held}
