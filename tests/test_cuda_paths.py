@@ -56,3 +56,31 @@ def test_optimizer_state_loaded_into_a_stage_is_its_own(data):
     given = {storage(t) for opt in state["optimizers"].values() for s in opt["state"].values() for t in s.values()}
     held = [t for i in (0, 1) for s in target.optimizers[i].state.values() for t in s.values()]
     assert held and not given & {storage(t) for t in held}
+
+
+def test_a_checkpoint_loads_through_the_host(data, tmp_path):
+    # loaded straight to a GPU, Adam's `step` counts would live there and cost a host sync every step; through the
+    # host, Optimizer.load_state_dict moves what belongs on the trainer's device and leaves `step` on the CPU
+    from ray import tune
+
+    from tuner.trial import load_checkpoint, save_checkpoint
+
+    source = make(data, optimizer="adamw")
+    source.train_epoch(data.train.batches(32, train=True, seed=0, epoch=0))
+    save_checkpoint(source, tmp_path)
+
+    class Receiver:  # a trainer on another device than the checkpoint's, as far as load_checkpoint can tell
+        device = torch.device("meta")
+
+        def load_state_dict(self, state):
+            self.state = state
+
+    receiver = Receiver()
+    load_checkpoint(receiver, tune.Checkpoint.from_directory(tmp_path))
+    steps = [s["step"] for opt in receiver.state["optimizers"] for s in opt["state"].values()]
+    assert steps and all(step.device.type == "cpu" for step in steps)
+    assert receiver.state["parts"]["network.blocks.0.0.weight"].device.type == "cpu"
+
+    target = make(data, optimizer="adamw")
+    target.load_state_dict(receiver.state)
+    assert all(s["step"].device.type == "cpu" for opt in target.optimizers for s in opt.state.values())

@@ -44,8 +44,10 @@ def save_checkpoint(trainer, directory: str) -> None:
 
 
 def load_checkpoint(trainer, checkpoint: tune.Checkpoint) -> None:
+    """Read to the host, then loaded: Optimizer.load_state_dict moves each state tensor to its parameter's device,
+    except Adam's `step` counts, which belong on the CPU (on a GPU, each step would wait on the host to read them)."""
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=trainer.device, weights_only=False)
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     trainer.load_state_dict(state)
 
 
