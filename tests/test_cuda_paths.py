@@ -84,3 +84,20 @@ def test_a_checkpoint_loads_through_the_host(data, tmp_path):
     target = make(data, optimizer="adamw")
     target.load_state_dict(receiver.state)
     assert all(s["step"].device.type == "cpu" for opt in target.optimizers for s in opt.state.values())
+
+
+def test_a_search_whose_checkpoints_would_not_fit_is_refused_before_any_trial(tmp_path, monkeypatch, capsys):
+    # bp_vgg16: 48 trials of full-width VGG16 with SGD momentum, ~118 MB a checkpoint; 300 MB free passes the
+    # storage check, not the checkpoints'
+    import shutil
+
+    from tuner.run import main
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=300 * 2**20))
+    flags = ["--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert main(["--space", "bp_vgg16", *flags, "--data-dir", str(tmp_path / "no-data")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --storage {tmp_path / 'runs'}: ")
+    assert "checkpoints of 48 trials need" in lines[0] and "0.3 GiB free" in lines[0]
+    assert not list(tmp_path.glob("runs/*/search.json"))

@@ -160,6 +160,23 @@ def preflight(folder: Path, mlflow_uri: str) -> None:
     check_tracking_uri(mlflow_uri)
 
 
+def check_checkpoint_room(space: Space, storage: Path, kept: int) -> None:
+    """Refuse a search whose checkpoints would not fit on --storage's disk: `kept` per trial at the end, and one more
+    for each trial running at once while it writes its next. Sized at the space's fixed values (and the defaults of
+    what it searches)."""
+    from tuner.trial import checkpoint_bytes
+
+    size = checkpoint_bytes(space.base_config())
+    running = min(space.max_concurrent or space.num_samples, space.num_samples)
+    need, free = size * (space.num_samples * kept + running), shutil.disk_usage(storage).free
+    if need > free:
+        raise SetupError(
+            f"--storage {storage}: the checkpoints of {space.num_samples} trials need about {need / 2**30:.1f} GiB "
+            f"({kept} of ~{size / 2**30:.2f} GiB per trial, one more per trial running), {free / 2**30:.1f} GiB free; "
+            f"free some space, lower --num-samples or use another --storage"
+        )
+
+
 def check_tracking_uri(uri: str) -> None:
     """One cheap query, with MLflow's HTTP retries turned down so an unreachable server fails in seconds."""
     limit_mlflow_http(max_retries=0, timeout_s=10)
