@@ -101,3 +101,14 @@ def test_a_search_whose_checkpoints_would_not_fit_is_refused_before_any_trial(tm
     assert len(lines) == 1 and lines[0].startswith(f"error: --storage {tmp_path / 'runs'}: ")
     assert "checkpoints of 48 trials need" in lines[0] and "0.3 GiB free" in lines[0]
     assert not list(tmp_path.glob("runs/*/search.json"))
+
+
+def test_stage_hits_on_different_devices_join_on_the_trainers():
+    # with one GPU per stage, each stage's counts are on its own device: moved before they are joined (the meta
+    # device stands in for a second one)
+    from models.pipeline import joined_hits
+
+    done = [{"correct": torch.tensor([3, 4])}, {"correct": torch.tensor([5], device="meta")}]
+    assert joined_hits(done, torch.device("meta")).shape == (3,)
+    assert joined_hits(done, torch.device("meta")).device.type == "meta"
+    assert joined_hits([{"correct": None}, *done], torch.device("cpu")) is None
