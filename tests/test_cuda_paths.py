@@ -112,3 +112,88 @@ def test_stage_hits_on_different_devices_join_on_the_trainers():
     assert joined_hits(done, torch.device("meta")).shape == (3,)
     assert joined_hits(done, torch.device("meta")).device.type == "meta"
     assert joined_hits([{"correct": None}, *done], torch.device("cpu")) is None
+
+
+PIPELINED_ON_GPUS = """
+trainer: dgl
+model: basiccnn
+fixed: {{width: 0.0625, epochs: 1, aux_width: 32}}
+search:
+  lr: {{type: loguniform, low: 0.01, high: 0.1}}
+  stages: {{type: choice, values: [1, {stages}]}}
+num_samples: 1
+resources: {{cpu: 1, gpu: {gpu}}}
+metric: val_acc
+mode: max
+"""
+
+
+def gpu_space(tmp_path, stages: int, gpu: float):
+    from tuner.space_file import load_space
+
+    path = tmp_path / f"gpus-{stages}-{gpu}.yaml"
+    path.write_text(PIPELINED_ON_GPUS.format(stages=stages, gpu=gpu))
+    return load_space(str(path))
+
+
+@pytest.mark.parametrize(
+    "stages, gpu, nodes, refusal",
+    [
+        (
+            3,
+            0.5,
+            [8, 1],
+            "resources.gpu (--gpus-per-trial) 0.5: a trial of 3 stages asks Ray for 1.5 GPUs on one "
+            "node; above 1, Ray places whole GPUs only",
+        ),
+        (
+            3,
+            1,
+            [2, 2],
+            "resources.gpu (--gpus-per-trial) 1: a trial of 3 stages asks Ray for 3 GPU on one node; the "
+            "largest node Ray sees has 2",
+        ),
+        (
+            2,
+            0.25,
+            [],
+            "resources.gpu (--gpus-per-trial) 0.25: a trial of 2 stages asks Ray for 0.5 GPU on one node; the "
+            "largest node Ray sees has 0",
+        ),
+        (2, 0.5, [1], None),
+        (3, 0, [], None),
+    ],
+)
+def test_trials_ray_could_never_place_are_refused(tmp_path, stages, gpu, nodes, refusal):
+    from tuner.errors import SetupError
+    from tuner.search_start import check_gpu_placement
+
+    space = gpu_space(tmp_path, stages, gpu)
+    if refusal is None:
+        check_gpu_placement(space, nodes)
+        return
+    with pytest.raises(SetupError) as refused:
+        check_gpu_placement(space, nodes)
+    assert str(refused.value) == refusal
+
+
+@pytest.mark.slow
+def test_a_search_asking_for_gpus_this_machine_lacks_is_refused_before_any_trial(tmp_path, capsys):
+    # Ray would wait for them forever; the local Ray sees this machine's GPUs, none here
+    from fakedata import write_cifar_folder
+
+    from tuner.run import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    space = tmp_path / "gpus.yaml"
+    space.write_text(PIPELINED_ON_GPUS.format(stages=2, gpu=0.5))
+    data_dir = write_cifar_folder(tmp_path / "cifar", learnable_arrays(100, 20, seed=3))
+    flags = ["--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert main(["--space", str(space), *flags, "--data-dir", str(data_dir)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "error: resources.gpu (--gpus-per-trial) 0.5: a trial of 2 stages asks Ray for 1 GPU on one node; the "
+        "largest node Ray sees has 0"
+    ]
+    assert not list(tmp_path.glob("runs/*/search.json"))

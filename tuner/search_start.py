@@ -177,6 +177,26 @@ def check_checkpoint_room(space: Space, storage: Path, kept: int) -> None:
         )
 
 
+def most_stages(space: Space) -> int:
+    """The most pipeline stages a trial of this space can have: fixed, or the top of what is searched."""
+    param = space.params.get("stages")
+    if param is None:
+        return space.base_config().stages
+    return max(param.values) if param.type == "choice" else param.high
+
+
+def check_gpu_placement(space: Space, node_gpus: list[float]) -> None:
+    """Refuse a search whose trials Ray could never place (it would wait for them forever): a trial asks for its
+    stages x the per-trial GPU share in one bundle, on one node (tuner/search.py), and above 1 only whole GPUs."""
+    share, stages = space.resources.gpu, most_stages(space)
+    need, most = share * stages, max(node_gpus, default=0)
+    asks = f"resources.gpu (--gpus-per-trial) {share:g}: a trial" + (f" of {stages} stages" if stages > 1 else "")
+    if need > 1 and need != int(need):
+        raise SetupError(f"{asks} asks Ray for {need:g} GPUs on one node; above 1, Ray places whole GPUs only")
+    if need > most:
+        raise SetupError(f"{asks} asks Ray for {need:g} GPU on one node; the largest node Ray sees has {most:g}")
+
+
 def check_tracking_uri(uri: str) -> None:
     """One cheap query, with MLflow's HTTP retries turned down so an unreachable server fails in seconds."""
     limit_mlflow_http(max_retries=0, timeout_s=10)
