@@ -8,7 +8,7 @@ JSON line on stdout and in OUT/gpu_check.jsonl, by its `bench` key:
   gpu_trainer  each trainer on vgg16 (width 1) at batch 128 and 512, bf16 autocast, channels_last: images/s, peak
                memory, mfu = network FLOPs/image x images/s / peak, hfu, the same with the trainer's FLOPs, and
                host_syncs_per_epoch, the times a 20-step epoch made the host wait for the GPU (sync debug mode)
-  variant      backprop at batch 512 with cudnn.benchmark on, and with compile=True: measured, not assumed
+  variant      backprop at batch 512 without cudnn.benchmark (the trainers turn it on), and with compile=True
   concurrency  1, 2, 4 dgl trials (processes) sharing the GPU at batch 128: total images/s
   search       a 4-trial Ray Tune search (tuner.trial.train_trial) at 0.25 GPU per trial, 2 epochs, on the
                CIFAR-10 folder given with --data-dir (random images without one): per-trial images/s and val_acc,

@@ -4,8 +4,6 @@ a process of its own; the ones on GPU sharing are bench/gpu_sharing.py). Each ta
 
 from __future__ import annotations
 
-import torch
-
 from bench.gpu_probes import measure, peak_tflops, training_flops_per_image
 from bench.gpu_sharing import dgl_config, section_concurrency, section_search
 from models.registry import TRAINERS
@@ -56,6 +54,7 @@ def section_trainers(rows, s: dict, device, args) -> None:
 
 
 def section_variants(rows, s: dict, device, args) -> None:
+    """Backprop at the larger batch without cuDNN's autotuner (the trainers turn it on for a GPU), and compiled."""
     batch_size = s["batch_sizes"][-1]
     cfg = resolve(
         {"trainer": "backprop", "model": s["model"], "width": s["width"], "epochs": 100, "batch_size": batch_size}
@@ -69,9 +68,7 @@ def section_variants(rows, s: dict, device, args) -> None:
         "device": str(device),
     }
     steps = (s["steps"], s["warmup_steps"], s["repeats"])
-    torch.backends.cudnn.benchmark = True  # this section's own process: nothing to restore
-    rows.emit({**common, "variant": "cudnn_benchmark", **measure(cfg, device, *steps)})
-    torch.backends.cudnn.benchmark = False
+    rows.emit({**common, "variant": "cudnn_benchmark_off", **measure(cfg, device, *steps, cudnn_benchmark=False)})
     if args.dry_run:  # inductor's C++ build on a CPU takes minutes; the GPU run measures it
         rows.emit({**common, "variant": "compile", "skipped": "dry run"})
     else:

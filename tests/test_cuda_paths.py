@@ -197,3 +197,17 @@ def test_a_search_asking_for_gpus_this_machine_lacks_is_refused_before_any_trial
         "largest node Ray sees has 0"
     ]
     assert not list(tmp_path.glob("runs/*/search.json"))
+
+
+def test_a_trainer_on_a_gpu_lets_cudnn_time_its_convolutions():
+    from models.trainer_base import seed_process
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        seed_process(0, torch.device("cpu"))
+        assert not torch.backends.cudnn.benchmark
+        seed_process(0, torch.device("cuda"))  # sets switches only: no GPU needed
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
