@@ -134,7 +134,8 @@ def run_here(name: str, args) -> int:
 
         RUNS[name](rows, s, torch.device(s["device"]), args)
     except Exception as error:  # the check goes on with the other sections
-        rows.emit({"bench": name, "error": f"{type(error).__name__}: {str(error).strip()[:500]}"})
+        missing = "; bench/make_gpu_carry.sh carries it" if isinstance(error, ImportError) else ""
+        rows.emit({"bench": name, "error": f"{type(error).__name__}: {str(error).strip()[:500]}{missing}"})
         return 1
     return 0
 
