@@ -8,7 +8,7 @@ JSON line on stdout and in OUT/gpu_check.jsonl, by its `bench` key:
   gpu_trainer  each trainer on vgg16 (width 1) at batch 128 and 512, bf16 autocast, channels_last: images/s, peak
                memory, mfu = network FLOPs/image x images/s / peak, hfu, the same with the trainer's FLOPs, and
                host_syncs_per_epoch, the times a 20-step epoch made the host wait for the GPU (sync debug mode)
-  variant      backprop at batch 512 with cudnn.benchmark on, and with compile=True: measured, not assumed
+  variant      backprop at batch 512 without cudnn.benchmark (the trainers turn it on), and with compile=True
   concurrency  1, 2, 4 dgl trials (processes) sharing the GPU at batch 128: total images/s
   search       a 4-trial Ray Tune search (tuner.trial.train_trial) at 0.25 GPU per trial, 2 epochs, on the
                CIFAR-10 folder given with --data-dir (random images without one): per-trial images/s and val_acc,
@@ -17,9 +17,16 @@ JSON line on stdout and in OUT/gpu_check.jsonl, by its `bench` key:
   summary      the device, and the targets the trainers are held to: backprop MFU at batch 512 >= 0.35, dgl <= 1.3 x
                backprop's time per image
 
-A section that fails leaves an {"bench": ..., "error": ...} row and the others still run, so one run gives every
-number it can. --dry-run: every step on the CPU and tiny (narrow vgg16, batch 8/16, a small fp32 matrix), to check
-the script where there is no GPU.
+Each section runs in a process of its own under a hard time limit (LIMITS_S; --limit-s lowers them all), killed
+with whatever it started (Ray's processes too) when it overruns. A section that fails or overruns leaves a
+{"bench": ..., "error": ...} row and the others still run, so one run gives every number it can. The check ends
+with one table, a line per section (ok, error, timeout, skipped, left out), and exits 0 only if every section it
+was asked for measured: 1 otherwise, a machine without a CUDA device included (every section then says so),
+2 for a bad flag. --dry-run: every step on the CPU and tiny (narrow vgg16, batch 8/16, a small fp32 matrix), to
+check the script where there is no GPU.
+
+This process imports torch and the standard library only: what a section needs beyond (numpy, pydantic, Ray)
+is imported in the section's process, and a missing package is that section's error, not a crash of the check.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,10 +45,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch
 
-from bench.gpu_probes import measure, peak_tflops, training_flops_per_image
-from bench.gpu_sharing import dgl_config, section_concurrency, section_search
-from models.registry import TRAINERS
-from tuner.schema import resolve
+from tuner.text import plural, text_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GPU = dict(
     device="cuda",
@@ -79,17 +87,25 @@ DRY = dict(
     search_gpus=0.0,
     threads=1,
 )
-SECTIONS = ("peak", "trainers", "variants", "concurrency", "search", "extra")
+# seconds each section may take, start-up included (imports, Ray, compiling); on one H100/H200 the check is ~5 min
+LIMITS_S = {"peak": 60, "trainers": 300, "variants": 300, "concurrency": 120, "search": 300, "extra": 240}
+SECTIONS = tuple(LIMITS_S)
 TARGET_MFU, TARGET_DGL_COST = 0.35, 1.30
 
 
 class Rows:
-    """Rows as they come: printed, appended to OUT/gpu_check.jsonl, kept for the summary."""
+    """Rows as they come: printed, appended to OUT/gpu_check.jsonl (which every section's process appends to), and
+    kept for the summary."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, fresh: bool):
         out.mkdir(parents=True, exist_ok=True)
-        self.path, self.rows = out / "gpu_check.jsonl", []
-        self.path.write_text("")
+        self.path = out / "gpu_check.jsonl"
+        if fresh:
+            self.path.write_text("")
+        self.rows = self.read()
+
+    def read(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def emit(self, row: dict) -> dict:
         line = json.dumps(row)
@@ -104,83 +120,69 @@ class Rows:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# sections
+# one section, in its own process
 
 
-def section_trainers(rows: Rows, s: dict, device, peak: float | None) -> None:
-    for trainer in TRAINERS:
-        cfg = resolve({"trainer": trainer, "model": s["model"], "width": s["width"], "epochs": 100})
-        network_flops, trainer_flops = training_flops_per_image(cfg)
-        rows.emit(
-            {
-                "bench": "flops",
-                "trainer": trainer,
-                "model": s["model"],
-                "width": s["width"],
-                "network_train_gflops_per_image": round(network_flops / 1e9, 4),
-                "trainer_train_gflops_per_image": round(trainer_flops / 1e9, 4),
-            }
-        )
-        for batch_size in s["batch_sizes"]:
-            measured = measure(cfg.updated(batch_size=batch_size), device, s["steps"], s["warmup_steps"], s["repeats"])
-            utilisation = {}
-            if peak:
-                utilisation = {
-                    "mfu": round(network_flops * measured["images_per_s"] / (peak * 1e12), 4),
-                    "hfu": round(trainer_flops * measured["images_per_s"] / (peak * 1e12), 4),
-                }
-            rows.emit(
-                {
-                    "bench": "gpu_trainer",
-                    "trainer": trainer,
-                    "model": s["model"],
-                    "width": s["width"],
-                    "batch_size": batch_size,
-                    "device": str(device),
-                    **measured,
-                    **utilisation,
-                }
-            )
-
-
-def section_variants(rows: Rows, s: dict, device, dry: bool) -> None:
-    batch_size = s["batch_sizes"][-1]
-    cfg = resolve(
-        {"trainer": "backprop", "model": s["model"], "width": s["width"], "epochs": 100, "batch_size": batch_size}
-    )
-    common = {
-        "bench": "variant",
-        "trainer": "backprop",
-        "model": s["model"],
-        "width": s["width"],
-        "batch_size": batch_size,
-        "device": str(device),
-    }
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+def run_here(name: str, args) -> int:
+    s = DRY if args.dry_run else GPU
+    # few threads on a CPU: on a small shared machine an extra OpenMP thread waits on a busy core at every op
+    torch.set_num_threads(min(s["threads"], os.cpu_count() or 1))
+    rows = Rows(Path(args.out), fresh=False)
     try:
-        rows.emit(
-            {
-                **common,
-                "variant": "cudnn_benchmark",
-                **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"]),
-            }
-        )
-    finally:
-        torch.backends.cudnn.benchmark = before
-    if dry:  # inductor's C++ build on a CPU takes minutes; the GPU run measures it
-        rows.emit({**common, "variant": "compile", "skipped": "dry run"})
-    else:
-        rows.emit(
-            {
-                **common,
-                "variant": "compile",
-                **measure(cfg.updated(compile=True), device, s["steps"], s["warmup_steps"], s["repeats"]),
-            }
-        )
+        inject_fault(name)
+        from bench.gpu_sections import SECTIONS as RUNS  # numpy, pydantic, Ray: see bench/gpu_check.sh
+
+        RUNS[name](rows, s, torch.device(s["device"]), args)
+    except Exception as error:  # the check goes on with the other sections
+        missing = "; bench/make_gpu_carry.sh carries it" if isinstance(error, ImportError) else ""
+        rows.emit({"bench": name, "error": f"{type(error).__name__}: {str(error).strip()[:500]}{missing}"})
+        return 1
+    return 0
 
 
-def summary_row(rows: Rows, s: dict, device, started: float) -> dict:
+def inject_fault(name: str) -> None:
+    """For the tests: DT_GPU_CHECK_FAULT=raise:SECTION or stall:SECTION (comma-separated) makes a section fail or
+    hang, as a real failure would."""
+    for fault in filter(None, os.environ.get("DT_GPU_CHECK_FAULT", "").split(",")):
+        action, section = fault.split(":")
+        if section == name and action == "raise":
+            raise RuntimeError("DT_GPU_CHECK_FAULT: injected failure")
+        if section == name and action == "stall":
+            time.sleep(3600)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the check: every section in turn, then the summary
+
+
+def run_child(name: str, args, rows: Rows, limit_s: float) -> tuple[str, str]:
+    """(status, detail) of one section run in a process of its own, killed with its process group past limit_s."""
+    cmd = [sys.executable, "-m", "bench.gpu_check", "--section", name, "--out", args.out]
+    cmd += (["--dry-run"] if args.dry_run else []) + (["--data-dir", args.data_dir] if args.data_dir else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    known = len(rows.read())
+    child = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+    try:
+        code = child.wait(timeout=limit_s)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt) as stop:
+        os.killpg(child.pid, signal.SIGKILL)  # Ray's processes, or compile workers, go with it
+        child.wait()
+        if isinstance(stop, KeyboardInterrupt):
+            raise
+        code = None
+    new = rows.read()[known:]
+    rows.rows.extend(new)
+    if code is None:
+        rows.emit({"bench": name, "error": f"timed out: killed after {limit_s:.0f} s"})
+        return "timeout", f"killed after {limit_s:.0f} s"
+    errors = [r["error"] for r in new if "error" in r]
+    if code != 0 or errors:
+        return "error", (errors[0] if errors else f"exit code {code}, no row")
+    skipped = [r["skipped"] for r in new if r.get("bench") == name and "skipped" in r]
+    return ("skipped", skipped[0]) if skipped else ("ok", plural(len(new), "row"))
+
+
+def summary_row(rows: Rows, s: dict, started: float, statuses: dict, device_name: str) -> dict:
     big, small = s["batch_sizes"][-1], s["batch_sizes"][0]
     backprop_big = rows.find(bench="gpu_trainer", trainer="backprop", batch_size=big) or {}
     targets = {f"backprop_mfu_at_{big}": backprop_big.get("mfu"), "mfu_target": TARGET_MFU}
@@ -198,20 +200,20 @@ def summary_row(rows: Rows, s: dict, device, started: float) -> dict:
         if r.get("bench") == "gpu_trainer" and r.get("host_syncs_per_epoch") is not None
     ]
     targets["most_host_syncs_per_epoch"] = max(syncs, default=None)  # a few at the epoch's end, none per step
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)"
     return rows.emit(
         {
             "bench": "summary",
-            "device": name,
+            "device": device_name,
             "torch": torch.__version__,
             "python": sys.version.split()[0],
             "total_s": round(time.time() - started, 1),
+            "sections": {name: status for name, (status, _, _) in statuses.items()},
             **targets,
         }
     )
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench_out/gpu_check", help="folder for gpu_check.jsonl")
     parser.add_argument("--data-dir", help="a CIFAR-10 folder for the search (e.g. bench/make_gpu_carry.sh's subset)")
@@ -223,65 +225,43 @@ def main(argv=None) -> int:
         default=180.0,
         help="seconds; the `extra` section (a DGL compile, minutes) starts only before this",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument("--limit-s", type=float, help="seconds; no section may take longer (default: LIMITS_S)")
+    parser.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)  # how the check runs one section
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.section:
+        return run_here(args.section, args)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if skip - set(SECTIONS):
         print(f"error: --skip: '{args.skip}' must be a comma-separated list of {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
-    s = DRY if args.dry_run else GPU
-    if not args.dry_run and not torch.cuda.is_available():
-        print("error: no CUDA device is visible; run with --dry-run to check the script on the CPU", file=sys.stderr)
+    if args.limit_s is not None and args.limit_s <= 0:
+        print(f"error: --limit-s {args.limit_s:g}: a number of seconds above 0", file=sys.stderr)
         return 2
-    started, device, rows = time.time(), torch.device(s["device"]), Rows(Path(args.out))
-    # few threads on a CPU: on a small shared machine an extra OpenMP thread waits on a busy core at every op
-    torch.set_num_threads(min(s["threads"], os.cpu_count() or 1))
-
-    def section(name, run):
+    cuda = args.dry_run or torch.cuda.is_available()
+    if not cuda:
+        print("# no CUDA device is visible: every section is skipped (--dry-run runs them on the CPU)", flush=True)
+    started, rows, statuses = time.time(), Rows(Path(args.out), fresh=True), {}
+    for name in SECTIONS:
+        section_started = time.time()
         if name in skip:
-            return
-        try:
-            run()
-        except Exception as error:  # keep what the other sections measure
-            rows.emit({"bench": name, "error": f"{type(error).__name__}: {str(error).strip()[:500]}"})
-
-    peak = {}
-
-    def section_peak():
-        tflops = peak_tflops(device, s["peak_n"], s["peak_dtype"])
-        peak.update(
-            rows.emit(
-                {
-                    "bench": "peak",
-                    "device": str(device),
-                    "n": s["peak_n"],
-                    "dtype": str(s["peak_dtype"]).replace("torch.", ""),
-                    "tflops": round(tflops, 4),
-                }
-            )
-        )
-
-    section("peak", section_peak)
-    section("trainers", lambda: section_trainers(rows, s, device, peak.get("tflops")))
-    section("variants", lambda: section_variants(rows, s, device, args.dry_run))
-    section("concurrency", lambda: section_concurrency(rows.emit, s, device))
-    section("search", lambda: section_search(rows.emit, s, device, args.data_dir, args.dry_run))
-    if time.time() - started < args.budget_s and not args.dry_run:
-        cfg = dgl_config(s, device, compile=True)
-        section(
-            "extra",
-            lambda: rows.emit(
-                {
-                    "bench": "extra",
-                    "variant": "compile",
-                    "trainer": "dgl",
-                    "batch_size": cfg.batch_size,
-                    "device": str(device),
-                    **measure(cfg, device, s["steps"], s["warmup_steps"], s["repeats"]),
-                }
-            ),
-        )
-    summary_row(rows, s, device, started)
-    return 0
+            status, detail = "left out", "--skip"
+        elif name == "extra" and (args.dry_run or time.time() - started >= args.budget_s):
+            status, detail = "left out", "dry run" if args.dry_run else f"past --budget-s {args.budget_s:g}"
+        elif not cuda:
+            status, detail = "skipped", "no CUDA device is visible"
+            rows.emit({"bench": name, "skipped": detail})
+        else:
+            status, detail = run_child(name, args, rows, min(LIMITS_S[name], args.limit_s or LIMITS_S[name]))
+        statuses[name] = (status, time.time() - section_started, detail)
+    device_name = "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(0) if cuda else "no CUDA device"
+    summary_row(rows, DRY if args.dry_run else GPU, started, statuses, device_name)
+    table = [[name, status, f"{seconds:.0f}", detail[:100]] for name, (status, seconds, detail) in statuses.items()]
+    print("\n".join(["", f"GPU check on {device_name}:", *text_table(["section", "status", "s", "detail"], table)]))
+    return 0 if all(status in ("ok", "left out") for status, _, _ in statuses.values()) else 1
 
 
 if __name__ == "__main__":

@@ -67,13 +67,15 @@ def host_syncs(runner, split, batch_size: int, steps: int, device) -> int | None
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def measure(cfg: dict, device, steps: int, warmup_steps: int, repeats: int) -> dict:
-    """images/s of one trainer alone on the device (median of `repeats`), its peak memory, its warm-up time."""
+def measure(cfg: dict, device, steps: int, warmup_steps: int, repeats: int, cudnn_benchmark: bool = True) -> dict:
+    """images/s of one trainer alone on the device (median of `repeats`), its peak memory, its warm-up time.
+    cudnn_benchmark=False: without cuDNN's autotuner, which a trainer turns on for a GPU."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     batch_size = cfg.batch_size
     runner = make_runner(cfg.trainer, cfg, device)
+    torch.backends.cudnn.benchmark = cudnn_benchmark and device.type == "cuda"
     split = synthetic_split(steps * batch_size, device)
     warmup = timed_epoch(runner, split, batch_size, warmup_steps, epoch=0)  # compile and autotuning happen here
     ips = [

@@ -59,6 +59,14 @@ def stage_devices(device: torch.device, stages: int) -> list[str]:
     return [f"cuda:{s % count}" for s in range(stages)] if count > 1 else [str(device)] * stages
 
 
+def joined_hits(done: list[dict], device: torch.device) -> torch.Tensor | None:
+    """The stages' correct-prediction counts per block, in block order, on `device`: each moved there before they
+    are joined, as with one GPU per stage each is on its own."""
+    if any(result["correct"] is None for result in done):
+        return None
+    return torch.cat([result["correct"].to(device) for result in done])
+
+
 class PipelinedDGL(DGL):
     """DGL with `stages` > 1: the same trainer interface; each epoch's training runs in the stage processes."""
 
@@ -159,10 +167,9 @@ class PipelinedDGL(DGL):
         self.epoch, self.stages_current = self.epoch + 1, True
         if not self.rebalanced and done[0]["steps"] >= REBALANCE_AFTER_STEPS:
             self.rebalance([result["step_s"] for result in done])
-        correct = None if any(r["correct"] is None for r in done) else torch.cat([r["correct"] for r in done])
         seen = done[-1]["seen"]
         metrics = {"train_loss": done[-1]["loss_sum"].item() / max(seen, 1)}
-        metrics.update(self._accuracies(correct if correct is None else correct.to(self.device), seen, "train_acc"))
+        metrics.update(self._accuracies(joined_hits(done, self.device), seen, "train_acc"))
         return metrics
 
     def rebalance(self, step_s: list[float]) -> bool:

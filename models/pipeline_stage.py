@@ -94,7 +94,9 @@ def load_blocks_state(trainer: DGL, state: dict) -> None:
     _, unexpected = trainer.parts.load_state_dict(state["parts"], strict=False)
     assert not unexpected, unexpected
     for i, opt_state in state["optimizers"].items():
-        trainer.optimizers[i].load_state_dict(opt_state)
+        # copied: Optimizer.load_state_dict keeps a tensor already on the right device, and one received from
+        # another process would alias that process's memory (CUDA IPC), gone when it exits
+        trainer.optimizers[i].load_state_dict(copy.deepcopy(opt_state))
     for i, sched_state in state["schedulers"].items():
         trainer.schedulers[i].load_state_dict(sched_state)
 
@@ -206,8 +208,8 @@ def run_stage(
                     h, block_logits, loss = trainer.block_step(i, h, y)
                     trainer.schedulers[i].step()
                     logits.append(block_logits)
-                if outbox is not None:
-                    _timed(_put, waited, "output_s", outbox, (h.detach(), y), alive)
+                if outbox is not None:  # its own labels: torch will not send on a CUDA tensor it received
+                    _timed(_put, waited, "output_s", outbox, (h.detach(), y.clone()), alive)
                 hits = _hits(logits, y)
                 correct = hits if correct is None else correct + hits
                 loss_sum += loss.detach().float() * len(y)

@@ -31,9 +31,12 @@ def seed_process(seed: int, device: torch.device) -> None:
 
     On a CPU also flush denormal floats to zero, a per-process switch: DNI's synthetic gradients sink into denormals,
     which x86 computes far more slowly (bench/README.md); float32 training loses nothing it could use. GPUs handle
-    them at full speed."""
+    them at full speed. On a GPU, let cuDNN time its convolution algorithms once per shape and keep the fastest: a
+    trainer's shapes are fixed per block, so it pays once (its picks may differ between runs in the last bits)."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(seed)
 
 
@@ -52,6 +55,7 @@ class Trainer:
     def __init__(self, cfg: dict, device: torch.device | str, steps_per_epoch: int):
         self.cfg, self.device = cfg, torch.device(device)
         self.on_cuda = self.device.type == "cuda"
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.on_cuda)
         seed_process(cfg.seed, self.device)
         self.network = build_network(cfg.model, cfg.width, self.num_blocks(cfg), cfg.dropout)
         self.parts = nn.ModuleDict({"network": self.network})  # everything with parameters, for state_dict
@@ -90,7 +94,8 @@ class Trainer:
 
     # --- shared machinery ---------------------------------------------------------------------------------------
     def amp(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.on_cuda else contextlib.nullcontext()
+        """bf16 autocast where the config's precision says so (auto: on a GPU, whose tensor cores run bf16)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
 
     def ce(self, logits, y):
         return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)

@@ -223,3 +223,27 @@ def test_broken_cdni_fails(dni_data, monkeypatch, mutant):
     else:
         monkeypatch.setattr(DNI, "regression_loss", lambda self, predicted, target: 0 * F.mse_loss(predicted, target))
     assert dni_failures(dni_data, "cdni") != []
+
+
+# --- under bf16 autocast, as on a GPU ----------------------------------------------------------------------------
+# precision auto trains a GPU run in bf16: the CPU's bf16 autocast runs the same code (the casts, the float32 losses,
+# synthetic gradients meeting bf16 activations)
+def bf16_failures(data, **config) -> list[str]:
+    trainer = make(data, precision="bf16", **config)
+    failures = learning_failures(trainer, data)
+    logits, _ = trainer.train_step(*batch(n=32))
+    return failures + ([] if logits[-1].dtype == torch.bfloat16 else [f"logits in {logits[-1].dtype}"])
+
+
+def test_dgl_learns_under_bf16_autocast(data):
+    assert bf16_failures(data, trainer="dgl") == []
+
+
+@pytest.mark.slow
+def test_backprop_learns_under_bf16_autocast(data):
+    assert bf16_failures(data, trainer="backprop") == []
+
+
+@pytest.mark.slow
+def test_cdni_learns_under_bf16_autocast(dni_data):
+    assert bf16_failures(dni_data, trainer="cdni", **DNI_TRAINING) == []

@@ -69,6 +69,7 @@ class TrialConfig(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False  # torch.compile: opt-in, measured in bench/README.md (no reliable gain on a CPU)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 autocast or none; auto: bf16 on a GPU, fp32 on a CPU
     stages: int = Field(1, ge=1, le=10_000)  # dgl: its blocks trained as this many pipelined processes; 1 = one loop
     eval_batch_size: int = Field(1000, ge=1, le=1 << 20)
 

@@ -14,6 +14,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
@@ -43,6 +44,7 @@ from tuner.ray_adaptations.interrupts import sigterm_as_ctrl_c, stop_trials_at_o
 from tuner.ray_adaptations.notices import FailureNotices, hide_interrupt_notices
 from tuner.ray_adaptations.snapshots import SnapshotOnEvents, install_ray_snapshot
 from tuner.search_folder import SearchRecord, claim, resume_command
+from tuner.search_start import check_checkpoint_room, check_gpu_placement
 from tuner.settings import SearchSettings, study_tags
 from tuner.space import Space, config_values, make_sampler
 from tuner.text import fmt_value, text_table
@@ -50,7 +52,7 @@ from tuner.tracking import MLflowTracker
 from tuner.trial import build_trial, load_checkpoint, train_trial
 from tuner.warm_start import new_search_study
 
-CHECKPOINTS_KEPT = 2
+CHECKPOINTS_KEPT = 1  # what resume needs; the best trial's last one is also what the test set is measured on
 PROGRESS_EVERY_S = 10
 
 
@@ -188,10 +190,13 @@ def restore_tuner(space: Space, folder: Path, arrays: dict, evaluate_test: bool 
 
 
 def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, settings: SearchSettings) -> int:
+    if not resume:  # a resumed search's checkpoints are on the disk already
+        check_checkpoint_room(space, folder.parent, CHECKPOINTS_KEPT)
     sigterm_as_ctrl_c()  # a reboot or `kill` stops the search as gracefully as Ctrl-C
     arrays = load_arrays(settings.data_dir)  # once, in the driver; trials share it through Ray's object store
     init_ray(settings.address)
     check_cluster(folder.parent, record.mlflow_uri, settings.address)  # several nodes: shared storage, a real server
+    check_gpu_placement(space, [node["Resources"].get("GPU", 0) for node in ray.nodes() if node["Alive"]])
     lock = claim(folder)  # held until this process ends, whatever ends it
     if lock is None:
         raise SetupError(f"{folder}: another driver is running this search")

@@ -160,6 +160,43 @@ def preflight(folder: Path, mlflow_uri: str) -> None:
     check_tracking_uri(mlflow_uri)
 
 
+def check_checkpoint_room(space: Space, storage: Path, kept: int) -> None:
+    """Refuse a search whose checkpoints would not fit on --storage's disk: `kept` per trial at the end, and one more
+    for each trial running at once while it writes its next. Sized at the space's fixed values (and the defaults of
+    what it searches)."""
+    from tuner.trial import checkpoint_bytes
+
+    size = checkpoint_bytes(space.base_config())
+    running = min(space.max_concurrent or space.num_samples, space.num_samples)
+    need, free = size * (space.num_samples * kept + running), shutil.disk_usage(storage).free
+    if need > free:
+        raise SetupError(
+            f"--storage {storage}: the checkpoints of {space.num_samples} trials need about {need / 2**30:.1f} GiB "
+            f"({kept} of ~{size / 2**30:.2f} GiB per trial, one more per trial running), {free / 2**30:.1f} GiB free; "
+            f"free some space, lower --num-samples or use another --storage"
+        )
+
+
+def most_stages(space: Space) -> int:
+    """The most pipeline stages a trial of this space can have: fixed, or the top of what is searched."""
+    param = space.params.get("stages")
+    if param is None:
+        return space.base_config().stages
+    return max(param.values) if param.type == "choice" else param.high
+
+
+def check_gpu_placement(space: Space, node_gpus: list[float]) -> None:
+    """Refuse a search whose trials Ray could never place (it would wait for them forever): a trial asks for its
+    stages x the per-trial GPU share in one bundle, on one node (tuner/search.py), and above 1 only whole GPUs."""
+    share, stages = space.resources.gpu, most_stages(space)
+    need, most = share * stages, max(node_gpus, default=0)
+    asks = f"resources.gpu (--gpus-per-trial) {share:g}: a trial" + (f" of {stages} stages" if stages > 1 else "")
+    if need > 1 and need != int(need):
+        raise SetupError(f"{asks} asks Ray for {need:g} GPUs on one node; above 1, Ray places whole GPUs only")
+    if need > most:
+        raise SetupError(f"{asks} asks Ray for {need:g} GPU on one node; the largest node Ray sees has {most:g}")
+
+
 def check_tracking_uri(uri: str) -> None:
     """One cheap query, with MLflow's HTTP retries turned down so an unreachable server fails in seconds."""
     limit_mlflow_http(max_retries=0, timeout_s=10)

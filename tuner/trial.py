@@ -43,9 +43,22 @@ def save_checkpoint(trainer, directory: str) -> None:
     torch.save(trainer.state_dict(), Path(directory) / CHECKPOINT_FILE)
 
 
+def checkpoint_bytes(cfg: TrialConfig) -> int:
+    """About what save_checkpoint writes for a config: parameters, buffers and the optimizer's state per parameter
+    (SGD's momentum buffer, AdamW's two moments), counted on the meta device, where nothing is allocated."""
+    with torch.device("meta"):
+        trainer = build_trainer(cfg.updated(stages=1, compile=False), "meta", steps_per_epoch=1)
+    params = sum(p.numel() * p.element_size() for p in trainer.parts.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in trainer.parts.buffers())
+    state_per_param = 2 if cfg.optimizer == "adamw" else int(cfg.momentum > 0)
+    return params * (1 + state_per_param) + buffers
+
+
 def load_checkpoint(trainer, checkpoint: tune.Checkpoint) -> None:
+    """Read to the host, then loaded: Optimizer.load_state_dict moves each state tensor to its parameter's device,
+    except Adam's `step` counts, which belong on the CPU (on a GPU, each step would wait on the host to read them)."""
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=trainer.device, weights_only=False)
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     trainer.load_state_dict(state)
 
 
