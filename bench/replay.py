@@ -47,15 +47,32 @@ def epoch_results(curve: Curve, epochs: int) -> list[dict]:
 
 
 class ReplayBudget(EpochBudget):
-    """EpochBudget that also adds up the recorded seconds of the epochs reported: `seconds[i]` after `curve[i]`."""
+    """EpochBudget that also adds up the recorded seconds of the epochs reported (`seconds[i]` after `curve[i]`)
+    and keeps every report, in order, as (trial id, epoch, val_acc, recorded index)."""
 
     def __init__(self, budget: int, metric: str, mode: str):
         super().__init__(budget, metric, mode)
         self.seconds: list[float] = []
+        self.reports: list[tuple[str, int, float, int]] = []
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         super().on_trial_result(iteration, trials, trial, result, **info)
         self.seconds.append((self.seconds[-1] if self.seconds else 0.0) + result["recorded_s"])
+        self.reports.append((trial.trial_id, result["epoch"], result.get("val_acc"), result["recorded_index"]))
+
+    def run(self, wall_s: float) -> dict:
+        """What a replayed search returns (the keys of bench/search_efficiency.run_method's, and more)."""
+        final = self.curve[-1][1] if self.curve else None
+        return {
+            "curve": self.curve,
+            "seconds": self.seconds,
+            "reports": self.reports,
+            "final": final,
+            "epochs": self.spent,
+            "trials": len(self.latest),
+            "errors": 0,
+            "wall_s": round(wall_s, 2),
+        }
 
 
 def searched_space(space: Space, method: str, seed: int, budget: int) -> Space:
@@ -71,7 +88,7 @@ def ray_replay(space: Space, table: CurveTable, method: str, seed: int, budget: 
     counter = ReplayBudget(budget, space.metric, space.mode)
     trainable = with_trial_resources(searched, tune.with_parameters(replay_trial, table=table, space=searched))
     run = run_method(searched, trainable, budget, storage, counter)
-    return {**run, "seconds": counter.seconds}
+    return {**run, "seconds": counter.seconds, "reports": counter.reports}
 
 
 def direct_replay(space: Space, table: CurveTable, method: str, seed: int, budget: int, storage: Path) -> dict:
@@ -106,16 +123,7 @@ def direct_replay(space: Space, table: CurveTable, method: str, seed: int, budge
         searcher.on_trial_complete(trial.trial_id, result=last)
         if counter.stop_all():
             break
-    curve = counter.curve
-    return {
-        "curve": curve,
-        "seconds": counter.seconds,
-        "final": curve[-1][1] if curve else None,
-        "epochs": counter.spent,
-        "trials": len(counter.latest),
-        "errors": 0,
-        "wall_s": round(time.perf_counter() - start, 2),
-    }
+    return counter.run(time.perf_counter() - start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,16 +172,7 @@ def optuna_replay(space: Space, table: CurveTable, seed: int, budget: int) -> di
             elif counter.stop_all() or trial.should_prune():
                 break
         study.tell(trial, value, state=state)
-    curve = counter.curve
-    return {
-        "curve": curve,
-        "seconds": counter.seconds,
-        "final": curve[-1][1] if curve else None,
-        "epochs": counter.spent,
-        "trials": len(counter.latest),
-        "errors": 0,
-        "wall_s": round(time.perf_counter() - start, 2),
-    }
+    return counter.run(time.perf_counter() - start)
 
 
 @dataclasses.dataclass(frozen=True)

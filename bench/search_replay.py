@@ -84,9 +84,10 @@ def replay_table(table: CurveTable, space: Space, args, storage: Path) -> dict:
     for method in args.methods:
         for seed in seeds:
             if method == OPTUNA_METHOD:
-                runs[method].append(optuna_replay(space, table, seed, budget))
+                run = optuna_replay(space, table, seed, budget)
             else:
-                runs[method].append(direct_replay(space, table, method, seed, budget, storage / f"{method}-{seed}"))
+                run = direct_replay(space, table, method, seed, budget, storage / f"{method}-{seed}")
+            runs[method].append({key: value for key, value in run.items() if key != "reports"})  # kept small
     return {"summary": summarize(runs, budget, table.best_final), "runs": runs}
 
 
