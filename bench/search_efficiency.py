@@ -70,27 +70,33 @@ class EpochBudget(tune.Callback, Stopper):
 
 
 def method_space(space: Space, method: str, seed: int, budget: int) -> Space:
-    """The space as one method searches it with one searcher seed; as many samples as the budget could use."""
-    if method == "asha_tpe":
-        searcher, scheduler = space.searcher.model_copy(update={"seed": seed}), space.scheduler
-    else:
-        points = space.searcher.points_to_evaluate
-        searcher, scheduler = RandomSearch(seed=seed, points_to_evaluate=points), Fifo()
+    """The space as one method searches it with one searcher seed; as many samples as the budget could use.
+    `method`: <scheduler>_<sampler>, the space's own `asha` or `fifo` (no early stopping) and its own `tpe` or
+    Optuna's `random` sampler over the same distributions; `random` alone is fifo_random."""
+    scheduler, sampler = ("fifo", "random") if method == "random" else method.split("_")
+    points = space.searcher.points_to_evaluate
+    searcher = (
+        space.searcher.model_copy(update={"seed": seed})
+        if sampler == "tpe"
+        else RandomSearch(seed=seed, points_to_evaluate=points)
+    )
+    scheduler = space.scheduler if scheduler == "asha" else Fifo()
     return dataclasses.replace(space, searcher=searcher, scheduler=scheduler, num_samples=budget)
 
 
-def run_method(space: Space, arrays, budget: int, storage: Path) -> dict:
-    """One search of `space` until `budget` epochs are reported: its curve, epochs, trials and wall time."""
+def run_method(space: Space, trainable, budget: int, storage: Path, counter: EpochBudget | None = None) -> dict:
+    """One search of `space` with `trainable` until `budget` epochs are reported: its curve, epochs, trials and
+    wall time; `counter` (an EpochBudget) keeps what it records."""
     from tuner.ray_adaptations.asha import make_trial_scheduler
-    from tuner.search import space_searcher, trainable_for
+    from tuner.search import space_searcher
 
-    counter = EpochBudget(budget, space.metric, space.mode)
+    counter = counter or EpochBudget(budget, space.metric, space.mode)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per in-memory study
     # a trial the budget stopped before its first report has no result.json, which is no problem here
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     start = time.perf_counter()
     results = tune.Tuner(
-        trainable_for(space, arrays),
+        trainable,
         tune_config=tune.TuneConfig(
             search_alg=space_searcher(space, space.searcher.points_to_evaluate),
             scheduler=make_trial_scheduler(space),
@@ -302,14 +308,16 @@ def search_all(space: Space, arrays, budget: int, seeds: list[int], after_repeti
     Ray and the trials' folder are gone when it returns."""
     import ray
 
+    from tuner.search import trainable_for
+
     runs = {method: [] for method in METHODS}
     try:
         with tempfile.TemporaryDirectory(prefix="dt-search-efficiency-") as storage:
             for rep, seed in enumerate(seeds):
                 for method in METHODS:
-                    run = run_method(
-                        method_space(space, method, seed, budget), arrays, budget, Path(storage) / f"{method}-{rep}"
-                    )
+                    searched = method_space(space, method, seed, budget)
+                    folder = Path(storage) / f"{method}-{rep}"
+                    run = run_method(searched, trainable_for(searched, arrays), budget, folder)
                     print(
                         f"  {method} seed {seed}: {run['epochs']} epochs in {run['trials']} trials, "
                         f"best val_acc {run['final']}, {run['wall_s']} s",

@@ -57,6 +57,12 @@ PROGRESS_EVERY_S = 10
 
 
 def trainable_for(space: Space, arrays: dict, evaluate_test: bool = False):
+    return with_trial_resources(space, tune.with_parameters(train_trial, arrays=arrays, evaluate_test=evaluate_test))
+
+
+def with_trial_resources(space: Space, trainable):
+    """`trainable` (a function of a trial config) with the resources the space gives each trial."""
+
     def resources(config: dict) -> tune.PlacementGroupFactory:
         # a pipelined DGL trial (models/pipeline.py) runs its S stages as child processes: one bundle of S times the
         # per-trial share keeps them on one node and shows the trial all S GPUs (a placement group's later bundles
@@ -64,7 +70,6 @@ def trainable_for(space: Space, arrays: dict, evaluate_test: bool = False):
         stages = config.get("stages", 1)
         return tune.PlacementGroupFactory([{"CPU": space.resources.cpu * stages, "GPU": space.resources.gpu * stages}])
 
-    trainable = tune.with_parameters(train_trial, arrays=arrays, evaluate_test=evaluate_test)
     return tune.with_resources(trainable, resources)
 
 
