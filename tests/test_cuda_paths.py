@@ -190,7 +190,12 @@ def test_a_search_asking_for_gpus_this_machine_lacks_is_refused_before_any_trial
     space.write_text(PIPELINED_ON_GPUS.format(stages=2, gpu=0.5))
     data_dir = write_cifar_folder(tmp_path / "cifar", learnable_arrays(100, 20, seed=3))
     flags = ["--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"]
-    assert main(["--space", str(space), *flags, "--data-dir", str(data_dir)]) == 2
+    import ray
+
+    try:
+        assert main(["--space", str(space), *flags, "--data-dir", str(data_dir)]) == 2
+    finally:
+        ray.shutdown()  # the refusal comes once Ray is up in this process: leave none behind for later tests
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [
         "error: resources.gpu (--gpus-per-trial) 0.5: a trial of 2 stages asks Ray for 1 GPU on one node; the "
