@@ -178,11 +178,15 @@ def test_trials_ray_could_never_place_are_refused(tmp_path, stages, gpu, nodes, 
 
 
 @pytest.mark.slow
-def test_a_search_asking_for_gpus_this_machine_lacks_is_refused_before_any_trial(tmp_path, capsys):
-    # Ray would wait for them forever; the local Ray sees this machine's GPUs, none here
-    from fakedata import write_cifar_folder
+def test_a_search_asking_for_gpus_this_machine_lacks_is_refused_before_any_trial(tmp_path):
+    # Ray would wait for them forever; the local Ray sees this machine's GPUs, none here. A subprocess, since the
+    # refusal comes once Ray is up, and a Ray started in the test process would stay for the tests after it.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from tuner.run import main
+    from fakedata import write_cifar_folder
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -190,14 +194,17 @@ def test_a_search_asking_for_gpus_this_machine_lacks_is_refused_before_any_trial
     space.write_text(PIPELINED_ON_GPUS.format(stages=2, gpu=0.5))
     data_dir = write_cifar_folder(tmp_path / "cifar", learnable_arrays(100, 20, seed=3))
     flags = ["--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"]
-    import ray
-
-    try:
-        assert main(["--space", str(space), *flags, "--data-dir", str(data_dir)]) == 2
-    finally:
-        ray.shutdown()  # the refusal comes once Ray is up in this process: leave none behind for later tests
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [
+    root = str(Path(__file__).resolve().parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner.run", "--space", str(space), *flags, "--data-dir", str(data_dir)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
         "error: resources.gpu (--gpus-per-trial) 0.5: a trial of 2 stages asks Ray for 1 GPU on one node; the "
         "largest node Ray sees has 0"
     ]
