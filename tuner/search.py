@@ -52,7 +52,10 @@ from tuner.tracking import MLflowTracker
 from tuner.trial import build_trial, load_checkpoint, train_trial
 from tuner.warm_start import new_search_study
 
-CHECKPOINTS_KEPT = 1  # what resume needs; the best trial's last one is also what the test set is measured on
+# what resume needs: a trial deletes its older checkpoint as it saves a new one, before the driver's snapshot names
+# the new one, so a driver killed in between restores from the older one (measured: with 1, a SIGKILLed study's
+# trial could not be restored). The best trial's last one is also what the test set is measured on.
+CHECKPOINTS_KEPT = 2
 PROGRESS_EVERY_S = 10
 
 
