@@ -2,6 +2,8 @@
 the project's ASHA decides on those reports, and the direct replay (what the benchmark repeats) is the Tuner's
 search, result for result."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +36,31 @@ def synthetic_table(count: int = 40) -> CurveTable:
     return CurveTable({"space": SPACE.name}, tuple(curves))
 
 
+ALONE = "DT_REPLAY_ALONE"  # set when these tests run in a process of their own
+RAY_TESTS = (
+    "test_replayed_trials_report_the_recorded_curves_through_tune",
+    "test_asha_stops_replayed_trials_where_it_decides_and_the_direct_replay_is_the_tuners_search",
+)
+in_own_process = pytest.mark.skipif(
+    not os.environ.get(ALONE), reason="run by test_ray_replay_tests_in_their_own_process"
+)
+
+
+@pytest.mark.slow
+def test_ray_replay_tests_in_their_own_process():
+    """The tests below start a local Ray in the test process; Ray caches its auth config at import, so one started
+    after another test's (tests/test_machinery.py) cannot be reached: they run in a fresh pytest process."""
+    ids = [f"{__file__}::{name}" for name in RAY_TESTS]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ids],
+        env={**os.environ, ALONE: "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-3000:]
+
+
 @pytest.fixture(scope="module")
 def ray_started():
     import ray
@@ -53,6 +80,7 @@ def by_trial(reports) -> dict:
 
 
 @pytest.mark.slow
+@in_own_process
 def test_replayed_trials_report_the_recorded_curves_through_tune(ray_started, tmp_path):
     table = synthetic_table()
     run = ray_replay(SPACE, table, "random", seed=0, budget=30, storage=tmp_path / "fifo")
@@ -67,6 +95,7 @@ def test_replayed_trials_report_the_recorded_curves_through_tune(ray_started, tm
 
 
 @pytest.mark.slow
+@in_own_process
 def test_asha_stops_replayed_trials_where_it_decides_and_the_direct_replay_is_the_tuners_search(ray_started, tmp_path):
     table = synthetic_table()
     run = ray_replay(SPACE, table, "asha_tpe", seed=1, budget=30, storage=tmp_path / "asha")
