@@ -4,7 +4,7 @@ cannot download the dataset (bench/make_gpu_carry.sh uses it for bench/gpu_check
     python -m bench.cifar_subset --data-dir /path/to/cifar10 --out bench_out/gpu_carry --train 5000 --test 1000
 
 Train: the first train/5 images of each data_batch_i (the original order, so classes stay roughly balanced);
-test: the first `test` images of test_batch. tuner.data.load_arrays reads the result like any CIFAR-10 folder.
+test: the first `test` images of test_batch. tuner.trial.data.load_arrays reads the result like any CIFAR-10 folder.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m` does
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuner.data import BATCHES_FOLDER, META_FILE, TEST_FILES, TRAIN_FILES, check_folder, find_folder
 from tuner.errors import DataError
+from tuner.trial.data import BATCHES_FOLDER, META_FILE, TEST_FILES, TRAIN_FILES, check_folder, find_folder
 
 
 def _read(path: Path) -> dict:

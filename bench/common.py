@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from models.networks import build_network
 from models.registry import build_trainer
 from models.trainer_base import seed_process
-from tuner.data import Split
-from tuner.schema import resolve
+from tuner.config.schema import resolve
+from tuner.trial.data import Split
 
 
 def emit(row: dict, out=None) -> dict:
@@ -42,7 +42,7 @@ def synthetic_split(n: int, device, seed: int = 0) -> Split:
 
 
 def synthetic_arrays(n_train: int, n_test: int, seed: int = 0) -> dict:
-    """The same, as numpy arrays in tuner.data.load_arrays' format (what a Ray trial is handed)."""
+    """The same, as numpy arrays in tuner.trial.data.load_arrays' format (what a Ray trial is handed)."""
     rng = np.random.default_rng(seed)
     return {
         "train_x": rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8),
@@ -139,7 +139,7 @@ def summary(values: list[float], digits: int = 3) -> dict:
 
 def report_collector():
     """A Tune callback that keeps every trial report as the driver receives it, with the trial's id and the
-    driver's clock (result files are off: tuner.cluster sets TUNE_DISABLE_AUTO_CALLBACK_LOGGERS)."""
+    driver's clock (result files are off: tuner.search.ray_cluster sets TUNE_DISABLE_AUTO_CALLBACK_LOGGERS)."""
     from ray import tune
 
     class Collect(tune.Callback):

@@ -13,7 +13,7 @@ import torch
 
 from bench.common import bench_config, emit, summary, synthetic_split, timed_epoch
 from models.registry import build_trainer
-from tuner.device import limit_threads, pick_device
+from tuner.trial.device import limit_threads, pick_device
 
 
 def _training_work(cfg: dict, warmup_steps: int, seed: int):

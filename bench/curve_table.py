@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.space import Dimension, same
+from tuner.config.space import Dimension, same
 
 
 @dataclass(frozen=True)

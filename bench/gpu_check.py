@@ -10,7 +10,7 @@ JSON line on stdout and in OUT/gpu_check.jsonl, by its `bench` key:
                host_syncs_per_epoch, the times a 20-step epoch made the host wait for the GPU (sync debug mode)
   variant      backprop at batch 512 without cudnn.benchmark (the trainers turn it on), and with compile=True
   concurrency  1, 2, 4 dgl trials (processes) sharing the GPU at batch 128: total images/s
-  search       a 4-trial Ray Tune search (tuner.trial.train_trial) at 0.25 GPU per trial, 2 epochs, on the
+  search       a 4-trial Ray Tune search (tuner.trial.trainable.train_trial) at 0.25 GPU per trial, 2 epochs, on the
                CIFAR-10 folder given with --data-dir (random images without one): per-trial images/s and val_acc,
                wall time, peak device memory in use
   extra        dgl at batch 128 with compile=True, only if the time budget has room left

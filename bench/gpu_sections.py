@@ -7,7 +7,7 @@ from __future__ import annotations
 from bench.gpu_probes import measure, peak_tflops, training_flops_per_image
 from bench.gpu_sharing import dgl_config, section_concurrency, section_search
 from models.registry import TRAINERS
-from tuner.schema import resolve
+from tuner.config.schema import resolve
 
 
 def section_peak(rows, s: dict, device, args) -> None:

@@ -10,9 +10,9 @@ import time
 from bench.common import fit_in_temp_storage, synthetic_arrays
 from bench.concurrency import run_concurrent
 from bench.gpu_probes import DeviceMemoryPoller
-from tuner.data import load_arrays
+from tuner.config.schema import resolve
 from tuner.errors import DataError, error_line
-from tuner.schema import resolve
+from tuner.trial.data import load_arrays
 
 SEARCH_LRS = [0.01, 0.02, 0.05, 0.1]
 
@@ -69,8 +69,8 @@ def section_search(emit, s: dict, device, data_dir: str | None, dry: bool) -> No
             }
         )
         return
-    from tuner.cluster import init_ray
-    from tuner.trial import train_trial
+    from tuner.search.ray_cluster import init_ray
+    from tuner.trial.trainable import train_trial
 
     arrays, source = search_arrays(data_dir, dry)
     base = dgl_config(

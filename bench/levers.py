@@ -13,11 +13,11 @@ import json
 import sys
 import time
 
-from tuner.device import limit_threads
-from tuner.metric_names import block_accuracies
-from tuner.schema import resolve
+from tuner.config.schema import resolve
 from tuner.text import markdown_table
 from tuner.train import train
+from tuner.trial.device import limit_threads
+from tuner.trial.metric_names import block_accuracies
 
 # The write-up's optimisation (AlonNT/Thesis main.py defaults: SGD lr 0.005, momentum 0.9 without Nesterov, weight
 # decay 1e-5, batch 64; utils.py train_model keeps the lr constant). The other rows share the project's defaults.

@@ -16,7 +16,7 @@
 #                         Ray the check never imports (Java jars, RLlib, Serve, LLM), re-packed with xz.
 #                         gpu_check.sh unpacks it to /tmp/dt-site and puts that first on PYTHONPATH, so a machine
 #                         holding torch and nothing else runs every section.
-# Optuna and MLflow are not included: the check drives Tune directly (tune.Tuner over tuner.trial.train_trial),
+# Optuna and MLflow are not included: the check drives Tune directly (tune.Tuner over tuner.trial.trainable.train_trial),
 # the path whose speed matters; the searcher and the tracker run in the driver, not in the trials.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -37,8 +37,8 @@ from bench.common import bench_config, emit, summary, synthetic_split, timed_epo
 from models.networks import CFGS
 from models.pipeline import REBALANCE_AFTER_STEPS
 from models.registry import build_trainer
+from tuner.config.schema import check_value
 from tuner.errors import ConfigError
-from tuner.schema import check_value
 
 SECTIONS = ("cpu", "gpu")
 QUICK = {"model": "vgg16", "width": 0.25, "batch_size": 128, "steps": 8, "warmup_steps": 2, "rounds": 3, "cores": 2}

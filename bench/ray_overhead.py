@@ -10,8 +10,8 @@ import torch
 
 from bench.common import PlainLoop, bench_config, emit, fit_in_temp_storage, summary, synthetic_arrays, timed_epoch
 from models.registry import build_trainer
-from tuner.device import limit_threads
 from tuner.errors import error_line
+from tuner.trial.device import limit_threads
 
 
 def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device, threads, out=None) -> list[dict]:
@@ -19,10 +19,10 @@ def bench_ray(model, trainer, width, batch_size, epochs, images, rounds, device,
     import ray
     from ray import tune
 
-    from tuner.cluster import init_ray
-    from tuner.data import make_splits
-    from tuner.epoch import run_epoch
-    from tuner.trial import train_trial
+    from tuner.search.ray_cluster import init_ray
+    from tuner.trial.data import make_splits
+    from tuner.trial.epoch import run_epoch
+    from tuner.trial.trainable import train_trial
 
     val_size = max(100, images // 10)
     arrays = synthetic_arrays(images + val_size, 100)

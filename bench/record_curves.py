@@ -50,7 +50,7 @@ def header(space, threads: int) -> dict:
     import optuna
     import torch
 
-    from tuner.search import code_version
+    from tuner.search.driver import code_version
 
     return {
         "space": space.name,
@@ -69,7 +69,7 @@ def header(space, threads: int) -> dict:
         "nice": os.nice(0),
         "per_epoch": {
             "val_acc": "validation accuracy after the epoch (what a search ranks by)",
-            "epoch_s": "wall seconds of the epoch: training plus validation (tuner/epoch.py's epoch_s)",
+            "epoch_s": "wall seconds of the epoch: training plus validation (tuner/trial/epoch.py's epoch_s)",
             "cpu_s": "CPU seconds this process used in the epoch: the cost with the load of others taken out",
         },
     }
@@ -104,9 +104,9 @@ def read_table(path: Path) -> tuple[dict | None, dict[int, dict]]:
 def record_one(space, params: dict, arrays: dict) -> dict:
     """Train one config for all its epochs; its per-epoch curve."""
     from models.registry import build_trainer
-    from tuner.data import make_splits
-    from tuner.epoch import run_epoch, steps_per_epoch
-    from tuner.schema import resolve
+    from tuner.config.schema import resolve
+    from tuner.trial.data import make_splits
+    from tuner.trial.epoch import run_epoch, steps_per_epoch
 
     cfg = resolve({**space.fixed, **params})
     start = time.perf_counter()
@@ -136,9 +136,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from tuner.device import limit_threads
+    from tuner.config.space_file import load_space
     from tuner.errors import UserError
-    from tuner.space_file import load_space
+    from tuner.trial.device import limit_threads
 
     args = parse_args(argv)
     try:
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
             head = tables[space.name][0]
             if head is not None and head["space_yaml"] != space.text:
                 raise UserError(f"{files[space.name]}: was recorded from another version of {space.path}")
-        from tuner.data import load_arrays
+        from tuner.trial.data import load_arrays
 
         arrays = load_arrays(args.data_dir)
     except UserError as error:

@@ -2,7 +2,7 @@
 proposed config the curve recorded for its nearest recorded config (bench/curve_table.py) instead of training.
 
 The Tuner, its ASHA scheduler and its Optuna searcher are built by the functions a real search builds them with
-(`bench/search_efficiency.run_method`: `tuner.search.space_searcher`, `make_trial_scheduler`,
+(`bench/search_efficiency.run_method`: `tuner.search.driver.space_searcher`, `make_trial_scheduler`,
 `with_trial_resources`), so the decisions measured are this code's. A replayed epoch costs no time; each report
 carries the CPU seconds the epoch took when it was recorded, which is the benchmark's time axis.
 """
@@ -19,15 +19,16 @@ from ray.tune.schedulers import TrialScheduler
 
 from bench.curve_table import Curve, CurveTable
 from bench.search_efficiency import EpochBudget, method_space, run_method
-from tuner.space import Space
+from tuner.config.space import Space
 
 RAY_METHODS = ("asha_tpe", "asha_random", "fifo_tpe", "random")  # bench/search_efficiency.method_space's names
 OPTUNA_METHOD = "optuna_sha_tpe"  # Optuna's TPE with its own successive-halving pruner, no Ray
 
 
 def replay_trial(config: dict, table: CurveTable, space: Space) -> None:
-    """The Ray trainable: report the nearest recorded config's curve epoch by epoch, marked as tuner/trial.py marks
-    a live trial's results (`finished` on the last epoch, `diverged` once, then return)."""
+    """The Ray trainable: report the nearest recorded config's curve epoch by epoch, marked as
+    tuner/trial/trainable.py marks a live trial's results (`finished` on the last epoch, `diverged` once, then
+    return)."""
     curve = table.nearest(config, space.params)
     for epoch, metrics in enumerate(epoch_results(curve, config["epochs"]), start=1):
         tune.report(metrics)
@@ -82,7 +83,7 @@ def searched_space(space: Space, method: str, seed: int, budget: int) -> Space:
 
 def ray_replay(space: Space, table: CurveTable, method: str, seed: int, budget: int, storage: Path) -> dict:
     """One search of the table by a Ray method until `budget` epochs are reported: a real Tuner.fit()."""
-    from tuner.search import with_trial_resources
+    from tuner.search.driver import with_trial_resources
 
     searched = searched_space(space, method, seed, budget)
     counter = ReplayBudget(budget, space.metric, space.mode)
@@ -99,7 +100,7 @@ def direct_replay(space: Space, table: CurveTable, method: str, seed: int, budge
     scheduler.on_trial_complete and searcher.on_trial_complete). No actors, no files but ASHA's own state: ~100x
     faster, and the same curve as ray_replay for the same seed (tests/test_replay.py checks both)."""
     from tuner.ray_adaptations.asha import make_trial_scheduler
-    from tuner.search import space_searcher
+    from tuner.search.driver import space_searcher
 
     searched = searched_space(space, method, seed, budget)
     scheduler, searcher = make_trial_scheduler(searched), space_searcher(searched, searched.searcher.points_to_evaluate)
@@ -144,7 +145,7 @@ def optuna_replay(space: Space, table: CurveTable, seed: int, budget: int) -> di
     Ray search cannot take an Optuna pruner): the same budget, best-so-far rule and nearest-config mapping."""
     import optuna
 
-    from tuner.space import make_sampler
+    from tuner.config.space import make_sampler
 
     searched = method_space(space, "asha_tpe", seed, budget)
     asha = space.scheduler

@@ -29,14 +29,14 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.stopper import Stopper
 
-from tuner.cluster import init_ray
+from tuner.config.schema import Fifo, RandomSearch
+from tuner.config.space import Space
 from tuner.errors import SetupError, UserError, one_line
 from tuner.outcome import trial_outcome
 from tuner.ranking import best_trial, final_score
 from tuner.ray_adaptations.environment import prepare_environment
 from tuner.ray_adaptations.interrupts import sigterm_as_ctrl_c
-from tuner.schema import Fifo, RandomSearch
-from tuner.space import Space
+from tuner.search.ray_cluster import init_ray
 
 DEFAULT_SPACE = Path(__file__).with_name("search_efficiency.yaml")
 METHODS = ("asha_tpe", "random")
@@ -88,7 +88,7 @@ def run_method(space: Space, trainable, budget: int, storage: Path, counter: Epo
     """One search of `space` with `trainable` until `budget` epochs are reported: its curve, epochs, trials and
     wall time; `counter` (an EpochBudget) keeps what it records."""
     from tuner.ray_adaptations.asha import make_trial_scheduler
-    from tuner.search import space_searcher
+    from tuner.search.driver import space_searcher
 
     counter = counter or EpochBudget(budget, space.metric, space.mode)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per in-memory study
@@ -106,7 +106,7 @@ def run_method(space: Space, trainable, budget: int, storage: Path, counter: Epo
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            # result.json per trial, which Tune's ResultGrid reads back (as in tuner/search.py)
+            # result.json per trial, which Tune's ResultGrid reads back (as in tuner/search/driver.py)
             name=storage.name,
             storage_path=str(storage.parent),
             stop=counter,
@@ -234,7 +234,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def checked_space(name: str) -> Space:
-    from tuner.space_file import load_space
+    from tuner.config.space_file import load_space
 
     space = load_space(name)
     if space.scheduler.type != "asha" or space.searcher.type != "optuna_tpe":
@@ -248,7 +248,7 @@ def checked_space(name: str) -> Space:
 def check_run(run_id: str, uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tuner.locations import limit_mlflow_http
+    from tuner.tracking.locations import limit_mlflow_http
 
     limit_mlflow_http(max_retries=0, timeout_s=10)
     try:
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
             raise SetupError(f"--budget-epochs {budget}, --repetitions {args.repetitions}: must be integers >= 1")
         if args.log_to_run:
             check_run(args.log_to_run, args.mlflow_uri)
-        from tuner.data import load_arrays
+        from tuner.trial.data import load_arrays
 
         arrays = load_arrays(args.data_dir)
         init_ray()  # local; search_all shuts it down
@@ -308,7 +308,7 @@ def search_all(space: Space, arrays, budget: int, seeds: list[int], after_repeti
     Ray and the trials' folder are gone when it returns."""
     import ray
 
-    from tuner.search import trainable_for
+    from tuner.search.driver import trainable_for
 
     runs = {method: [] for method in METHODS}
     try:

@@ -25,8 +25,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.curve_table import CurveTable, describe, load_table
 from bench.replay import OPTUNA_METHOD, RAY_METHODS, direct_replay, optuna_replay, ray_replay
 from bench.replay_report import plot, summarize, text_rows
+from tuner.config.space import Space
 from tuner.errors import UserError
-from tuner.space import Space
 
 CURVES = Path(__file__).with_name("curves")
 DEFAULT_TABLES = [str(CURVES / "dgl_small.jsonl"), str(CURVES / "bp_small.jsonl")]
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def table_and_space(path: str) -> tuple[CurveTable, Space]:
-    from tuner.space_file import load_space
+    from tuner.config.space_file import load_space
 
     try:
         table = load_table(Path(path))
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     start, results = time.perf_counter(), {}
     with tempfile.TemporaryDirectory(prefix="dt-search-replay-") as storage:
         if args.check_ray:
-            from tuner.cluster import init_ray
+            from tuner.search.ray_cluster import init_ray
 
             ray_start = time.perf_counter()
             init_ray(num_cpus=2)

@@ -9,7 +9,7 @@ Rows, by their `bench` key:
                round the trainers take turns, so a busy neighbour slows all of them alike.
   vs_backprop  each method's time per image over backprop's on the same network, paired round by round: the cost of
                aux heads / synthetic-gradient modules. `plain` over backprop is the cost of our trainer machinery.
-  ray          the same trainer inside a Ray Tune trial (tuner.trial.train_trial, its reported images_per_s on
+  ray          the same trainer inside a Ray Tune trial (tuner.trial.trainable.train_trial, its reported images_per_s on
                warm epochs) against the same trainer outside Ray and the plain loop, same threads, same data; and
                what Tune adds to every epoch (report + checkpoint), in seconds.
   concurrency  total images/s with 1, 2, 4 trials at once on one device, each its own process, as Ray runs them;
@@ -36,9 +36,9 @@ from bench.ray_overhead import bench_ray
 from bench.trainer_speed import bench_trainers
 from models.networks import CFGS
 from models.registry import TRAINERS
-from tuner.device import limit_threads, pick_device
+from tuner.config.schema import check_value
 from tuner.errors import ConfigError
-from tuner.schema import check_value
+from tuner.trial.device import limit_threads, pick_device
 
 SECTIONS = ("trainers", "ray", "concurrency")
 

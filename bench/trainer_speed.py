@@ -8,7 +8,7 @@ import statistics
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.common import bench_config, emit, make_runner, summary, synthetic_split, timed_epoch
-from tuner.data import Split
+from tuner.trial.data import Split
 
 
 class _CountOps(TorchDispatchMode):

@@ -16,8 +16,8 @@ their state at the start of every epoch; nothing lives only in them between epoc
 Transport: torch.multiprocessing (spawn). Between CPU stages a link is a few slots of shared memory made once
 (`Link`); where a stage is on a GPU, activations travel on queues by CUDA IPC. An activation is never serialised,
 and it is the least code that spans the cores and GPUs of one machine. Stages do not span machines: a trial's stages
-share a node (tuner/search.py asks Ray for them as one bundle). A stage that dies, raises or stalls fails the epoch
-with PipelineError, and every stage is stopped; a stage whose parent is gone exits by itself, so nothing is left
+share a node (tuner/search/driver.py asks Ray for them as one bundle). A stage that dies, raises or stalls fails the
+epoch with PipelineError, and every stage is stopped; a stage whose parent is gone exits by itself, so nothing is left
 behind.
 """
 

@@ -11,7 +11,7 @@ TRAINERS = {"backprop": Backprop, "dgl": DGL, "dni": DNI, "cdni": CDNI}
 
 
 def build_trainer(cfg, device, steps_per_epoch: int) -> Trainer:
-    """`cfg` is a tuner.schema.TrialConfig; DGL with `stages` > 1 runs as a pipeline of processes."""
+    """`cfg` is a tuner.config.schema.TrialConfig; DGL with `stages` > 1 runs as a pipeline of processes."""
     if cfg.trainer == "dgl" and cfg.stages > 1:
         return PipelinedDGL(cfg, device, steps_per_epoch)
     return TRAINERS[cfg.trainer](cfg, device, steps_per_epoch)

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from models.registry import build_trainer
-from tuner.epoch import steps_per_epoch
+from tuner.config.schema import resolve
 from tuner.ray_adaptations.snapshots import RAY_SNAPSHOT
-from tuner.schema import resolve
-from tuner.search_folder import RESUME_DIR
+from tuner.search.folder import RESUME_DIR
+from tuner.trial.epoch import steps_per_epoch
 
 
 def small_trainer(data, **config):
@@ -45,7 +45,7 @@ UNREAD_BY_DGL_PRED = {
 
 class Driver:
     """`python -m MODULE ARGS` in its own process group, as a terminal runs it (so Ctrl-C reaches Ray's processes
-    too), with the faults of tuner/trial.py's test hook; its output goes to `<name>.log`."""
+    too), with the faults of tuner/trial/trainable.py's test hook; its output goes to `<name>.log`."""
 
     def __init__(self, args, tmp_path, name, faults="", module="tuner.run"):
         self.log = tmp_path / f"{name}.log"

@@ -149,7 +149,7 @@ def forward_macs(modules, size: int = 32) -> tuple[list[int], int]:
 def test_training_flops_match_the_modules():
     from bench.gpu_probes import training_flops_per_image
     from models.registry import build_trainer
-    from tuner.schema import resolve
+    from tuner.config.schema import resolve
 
     cfg = resolve({"trainer": "backprop", "model": "vgg11", "width": 0.125, "num_blocks": 4, "aux_width": 64})
     network_flops, backprop_flops = training_flops_per_image(cfg)
@@ -289,7 +289,7 @@ def test_gpu_check_dry_run_with_search(tmp_path):
 
 def test_cifar_subset_keeps_the_layout_and_the_first_images(tmp_path):
     from bench.cifar_subset import main
-    from tuner.data import load_arrays
+    from tuner.trial.data import load_arrays
 
     arrays = learnable_arrays(500, 60, seed=4)
     write_cifar_folder(tmp_path / "full", arrays)

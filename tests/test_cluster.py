@@ -25,8 +25,8 @@ import pytest
 from fakedata import learnable_arrays, write_cifar_folder
 from helpers import local_store
 
-import tuner.cluster as cluster
-from tuner.search_folder import SearchRecord
+import tuner.search.ray_cluster as cluster
+from tuner.search.folder import SearchRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # ray and mlflow from this venv

@@ -10,7 +10,7 @@ from fakedata import learnable_arrays
 from helpers import small_trainer
 
 from models.pipeline_stage import blocks_state, load_blocks_state, run_stage
-from tuner.data import make_splits
+from tuner.trial.data import make_splits
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_a_checkpoint_loads_through_the_host(data, tmp_path):
     # host, Optimizer.load_state_dict moves what belongs on the trainer's device and leaves `step` on the CPU
     from ray import tune
 
-    from tuner.trial import load_checkpoint, save_checkpoint
+    from tuner.trial.trainable import load_checkpoint, save_checkpoint
 
     source = make(data, optimizer="adamw")
     source.train_epoch(data.train.batches(32, train=True, seed=0, epoch=0))
@@ -129,7 +129,7 @@ mode: max
 
 
 def gpu_space(tmp_path, stages: int, gpu: float):
-    from tuner.space_file import load_space
+    from tuner.config.space_file import load_space
 
     path = tmp_path / f"gpus-{stages}-{gpu}.yaml"
     path.write_text(PIPELINED_ON_GPUS.format(stages=stages, gpu=gpu))
@@ -166,7 +166,7 @@ def gpu_space(tmp_path, stages: int, gpu: float):
 )
 def test_trials_ray_could_never_place_are_refused(tmp_path, stages, gpu, nodes, refusal):
     from tuner.errors import SetupError
-    from tuner.search_start import check_gpu_placement
+    from tuner.search.opening import check_gpu_placement
 
     space = gpu_space(tmp_path, stages, gpu)
     if refusal is None:

@@ -8,7 +8,8 @@ import torch
 from fakedata import learnable_arrays, write_cifar_folder
 from torchvision.datasets import CIFAR10
 
-from tuner.data import (
+from tuner.errors import ConfigError
+from tuner.trial.data import (
     DataError,
     Split,
     augment,
@@ -18,7 +19,6 @@ from tuner.data import (
     stratified_split,
     stratified_subset,
 )
-from tuner.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DIR = Path(os.environ.get("CIFAR10_DIR", REPO / ".." / "shared" / "data"))

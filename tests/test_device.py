@@ -2,7 +2,7 @@
 
 import torch
 
-from tuner.device import limit_gpu_memory, limit_threads
+from tuner.trial.device import limit_gpu_memory, limit_threads
 
 
 def test_threads_follow_the_cpus_granted():

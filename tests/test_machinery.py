@@ -16,13 +16,13 @@ import pytest
 from helpers import UNREAD_BY_DGL_PRED
 from mlflow.tracking import MlflowClient
 
-from tuner.metric_names import block_metric
-from tuner.mlflow_views import applicable_params
+from tuner.config.keys import applicable_params
+from tuner.config.schema import KEYS, resolve
 from tuner.outcome import trial_outcome
-from tuner.parent_run import close_dangling_runs, finish_parent_run, reopen_run, start_parent_run
 from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch, make_searcher
-from tuner.schema import KEYS, resolve
-from tuner.tracking import MLflowTracker
+from tuner.tracking.parent_run import close_dangling_runs, finish_parent_run, reopen_run, start_parent_run
+from tuner.tracking.trial_runs import MLflowTracker
+from tuner.trial.metric_names import block_metric
 
 State = optuna.trial.TrialState
 

@@ -18,8 +18,8 @@ import models.losses
 from models.heads import SyntheticGradient
 from models.synthetic_gradients import DNI
 from models.trainers import DGL
-from tuner.data import make_splits
-from tuner.epoch import run_epoch
+from tuner.trial.data import make_splits
+from tuner.trial.epoch import run_epoch
 
 CHANCE = 0.25
 LEARNED = 0.8  # every block's validation accuracy must reach this (chance 0.25; frozen convolutions ~0.5)

@@ -12,8 +12,8 @@ from models.networks import CFGS, build_network, num_units
 from models.registry import build_trainer
 from models.synthetic_gradients import DNI
 from models.trainers import DGL
+from tuner.config.schema import resolve
 from tuner.errors import ConfigError
-from tuner.schema import resolve
 
 
 @pytest.mark.parametrize("name", list(CFGS))

@@ -22,9 +22,9 @@ from helpers import small_trainer
 from models.pipeline import PipelinedDGL, PipelineError
 from models.pipeline_stage import balanced_partition
 from models.trainers import DGL
-from tuner.data import make_splits
+from tuner.config.schema import resolve
 from tuner.errors import ConfigError
-from tuner.schema import resolve
+from tuner.trial.data import make_splits
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,8 +172,8 @@ PARENT = """
 import os, sys, json, signal
 sys.path.insert(0, "tests")
 from fakedata import learnable_arrays
-from tuner.schema import resolve
-from tuner.data import make_splits
+from tuner.config.schema import resolve
+from tuner.trial.data import make_splits
 from models.registry import build_trainer
 
 if __name__ == "__main__":
@@ -283,8 +283,8 @@ def test_a_pipelined_trial_runs_in_a_real_search(tmp_path):
     from fakedata import write_cifar_folder
     from mlflow.tracking import MlflowClient
 
-    from tuner.search import trainable_for
-    from tuner.space_file import load_space
+    from tuner.config.space_file import load_space
+    from tuner.search.driver import trainable_for
 
     space_file = tmp_path / "pipelined.yaml"
     space_file.write_text(PIPELINED_SPACE)

@@ -28,7 +28,7 @@ from tuner.ray_adaptations.asha import STATE_FILE, PersistentASHA
 from tuner.ray_adaptations.environment import QUIET_ENV, STATE_EVERY_STEP
 from tuner.ray_adaptations.interrupts import StopTrialsAtOnce
 from tuner.ray_adaptations.notices import INTERRUPT_NOTICES
-from tuner.search_folder import RESUME_DIR
+from tuner.search.folder import RESUME_DIR
 
 RAY = Path(ray.__file__).parent
 COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
@@ -190,7 +190,7 @@ def test_ray_workers_take_sigint_and_tune_waits_10_s():
 
 WORKER_SIGINT_CHECK = """
 import signal, ray
-from tuner.cluster import init_ray
+from tuner.search.ray_cluster import init_ray
 
 @ray.remote(num_cpus=0)
 def handler():

@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT))  # bench/ is not an installed package
 from bench.curve_table import Curve, CurveTable  # noqa: E402
 from bench.record_curves import sampled_configs  # noqa: E402
 from bench.replay import ReplayedTrial, direct_replay, ray_replay  # noqa: E402
+from tuner.config.space_file import load_space  # noqa: E402
 from tuner.ray_adaptations.asha import make_trial_scheduler  # noqa: E402
-from tuner.space_file import load_space  # noqa: E402
 
 SPACE = load_space(str(ROOT / "bench/curves/dgl_small.yaml"))  # 9 epochs; ASHA rungs at 1, 3, 9
 
@@ -65,7 +65,7 @@ def test_ray_replay_tests_in_their_own_process():
 def ray_started():
     import ray
 
-    from tuner.cluster import init_ray
+    from tuner.search.ray_cluster import init_ray
 
     init_ray(num_cpus=1)
     yield

@@ -17,11 +17,13 @@ pytest.importorskip("mlflow")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from tuner import locations, ranking, text  # noqa: E402
-from tuner.metric_names import SCHEDULED_LR, block_metric  # noqa: E402
-from tuner.report import cli, gaps, importance  # noqa: E402
-from tuner.report import store as report_store  # noqa: E402
-from tuner.schema import resolve  # noqa: E402
+from tuner import ranking, text  # noqa: E402
+from tuner.config.schema import resolve  # noqa: E402
+from tuner.report import __main__ as cli  # noqa: E402
+from tuner.report import gaps, importance  # noqa: E402
+from tuner.tracking import locations  # noqa: E402
+from tuner.tracking import reader as report_store  # noqa: E402
+from tuner.trial.metric_names import SCHEDULED_LR, block_metric  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -440,9 +442,9 @@ def test_ranking_skips_diverged_and_non_finite_and_breaks_ties_by_trial_id():
 
 def test_the_report_and_the_search_summary_rank_with_the_same_rule():
     import tuner.report.gaps
-    import tuner.search
+    import tuner.search.driver
 
-    assert tuner.search.rank is ranking.rank and tuner.report.gaps.best_trial is ranking.best_trial
+    assert tuner.search.driver.rank is ranking.rank and tuner.report.gaps.best_trial is ranking.best_trial
 
 
 def test_sqlite_locations(tmp_path, monkeypatch):

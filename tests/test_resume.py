@@ -1,7 +1,7 @@
 """Interrupted searches resume with nothing lost or duplicated; trials survive faults.
 
 The slow tests run the CLI in subprocesses on a generated CIFAR folder and interrupt it at moments chosen from
-real state, never from sleeps: the trial's test hook (DT_FAULT, tuner/trial.py) stalls a chosen trial at a
+real state, never from sleeps: the trial's test hook (DT_FAULT, tuner/trial/trainable.py) stalls a chosen trial at a
 chosen epoch and leaves a marker file holding its worker's pid; what the search has made durable is read from
 the resume snapshot (resume_state/ray_state.pkl) and from MLflow.
 """
@@ -20,12 +20,12 @@ from fakedata import learnable_arrays, write_cifar_folder
 from helpers import Driver, durable_trials, local_store, marker
 from mlflow.tracking import MlflowClient
 
-from tuner.parent_run import start_parent_run
+from tuner.config.settings import SearchSettings
 from tuner.ray_adaptations.asha import STATE_FILE, PersistentASHA
 from tuner.ray_adaptations.snapshots import install_ray_snapshot, save_ray_snapshot
-from tuner.search_folder import RESUME_DIR, SearchRecord, claim
-from tuner.settings import SearchSettings
-from tuner.tracking import MLflowTracker
+from tuner.search.folder import RESUME_DIR, SearchRecord, claim
+from tuner.tracking.parent_run import start_parent_run
+from tuner.tracking.trial_runs import MLflowTracker
 
 ENDED = ("completed", "stopped", "diverged", "failed")
 
@@ -128,7 +128,7 @@ def test_ray_state_is_copied_whole_and_put_back(tmp_path):
 
 def test_search_json_holds_the_settings_as_they_are(tmp_path, monkeypatch):
     from tuner.run import parse_args, settings_from_flags
-    from tuner.search_start import locate_resume
+    from tuner.search.opening import locate_resume
 
     monkeypatch.chdir(tmp_path)
     flags = ["--space", "dgl_quick", "--num-samples", "3", "--data-dir", "data", "--max-failures", "5"]

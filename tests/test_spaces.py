@@ -7,10 +7,10 @@ import optuna
 import pytest
 import yaml
 
+from tuner.config.schema import resolve
+from tuner.config.space import config_values, make_sampler
+from tuner.config.space_file import SPACES_DIR, find_space, list_spaces, load_space
 from tuner.errors import ConfigError, SpaceError
-from tuner.schema import resolve
-from tuner.space import config_values, make_sampler
-from tuner.space_file import SPACES_DIR, find_space, list_spaces, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -212,7 +212,7 @@ def test_optuna_knows_each_conditions_lr_apart(tmp_path):
 
 
 def test_the_searcher_gives_trials_config_keys_and_runs_the_points_first(tmp_path):
-    from tuner.search import space_searcher
+    from tuner.search.driver import space_searcher
 
     path = tmp_path / "per_optimizer.yaml"
     path.write_text(per_optimizer(ADAMW_LR, SGD_LR))

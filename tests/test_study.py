@@ -13,12 +13,12 @@ import pytest
 from fakedata import learnable_arrays, write_cifar_folder
 from mlflow.tracking import MlflowClient
 
-from tuner import study as study_cli
-from tuner.report.store import Trial
-from tuner.study_file import load_study
-from tuner.study_results import Candidate, blocks_rows, confirm_configs, pick_candidates
-from tuner.study_start import halving_epochs
-from tuner.study_tables import accuracy_rows, mean_std, welch_interval
+from tuner.config.study_file import load_study
+from tuner.study import __main__ as study_cli
+from tuner.study.opening import halving_epochs
+from tuner.study.results import Candidate, blocks_rows, confirm_configs, pick_candidates
+from tuner.study.tables import accuracy_rows, mean_std, welch_interval
+from tuner.tracking.reader import Trial
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def test_resume_without_an_unfinished_study_is_one_line(tmp_path, capsys):
 def test_resuming_an_edited_study_is_one_line_and_names_the_file(tmp_path, capsys):
     from argparse import Namespace
 
-    from tuner.study_start import locate
+    from tuner.study.opening import locate
 
     path, storage = tmp_path / "tiny.yaml", tmp_path / "runs"
     path.write_text(TINY_STUDY)
@@ -185,7 +185,7 @@ def test_the_shipped_studies_load_and_the_gpu_plan_states_its_cost(capsys):
 
 
 def test_halving_epochs_per_trial_by_hand():
-    from tuner.schema import Asha, Fifo
+    from tuner.config.schema import Asha, Fifo
 
     # rungs 10, 30, 90, then max_t 100: all trials run 10 epochs, 1/3 run 20 more, 1/9 run 60 more, 1/27 run 10 more
     assert halving_epochs(Asha(max_t=100, grace_period=10, reduction_factor=3), 100) == pytest.approx(
@@ -226,7 +226,7 @@ def test_measuring_the_test_split_every_epoch_leaves_training_as_it_was(monkeypa
     (the same seed gives the same validation accuracy), or confirm and search would disagree by construction."""
     from types import SimpleNamespace
 
-    import tuner.trial as trial
+    import tuner.trial.trainable as trial
 
     arrays = learnable_arrays(300, 50, seed=0)
     config = {"trainer": "dgl", "model": "basiccnn", "width": 0.125, "aux_width": 32, "epochs": 2, "batch_size": 32}
@@ -291,7 +291,7 @@ def test_a_confirm_seed_that_did_not_finish_every_epoch_is_not_counted(monkeypat
     """Seed 3 diverged at epoch 2 (its curve keeps epoch 1's finite value): it is listed, not counted as a seed."""
     from types import SimpleNamespace
 
-    import tuner.study_results as results
+    import tuner.study.results as results
 
     config = {"trainer": "dgl", "epochs": 2, "lr": 0.1}
     candidate = Candidate("dgl", "dgl", "t", 0.5, {**config, "seed": 0}, 0, [1, 2, 3])
@@ -376,7 +376,7 @@ def test_tiny_study_end_to_end_into_mlflow_and_the_report(tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]
     assert "study.md" in {a.path for a in client.list_artifacts(study.info.run_id)}
 
-    from tuner.report.cli import run_report
+    from tuner.report.__main__ import run_report
 
     assert run_report(uri, ["tiny"], tmp_path / "report", log_artifacts=False) == 0
     report = (tmp_path / "report" / "report.md").read_text()

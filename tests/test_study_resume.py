@@ -1,8 +1,8 @@
 """A study killed during an arm's search and again during its confirm stage resumes with nothing lost or duplicated.
 
 The CLI runs in subprocesses on a generated CIFAR folder; the driver is killed at moments chosen from real state
-(tuner/trial.py's DT_FAULT hook stalls a trial at its second epoch, after its first checkpoint, and leaves a marker
-file), never from sleeps.
+(tuner/trial/trainable.py's DT_FAULT hook stalls a trial at its second epoch, after its first checkpoint, and
+leaves a marker file), never from sleeps.
 """
 
 import json
@@ -15,9 +15,9 @@ from helpers import Driver, durable_trials, local_store
 from mlflow.tracking import MlflowClient
 from test_study import TINY_STUDY
 
-from tuner.report.store import read_artifact
-from tuner.search_folder import SearchRecord
-from tuner.study_start import StudyRecord
+from tuner.search.folder import SearchRecord
+from tuner.study.opening import StudyRecord
+from tuner.tracking.reader import read_artifact
 
 STUDY = TINY_STUDY.replace("  repetitions: 2\n", "")  # one repetition: each arm's search once
 assert STUDY != TINY_STUDY

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 from fakedata import learnable_arrays
 
-import tuner.search
-import tuner.trial as trial
-from tuner.data import Split, make_splits
+import tuner.search.driver
+import tuner.trial.trainable as trial
+from tuner.trial.data import Split, make_splits
 
 SEALED = {"open": False, "reads": 0}
 
@@ -69,7 +69,7 @@ def test_a_trial_never_reads_the_test_split_and_the_final_evaluation_does(monkey
 
     SEALED["open"] = True
     best = SimpleNamespace(config=config, checkpoint=trial.tune.Checkpoint.from_directory(str(reports[-1][1])))
-    accuracy = tuner.search.best_test_accuracy(best, arrays)
+    accuracy = tuner.search.driver.best_test_accuracy(best, arrays)
     assert 0.0 <= accuracy <= 1.0 and SEALED["reads"] > 0
 
 

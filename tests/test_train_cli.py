@@ -7,8 +7,8 @@ import sys
 import pytest
 from fakedata import learnable_arrays, write_cifar_folder
 
-from tuner.metric_names import block_metric
 from tuner.train import main
+from tuner.trial.metric_names import block_metric
 
 
 @pytest.fixture(scope="module")

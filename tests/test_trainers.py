@@ -9,9 +9,9 @@ from fakedata import learnable_arrays
 from helpers import small_trainer
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tuner.data import make_splits
-from tuner.epoch import run_epoch
-from tuner.metric_names import block_accuracies
+from tuner.trial.data import make_splits
+from tuner.trial.epoch import run_epoch
+from tuner.trial.metric_names import block_accuracies
 
 
 @pytest.fixture(scope="module")

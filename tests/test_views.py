@@ -13,11 +13,13 @@ from helpers import UNREAD_BY_DGL_PRED
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle
 
-from tuner import mlflow_views, optuna_storage
-from tuner.metric_names import block_accuracies, block_metric, is_block_metric
-from tuner.progress import ProgressLine, clock, eta_seconds, progress_line
+from tuner.config.keys import applicable_params
+from tuner.config.schema import resolve
 from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch
-from tuner.schema import resolve
+from tuner.search import optuna_storage
+from tuner.search.progress import ProgressLine, clock, eta_seconds, progress_line
+from tuner.tracking import views as mlflow_views
+from tuner.trial.metric_names import block_accuracies, block_metric, is_block_metric
 
 
 def test_block_metrics_sort_in_depth_order_in_their_own_section():
@@ -58,13 +60,13 @@ def test_links_open_the_ranked_trials_in_the_model_training_view():
 def test_only_the_params_a_trial_reads_are_logged():
     defaults = resolve().model_dump()
     dgl_pred = {**defaults, "trainer": "dgl", "local_loss": "pred"}
-    assert set(mlflow_views.applicable_params(dgl_pred)) == set(defaults) - UNREAD_BY_DGL_PRED
-    assert "aux_convs" in mlflow_views.applicable_params({**dgl_pred, "aux_head": "conv"})
-    assert "sg_kernel" in mlflow_views.applicable_params({**defaults, "trainer": "dni"})
-    assert "sim_weight" in mlflow_views.applicable_params({**dgl_pred, "local_loss": "predsim"})
-    backprop = mlflow_views.applicable_params({**defaults, "trainer": "backprop", "local_loss": "predsim"})
+    assert set(applicable_params(dgl_pred)) == set(defaults) - UNREAD_BY_DGL_PRED
+    assert "aux_convs" in applicable_params({**dgl_pred, "aux_head": "conv"})
+    assert "sg_kernel" in applicable_params({**defaults, "trainer": "dni"})
+    assert "sim_weight" in applicable_params({**dgl_pred, "local_loss": "predsim"})
+    backprop = applicable_params({**defaults, "trainer": "backprop", "local_loss": "predsim"})
     assert not {"aux_head", "local_loss", "sim_weight", "num_blocks"} & set(backprop)
-    adamw_step = mlflow_views.applicable_params({**defaults, "optimizer": "adamw", "schedule": "step"})
+    adamw_step = applicable_params({**defaults, "optimizer": "adamw", "schedule": "step"})
     assert {"lr_step_epochs", "lr_gamma"} <= set(adamw_step) and not {"momentum", "nesterov"} & set(adamw_step)
 
 
@@ -234,7 +236,7 @@ def test_a_restored_searcher_takes_the_trials_from_the_storage_not_the_pickle(tm
 
 @pytest.mark.parametrize("with_blocks", [True, False])
 def test_block_figure_only_for_local_learning(tmp_path, with_blocks):
-    from tuner.publish import BLOCK_FIGURE, log_block_figure
+    from tuner.tracking.block_figure import BLOCK_FIGURE, log_block_figure
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = client.create_experiment("space", artifact_location=(tmp_path / "art").as_uri())

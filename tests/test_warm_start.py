@@ -7,14 +7,14 @@ import dataclasses
 import optuna
 import pytest
 
-from tuner import optuna_storage
+from tuner.config.settings import SearchSettings
+from tuner.config.space import make_sampler
+from tuner.config.space_file import load_space
 from tuner.ray_adaptations.honest_optuna import HonestOptunaSearch
 from tuner.run import main
-from tuner.search_folder import SearchRecord
-from tuner.settings import SearchSettings
-from tuner.space import make_sampler
-from tuner.space_file import load_space
-from tuner.warm_start import WarmStartError, load_warm_start, new_search_study
+from tuner.search import optuna_storage
+from tuner.search.folder import SearchRecord
+from tuner.search.warm_start import WarmStartError, load_warm_start, new_search_study
 
 
 def earlier_search(folder, space, lrs):
@@ -96,8 +96,8 @@ def earlier_mlflow_search(uri, space, trials):
     config.json, its val_acc per epoch and its dt.outcome. trials: (lr, outcome, [val_acc per epoch])."""
     from mlflow.tracking import MlflowClient
 
-    from tuner.parent_run import start_parent_run
-    from tuner.schema import resolve
+    from tuner.config.schema import resolve
+    from tuner.tracking.parent_run import start_parent_run
 
     client = MlflowClient(uri)
     parent = start_parent_run(client, "old", "old-search-1", {}, {}, space.text)

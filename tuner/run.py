@@ -11,12 +11,12 @@ import argparse
 import gc
 import sys
 
+from tuner.config.settings import SPACE_OVERRIDES, SearchSettings
+from tuner.config.space_file import list_spaces
 from tuner.errors import SetupError, UserError
-from tuner.locations import absolute_tracking_uri
-from tuner.optuna_storage import check_storage_url
 from tuner.ray_adaptations.environment import prepare_environment
-from tuner.search_folder import RECORD, resume_command
-from tuner.search_start import (
+from tuner.search.folder import RECORD, resume_command
+from tuner.search.opening import (
     absolute,
     add_shared_flags,
     check_storage_flag,
@@ -24,9 +24,9 @@ from tuner.search_start import (
     plan_text,
     preflight,
 )
-from tuner.settings import SPACE_OVERRIDES, SearchSettings
-from tuner.space_file import list_spaces
-from tuner.warm_start import run_id_of
+from tuner.search.optuna_storage import check_storage_url
+from tuner.search.warm_start import run_id_of
+from tuner.tracking.locations import absolute_tracking_uri
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         # checked before anything starts; the new study is seeded when the search starts. A resumed search's study
         # already holds those trials (it is seeded again only if it restarts before any trial was saved).
         if settings.warm_start and not args.resume:
-            from tuner.warm_start import load_warm_start
+            from tuner.search.warm_start import load_warm_start
 
             warm = load_warm_start(settings.warm_start, space, settings.warm_start_top, settings.mlflow_uri)
             print(warm.summary(), flush=True)
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
             print("\n--dry-run: nothing was started.")
             return 0
         preflight(folder, record.mlflow_uri)
-        from tuner.search import run_search  # heavy imports (Ray, torch) only once the plan stands
+        from tuner.search.driver import run_search  # heavy imports (Ray, torch) only once the plan stands
 
         return run_search(space, folder, record, bool(args.resume), settings)
     except UserError as error:

@@ -14,11 +14,11 @@ import sys
 import time
 
 from models.registry import build_trainer
-from tuner.data import load_arrays, make_splits
-from tuner.device import limit_threads, pick_device
-from tuner.epoch import evaluate_split, run_epoch, steps_per_epoch
+from tuner.config.schema import TrialConfig, parse_assignment, resolve
 from tuner.errors import ConfigError, DataError
-from tuner.schema import TrialConfig, parse_assignment, resolve
+from tuner.trial.data import load_arrays, make_splits
+from tuner.trial.device import limit_threads, pick_device
+from tuner.trial.epoch import evaluate_split, run_epoch, steps_per_epoch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-subset", type=int, help="a stratified, seeded subset of the training split")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--data-dir", help="a folder holding cifar-10-batches-py (default: ./data, downloaded)")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="any config key (tuner/schema.py)")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="any config key (tuner/config/schema.py)"
+    )
     parser.add_argument("--test", action="store_true", help="also evaluate the test set at the end")
     parser.add_argument("--threads", type=float, default=None, help="torch CPU threads (default: all cores)")
     return parser.parse_args(argv)

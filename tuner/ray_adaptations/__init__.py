@@ -32,8 +32,8 @@ installed Ray no longer does it (then drop or rework the adaptation). Everything
 6. Usage statistics, a new output engine that ignores our progress reporter, per-trial loggers: environment
    QUIET_ENV (no behaviour depends on it). test_the_settings_we_pass_are_read_by_ray
 
-Not here: the MLflow tracker's reconcile on resume (tuner/tracking.py) makes MLflow agree with the trials as Ray
-restored them; it answers a driver killed between two writes, not a Ray behaviour.
+Not here: the MLflow tracker's reconcile on resume (tuner/tracking/trial_runs.py) makes MLflow agree with the trials as
+Ray restored them; it answers a driver killed between two writes, not a Ray behaviour.
 
 Modules are imported one by one (nothing is re-exported here): a trial's process needs environment.py only.
 """

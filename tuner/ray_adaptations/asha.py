@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from tuner.search_folder import RESUME_DIR, atomic_save
+from tuner.ray_adaptations.snapshots import RESUME_DIR, atomic_save
 
 STATE_FILE = "asha_state.pkl"
 

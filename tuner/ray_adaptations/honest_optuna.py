@@ -15,8 +15,8 @@ failed -> FAIL (ignored by TPE). NaN never reaches `tell`.
 Restore. Tune restores a searcher by unpickling the object it saved (Tuner.restore rebuilds it from tuner.pkl, then
 `restore_from_dir` loads the last snapshot of its __dict__); no public hook builds it afresh. The pickle stays, for
 what exists only in it: Ray's trial id -> Optuna trial map, the sampler's random state and the define-by-run space.
-Everything Optuna knows about the trials is read back from the study's storage (tuner/optuna_storage.py), which is
-newer than any snapshot: see `_reopen_study`.
+Everything Optuna knows about the trials is read back from the study's storage (tuner/search/optuna_storage.py), which
+is newer than any snapshot: see `_reopen_study`.
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ def make_searcher(
     config_of=None,
 ) -> Searcher:
     """HonestOptunaSearch over `define_by_run(trial)`, wrapped in a ConcurrencyLimiter when max_concurrent is set.
-    storage/study_name: an Optuna storage to keep the study in (tuner/optuna_storage.py); None keeps it in memory.
+    storage/study_name: an Optuna storage to keep the study in (tuner/search/optuna_storage.py); None keeps it in
+    memory.
     config_of: Optuna's parameters -> a trial's config (points_to_evaluate are in Optuna's names)."""
     searcher = HonestOptunaSearch(
         space=define_by_run,

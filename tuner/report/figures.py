@@ -14,13 +14,12 @@ matplotlib.use("Agg")  # files only, never a window: the report runs on headless
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from tuner.metric_names import block_accuracies  # noqa: E402
 from tuner.report.gaps import MODELS, TRAINERS, in_order  # noqa: E402
 from tuner.report.importance import param_importances  # noqa: E402
 from tuner.text import plural  # noqa: E402
+from tuner.tracking.block_figure import plot_blocks, save_figure, trainer_color  # noqa: E402
+from tuner.trial.metric_names import block_accuracies  # noqa: E402
 
-# one colour per trainer, the same in every figure; backprop is the reference, so it is black
-TRAINER_COLORS = {"backprop": "black", "dgl": "tab:blue", "dni": "tab:orange", "cdni": "tab:green"}
 # how each trial outcome is marked in the search-history figure
 OUTCOME_MARKERS = {
     "completed": dict(marker="o", color="tab:blue"),
@@ -36,16 +35,6 @@ OUTCOME_LABELS = {
     "diverged": "diverged",
     "failed": "failed",
 }
-DPI = 110
-
-
-def trainer_color(trainer: str) -> str:
-    return TRAINER_COLORS.get(trainer, "tab:brown")
-
-
-def _save(fig, path) -> None:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
 
 
 def plot_curves(model: str, series: dict, path) -> None:
@@ -90,55 +79,7 @@ def plot_curves(model: str, series: dict, path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0))
     fig.suptitle(f"{model}: best trial of each trainer (CIFAR-10)", fontsize=13)
     fig.tight_layout(rect=(0, 0.01 + 0.035 * legend_rows, 1, 1))
-    _save(fig, path)
-
-
-def plot_blocks(
-    model: str, blocks: dict, backprop_val: float | None, backprop_label: str, path, title: str | None = None
-) -> None:
-    """Accuracy of each block's classifier at the final epoch, against depth.
-
-    blocks: {trainer: {"label": legend text, "val": [acc of block 1..K], "train": [acc of block 1..K] or []}};
-    block K is the network's own classifier. backprop_val: the best backprop trial's final val_acc (or None).
-    """
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    depth = 0
-    for trainer, b in blocks.items():
-        color = trainer_color(trainer)
-        val = b["val"]
-        depth = max(depth, len(val))
-        ax.plot(
-            range(1, len(val) + 1), [v * 100 for v in val], color=color, marker="o", label=f"{b['label']}: validation"
-        )
-        if b.get("train"):
-            train = b["train"]
-            ax.plot(
-                range(1, len(train) + 1),
-                [v * 100 for v in train],
-                color=color,
-                marker="o",
-                linestyle="--",
-                markerfacecolor="none",
-                label=f"{b['label']}: training",
-            )
-    if backprop_val is not None:
-        ax.axhline(
-            backprop_val * 100,
-            color=trainer_color("backprop"),
-            linestyle=":",
-            linewidth=1.5,
-            label=f"{backprop_label}: validation ({backprop_val * 100:.2f}%)",
-        )
-        low, high = ax.get_ylim()
-        ax.set_ylim(low, max(high, backprop_val * 100 + 0.06 * (high - low)))  # the reference line clear of the frame
-    ax.set_xticks(range(1, depth + 1))
-    ax.set_xlabel(f"block depth (block {depth} = the network's own classifier)")
-    ax.set_ylabel("accuracy of the block's classifier (%)")
-    ax.set_title(title or f"{model}: accuracy by block at the final epoch (best trial)")
-    ax.grid(alpha=0.3)
-    # below the axes: in the plot the legend covered the deepest blocks' points, where the curves end
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=9, frameon=False)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_history(experiment: str, trials: list, path, search_starts: tuple = ()) -> None:
@@ -187,7 +128,7 @@ def plot_history(experiment: str, trials: list, path, search_starts: tuple = ())
     ax.set_title(f"{experiment}: search history ({plural(len(trials), 'trial')})")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_importance(experiment: str, importances: dict, method: str, num_trials: int, path) -> None:
@@ -202,7 +143,7 @@ def plot_importance(experiment: str, importances: dict, method: str, num_trials:
         f"{experiment}: hyperparameter importance\n{method}, {plural(num_trials, 'completed trial')}", fontsize=11
     )
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # ---- which figures the data allows ----

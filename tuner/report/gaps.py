@@ -7,9 +7,9 @@ import time
 
 from models.networks import CFGS
 from models.registry import TRAINERS as TRAINER_CLASSES
+from tuner.config.schema import KEYS
 from tuner.ranking import best_trial, ran_every_epoch
-from tuner.report.store import Trial, load_searches, metric_history
-from tuner.schema import KEYS
+from tuner.tracking.reader import Trial, load_searches, metric_history
 
 # tables and figures list models and trainers in the registries' order
 MODELS = tuple(CFGS)
