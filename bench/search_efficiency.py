@@ -37,6 +37,7 @@ from tuner.ranking import best_trial, final_score
 from tuner.ray_adaptations.environment import prepare_environment
 from tuner.ray_adaptations.interrupts import sigterm_as_ctrl_c
 from tuner.search.ray_cluster import init_ray
+from tuner.tracking.store import DEFAULT_URI, connect, mlflow_client
 
 DEFAULT_SPACE = Path(__file__).with_name("search_efficiency.yaml")
 METHODS = ("asha_tpe", "random")
@@ -229,7 +230,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repetitions", type=int, default=3, help="searcher seeds: the space's seed, +1, ...")
     p.add_argument("--out", default="bench_out/search_efficiency", help="folder for the .json and .png")
     p.add_argument("--log-to-run", metavar="RUN_ID", help="log both files as artifacts of this MLflow run")
-    p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="tracking store of --log-to-run")
+    p.add_argument("--mlflow-uri", default=DEFAULT_URI, help="tracking store of --log-to-run")
     return p.parse_args(argv)
 
 
@@ -246,13 +247,8 @@ def checked_space(name: str) -> Space:
 
 
 def check_run(run_id: str, uri: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    from tuner.tracking.locations import limit_mlflow_http
-
-    limit_mlflow_http(max_retries=0, timeout_s=10)
     try:
-        MlflowClient(uri).get_run(run_id)
+        connect(uri, max_retries=0, timeout_s=10).get_run(run_id)
     except Exception as error:  # MLflow raises many types; the user needs one line
         raise SetupError(f"--log-to-run {run_id}: no such run in {uri} ({one_line(error)})") from None
 
@@ -295,10 +291,9 @@ def main(argv=None) -> int:
     reach = {method: data["epochs_to_reach_random_best"] for method, data in summary["methods"].items()}
     print(f"epochs to reach random's mean final best ({summary['target_val_acc']}): {reach}")
     if args.log_to_run:
-        from mlflow.tracking import MlflowClient
-
+        client = mlflow_client(args.mlflow_uri)
         for path in files:
-            MlflowClient(args.mlflow_uri).log_artifact(args.log_to_run, str(path))
+            client.log_artifact(args.log_to_run, str(path))
     print("\n".join(str(path) for path in files))
     return 0
 

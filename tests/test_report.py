@@ -21,8 +21,8 @@ from tuner import ranking, text  # noqa: E402
 from tuner.config.schema import resolve  # noqa: E402
 from tuner.report import __main__ as cli  # noqa: E402
 from tuner.report import gaps, importance  # noqa: E402
-from tuner.tracking import locations  # noqa: E402
 from tuner.tracking import reader as report_store  # noqa: E402
+from tuner.tracking import store as tracking_store  # noqa: E402
 from tuner.trial.metric_names import SCHEDULED_LR, block_metric  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def test_cli_runs_and_prints_compact_table(store):
 
 
 def test_table_has_one_row_per_model_and_trainer_and_the_recorded_gap(store):
-    client = report_store.connect(store["uri"])
+    client = tracking_store.connect(store["uri"])
     searches, best = gaps.collect(client)
     rows = gaps.gap_rows(best, searches)
     # models and trainers in the registries' order
@@ -447,14 +447,14 @@ def test_the_report_and_the_search_summary_rank_with_the_same_rule():
     assert tuner.search.driver.rank is ranking.rank and tuner.report.gaps.best_trial is ranking.best_trial
 
 
-def test_sqlite_locations(tmp_path, monkeypatch):
+def test_sqlite_store_locations(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert locations.sqlite_path("sqlite:///mlflow.db") == "mlflow.db"
-    assert locations.sqlite_path("sqlite:////srv/mlflow.db") == "/srv/mlflow.db"
-    assert locations.sqlite_path("http://host:5000") is None
-    assert locations.absolute_tracking_uri("sqlite:///a/mlflow.db") == f"sqlite:///{tmp_path}/a/mlflow.db"
-    assert locations.absolute_tracking_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
-    assert locations.absolute_tracking_uri("http://host:5000") == "http://host:5000"
+    assert tracking_store.sqlite_path("sqlite:///mlflow.db") == "mlflow.db"
+    assert tracking_store.sqlite_path("sqlite:////srv/mlflow.db") == "/srv/mlflow.db"
+    assert tracking_store.sqlite_path("http://host:5000") is None
+    assert tracking_store.absolute_tracking_uri("sqlite:///a/mlflow.db") == f"sqlite:///{tmp_path}/a/mlflow.db"
+    assert tracking_store.absolute_tracking_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
+    assert tracking_store.absolute_tracking_uri("http://host:5000") == "http://host:5000"
 
 
 def test_tables_align_columns_and_escape_markdown():

@@ -291,6 +291,8 @@ def test_a_confirm_seed_that_did_not_finish_every_epoch_is_not_counted(monkeypat
     """Seed 3 diverged at epoch 2 (its curve keeps epoch 1's finite value): it is listed, not counted as a seed."""
     from types import SimpleNamespace
 
+    from mlflow.store.entities.paged_list import PagedList
+
     import tuner.study.results as results
 
     config = {"trainer": "dgl", "epochs": 2, "lr": 0.1}
@@ -302,7 +304,7 @@ def test_a_confirm_seed_that_did_not_finish_every_epoch_is_not_counted(monkeypat
         curves[f"r{seed}"] = (curve, {**config, "seed": seed})
     client = SimpleNamespace(
         get_run=lambda run_id: SimpleNamespace(info=SimpleNamespace(experiment_id="0")),
-        search_runs=lambda *args, **kwargs: runs,
+        search_runs=lambda *args, **kwargs: PagedList(runs, None),  # one page
     )
     saved = results.save_candidates([candidate])
     artifacts = {("confirm", results.CANDIDATES): saved}

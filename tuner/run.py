@@ -26,7 +26,7 @@ from tuner.search.opening import (
 )
 from tuner.search.optuna_storage import check_storage_url
 from tuner.search.warm_start import run_id_of
-from tuner.tracking.locations import absolute_tracking_uri
+from tuner.tracking.store import absolute_tracking_uri
 
 
 def parse_args(argv=None) -> argparse.Namespace:

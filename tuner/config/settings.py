@@ -30,13 +30,6 @@ class SearchSettings:
     max_concurrent: int | None = None
 
 
-def study_tags(settings: SearchSettings) -> dict:
-    """The tags that nest a search's parent run under its study's run in MLflow (none for a search on its own)."""
-    if not settings.study_run_id:
-        return {}
-    return {"mlflow.parentRunId": settings.study_run_id, "dt.study_run_id": settings.study_run_id}
-
-
 # the settings that override the space (as `tuner.run` flags of the same names), and Space.with_overrides' keyword
 SPACE_OVERRIDES = {
     "num_samples": "num_samples",

@@ -13,8 +13,7 @@ from tuner.report.gaps import collect, comparison_notes, gap_rows
 from tuner.report.markdown import TABLE_LEGEND, console_table, search_summary, write_markdown
 from tuner.study.report_section import arm_experiment_names, study_section
 from tuner.text import plural
-from tuner.tracking.locations import limit_mlflow_http
-from tuner.tracking.reader import DEFAULT_URI, connect
+from tuner.tracking.store import DEFAULT_URI, all_experiments, connect
 
 
 def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = True) -> int:
@@ -40,9 +39,7 @@ def run_report(uri: str, spaces: list | None, out_dir, log_artifacts: bool = Tru
     made, skipped = make_figures(searches, best, out_dir)
     report_md = out_dir / "report.md"
     write_markdown(report_md, uri, searches, rows, notes, made, skipped)
-    experiments = {
-        e.experiment_id: e.name for e in client.search_experiments() if not spaces or e.name in spaces + studies
-    }
+    experiments = {e.experiment_id: e.name for e in all_experiments(client) if not spaces or e.name in spaces + studies}
     study_md, study_console, study_figures = study_section(client, experiments, out_dir)
     if study_md:  # studies lead: they hold the comparison with intervals
         body = report_md.read_text().split("\n", 1)
@@ -86,7 +83,6 @@ def main(argv: list | None = None) -> int:
         help="do not log the report as artifacts on the searches' parent runs",
     )
     args = parser.parse_args(argv)
-    limit_mlflow_http(max_retries=2, timeout_s=30)
     try:
         return run_report(args.mlflow_uri, args.spaces, args.out, log_artifacts=not args.no_log_artifacts)
     except ConfigError as e:

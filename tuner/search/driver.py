@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 from ray.tune.logger import JsonLoggerCallback
 
-from tuner.config.settings import SearchSettings, study_tags
+from tuner.config.settings import SearchSettings
 from tuner.config.space import Space, config_values, make_sampler
 from tuner.errors import SetupError, one_line
 from tuner.outcome import ended_for_good, trial_outcome
@@ -47,6 +47,7 @@ from tuner.tracking.parent_run import (
     reopen_run,
     start_parent_run,
 )
+from tuner.tracking.store import CODE_VERSION, MODEL, SPACE, STORAGE, TRAINER, mlflow_client, nested_in_study
 from tuner.tracking.trial_runs import MLflowTracker
 from tuner.tracking.views import trial_number
 from tuner.trial.data import load_arrays
@@ -120,7 +121,7 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, se
     tracker = MLflowTracker(
         record.mlflow_uri,
         record.parent_run_id,
-        {"dt.trainer": space.trainer, "dt.model": space.model},
+        {TRAINER: space.trainer, MODEL: space.model},
         searched=tuple(space.params),
     )
     # one line per event (tuner/search/progress.py); Ray's status table with --verbose
@@ -174,12 +175,12 @@ def open_parent_run(client: MlflowClient, space: Space, folder: Path, record: Se
             reopen_run(client, record.parent_run_id)
             return
     tags = {
-        **study_tags(record.settings),
-        "dt.space": space.name,
-        "dt.trainer": space.trainer,
-        "dt.model": space.model,
-        "dt.storage": str(folder),
-        "dt.code_version": code_version(),
+        **nested_in_study(record.settings.study_run_id),
+        SPACE: space.name,
+        TRAINER: space.trainer,
+        MODEL: space.model,
+        STORAGE: str(folder),
+        CODE_VERSION: code_version(),
     }
     fixed = {k: v for k, v in space.base_config().model_dump().items() if k not in space.params}
     record.parent_run_id = start_parent_run(client, record.experiment, record.name, tags, fixed, space.text)
@@ -216,7 +217,7 @@ def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, s
     sigterm_as_ctrl_c()  # again: ray.init replaced it
     hide_interrupt_notices()
     stop_trials_at_once()
-    client = MlflowClient(record.mlflow_uri)
+    client = mlflow_client(record.mlflow_uri)
     open_parent_run(client, space, folder, record, resume)
     record.save(folder)
     print("\n".join(announce_search(client, record, space, folder)), flush=True)

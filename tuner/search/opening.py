@@ -12,17 +12,17 @@ from pathlib import Path
 from tuner.config.settings import SPACE_OVERRIDES, SearchSettings
 from tuner.config.space import Space
 from tuner.config.space_file import load_space
-from tuner.errors import SetupError, one_line
+from tuner.errors import SetupError
 from tuner.search.folder import SearchRecord, driver_pid, new_name, resume_command, unfinished
 from tuner.search.optuna_storage import shown_url, storage_url
-from tuner.tracking.locations import limit_mlflow_http
+from tuner.tracking.store import DEFAULT_URI, connect
 
 
 def add_shared_flags(p: argparse.ArgumentParser, what: str) -> None:
     """The flags `tuner.run` and `tuner.study` share: where data, results and Ray are, and what to do."""
     p.add_argument("--data-dir", help="a folder holding cifar-10-batches-py (default: ./data, downloaded)")
     p.add_argument("--storage", default="./runs", help="where Ray keeps trials and checkpoints (default ./runs)")
-    p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
+    p.add_argument("--mlflow-uri", default=DEFAULT_URI, help=f"MLflow tracking URI (default {DEFAULT_URI})")
     p.add_argument("--address", help="an existing Ray cluster, e.g. 10.0.0.1:6379 or auto")
     p.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
     p.add_argument(
@@ -199,11 +199,6 @@ def check_gpu_placement(space: Space, node_gpus: list[float]) -> None:
 
 
 def check_tracking_uri(uri: str) -> None:
-    """One cheap query, with MLflow's HTTP retries turned down so an unreachable server fails in seconds."""
-    limit_mlflow_http(max_retries=0, timeout_s=10)
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as error:  # MLflow raises many types; the user needs one line
-        raise SetupError(f"--mlflow-uri {uri}: cannot use this tracking store ({one_line(error)})") from None
+    """One cheap query, with MLflow's HTTP retries turned down so an unreachable server fails in seconds; a SQLite
+    store that is not there yet is created (the search's first run writes to it)."""
+    connect(uri, max_retries=0, timeout_s=10, existing=False)

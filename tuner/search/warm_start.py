@@ -111,7 +111,8 @@ def _from_folder(source: str) -> tuple[str, str, str | None, list]:
 
 def _from_mlflow(run_id: str, tracking_uri: str) -> tuple[str, str, str | None, list]:
     """The same, from a search's MLflow parent run and its trial runs."""
-    from tuner.tracking.reader import connect, logged_config, logged_space, metric_history
+    from tuner.tracking.reader import logged_config, logged_space, metric_history
+    from tuner.tracking.store import OUTCOME, ROLE, Role, child_runs, connect
 
     try:
         client = connect(tracking_uri)
@@ -120,21 +121,16 @@ def _from_mlflow(run_id: str, tracking_uri: str) -> tuple[str, str, str | None, 
         raise WarmStartError(
             f"--warm-start {RUN_PREFIX}{run_id}: not readable in {tracking_uri} ({one_line(error)})"
         ) from None
-    earlier = logged_space(client, run_id) if parent.data.tags.get("dt.role") == "search" else None
+    earlier = logged_space(client, run_id) if parent.data.tags.get(ROLE) == Role.SEARCH else None
     if earlier is None:
         raise WarmStartError(
             f"--warm-start {RUN_PREFIX}{run_id}: not a search's MLflow run (no dt.role=search tag "
             f"and loadable space.yaml)"
         )
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{run_id}'",
-        max_results=10_000,
-        order_by=["attributes.start_time ASC"],
-    )
+    children = child_runs(client, run_id, order_by=["attributes.start_time ASC"])
     trials = []
     for run in children:
-        state = OUTCOME_STATES.get(run.data.tags.get("dt.outcome"))
+        state = OUTCOME_STATES.get(run.data.tags.get(OUTCOME))
         history = dict(metric_history(client, run.info.run_id, earlier.metric))
         if state is None or not history:
             continue

@@ -19,7 +19,7 @@ from tuner.errors import UserError
 from tuner.ray_adaptations.environment import prepare_environment
 from tuner.search.opening import absolute, add_shared_flags, check_storage_flag, preflight
 from tuner.study.opening import locate, plan
-from tuner.tracking.locations import absolute_tracking_uri
+from tuner.tracking.store import absolute_tracking_uri
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -23,6 +23,7 @@ from tuner.search.driver import CHECKPOINTS_KEPT, restore_tuner, trainable_for
 from tuner.search.progress import ProgressLine
 from tuner.study.results import CANDIDATES, save_candidates
 from tuner.tracking.parent_run import close_dangling_runs, start_parent_run
+from tuner.tracking.store import ROLE, Role, mlflow_client, nested_in_study
 
 FOLDER = "confirm"  # the Ray experiment, inside the study's folder
 TEST_METRICS = ("test_acc", "test_loss")
@@ -39,14 +40,14 @@ def domain_of(configs: list) -> dict:
 
 
 def open_confirm_run(client: MlflowClient, experiment: str, study_run_id: str, candidates: list) -> str:
-    tags = {"dt.role": "confirm_stage", "mlflow.parentRunId": study_run_id, "dt.study_run_id": study_run_id}
+    tags = {ROLE: Role.CONFIRM_STAGE, **nested_in_study(study_run_id)}
     return start_parent_run(client, experiment, FOLDER, tags, {}, save_candidates(candidates), CANDIDATES)
 
 
 def new_confirm_tuner(space: Space, folder: Path, configs: list, arrays: dict, uri: str, run_id: str) -> tune.Tuner:
     from tuner.tracking.trial_runs import MLflowTracker
 
-    tracker = MLflowTracker(uri, run_id, {"dt.role": "confirm"}, searched=("seed",), extra_metrics=TEST_METRICS)
+    tracker = MLflowTracker(uri, run_id, {ROLE: Role.CONFIRM}, searched=("seed",), extra_metrics=TEST_METRICS)
     return tune.Tuner(
         trainable_for(space, arrays, evaluate_test=True),
         param_space=domain_of(configs),
@@ -77,7 +78,7 @@ def run_confirm(space: Space, study_folder: Path, configs: list, arrays: dict, u
     else:
         tuner = new_confirm_tuner(space, study_folder, configs, arrays, uri, run_id)
     results = tuner.fit()
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     if len(results) < len(configs) or not all(ended_for_good(result) for result in results):
         close_dangling_runs(client, run_id, status="KILLED", outcome=None)
         return False

@@ -21,6 +21,7 @@ from tuner.study.results import blocks_rows, confirm_configs, load_confirmed, pi
 from tuner.study.tables import by_name, summary_tables, units
 from tuner.tracking.parent_run import reopen_run, start_parent_run
 from tuner.tracking.reader import load_searches
+from tuner.tracking.store import ARM_EXPERIMENTS, BASELINE, REFERENCE, ROLE, STATUS, STORAGE, STUDY, Role, mlflow_client
 from tuner.trial.data import load_arrays
 
 SUMMARY = "study.md"
@@ -76,9 +77,9 @@ def open_study_run(client: MlflowClient, study: Study, folder: Path, record: Stu
     if record.parent_run_id:
         reopen_run(client, record.parent_run_id)
         return
-    tags = {"dt.role": "study", "dt.study": study.name, "dt.storage": str(folder), "dt.reference": study.reference}
-    tags["dt.baseline"] = study.baseline
-    tags["dt.arm_experiments"] = ",".join(study.experiment(arm) for arm in study.spaces)  # where its searches are
+    tags = {ROLE: Role.STUDY, STUDY: study.name, STORAGE: str(folder), REFERENCE: study.reference}
+    tags[BASELINE] = study.baseline
+    tags[ARM_EXPERIMENTS] = ",".join(study.experiment(arm) for arm in study.spaces)  # where its searches are
     params = {"arms": ",".join(study.spaces), "seeds": ",".join(map(str, study.seeds))}
     params["repetitions"] = str(study.repetitions)
     record.parent_run_id = start_parent_run(client, study.name, folder.name, tags, params, study.text, "study.yaml")
@@ -115,7 +116,7 @@ def run_study(study: Study, folder: Path, record: StudyRecord, address: str | No
     lock = claim(folder)  # held until this process ends
     if lock is None:
         raise SetupError(f"{folder}: another driver is running this study")
-    client = MlflowClient(record.mlflow_uri)
+    client = mlflow_client(record.mlflow_uri)
     open_study_run(client, study, folder, record)
     record.status = "running"
     record.save(folder)
@@ -173,7 +174,7 @@ def finish(client: MlflowClient, study: Study, folder: Path, record: StudyRecord
     for stage, seconds in record.wall_s.items():
         if math.isfinite(seconds):
             client.log_metric(record.parent_run_id, f"wall_min.{stage.replace(' ', '.')}", seconds / 60)
-    client.set_tag(record.parent_run_id, "dt.status", "finished")
+    client.set_tag(record.parent_run_id, STATUS, "finished")
     client.set_terminated(record.parent_run_id)
     record.status = "finished"
     record.save(folder)
@@ -199,7 +200,7 @@ def wall_text(wall_s: dict) -> str:
 def stopped(client: MlflowClient, folder: Path, record: StudyRecord, code: int) -> int:
     record.status = "interrupted"
     record.save(folder)
-    client.set_tag(record.parent_run_id, "dt.status", "interrupted")
+    client.set_tag(record.parent_run_id, STATUS, "interrupted")
     client.set_terminated(record.parent_run_id, status="KILLED")
     print(f"\nThe study stopped. Continue with:\n  python -m tuner.study --study {record.study} --resume {folder}")
     return code

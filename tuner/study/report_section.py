@@ -13,17 +13,24 @@ from tuner.study.results import blocks_rows, load_confirmed
 from tuner.study.tables import by_name, summary_tables
 from tuner.tracking.block_figure import save_figure, trainer_color
 from tuner.tracking.reader import load_searches, read_artifact
+from tuner.tracking.store import (
+    ARM_EXPERIMENTS,
+    BASELINE,
+    CONFIRM_STAGE_FILTER,
+    REFERENCE,
+    STATUS,
+    STUDY_FILTER,
+    all_experiments,
+    all_runs,
+    child_runs,
+)
 
-STUDY_FILTER = "tags.`dt.role` = 'study'"
 EFFICIENCY = "search_efficiency"
 
 
 def find_studies(client, experiments: dict) -> list:
     """The study runs of the selected experiments (id -> name), oldest first."""
-    if not experiments:
-        return []
-    runs = client.search_runs(list(experiments), STUDY_FILTER, max_results=1000)
-    return sorted(runs, key=lambda run: run.info.start_time or 0)
+    return sorted(all_runs(client, list(experiments), STUDY_FILTER), key=lambda run: run.info.start_time or 0)
 
 
 def plot_confirm_curves(title: str, candidates: list, path) -> None:
@@ -77,11 +84,8 @@ def study_section(client, experiments: dict, out_dir: Path) -> tuple:
     markdown, console, made = [], [], []
     for run in find_studies(client, experiments):
         study_id, name = run.info.run_id, run.info.run_name
-        reference = run.data.tags.get("dt.reference", "backprop")
-        stage = client.search_runs(
-            [run.info.experiment_id],
-            f"tags.`dt.role` = 'confirm_stage' and tags.mlflow.parentRunId = '{study_id}'",
-        )
+        reference = run.data.tags.get(REFERENCE, "backprop")
+        stage = child_runs(client, study_id, CONFIRM_STAGE_FILTER)
         candidates = load_confirmed(client, stage[0].info.run_id) if stage else []
         arms = arm_searches(client, run)
         dgl = {}
@@ -89,9 +93,9 @@ def study_section(client, experiments: dict, out_dir: Path) -> tuple:
             dgl.setdefault(search.experiment, []).extend(t for t in search.trials if t.trainer == "dgl")
         model = next((t.model for s in arms for t in s.trials), "vgg16")
         blocks = blocks_rows({arm: trials for arm, trials in dgl.items() if trials}, model)
-        baseline = run.data.tags.get("dt.baseline", "")
+        baseline = run.data.tags.get(BASELINE, "")
         tables = {md: summary_tables(candidates, reference, blocks, md, baseline) for md in (True, False)}
-        status = run.data.tags.get("dt.status", run.info.status.lower())
+        status = run.data.tags.get(STATUS, run.info.status.lower())
         markdown += [f"## Study {name} [{status}]", "", *tables[True], ""]
         console += [f"Study {name} [{status}]", *tables[False]]
         if any(c.curves for c in candidates):
@@ -110,12 +114,12 @@ def arm_experiment_names(client, names: list) -> tuple:
     """(the searches' experiments, the studies' experiments) that `names` mean: a study's experiment holds its run and
     confirm stage, its arms' searches are in experiments of their own, which its run names."""
     searched, studies = [], []
-    for experiment in client.search_experiments():
+    for experiment in all_experiments(client):
         if experiment.name not in names:
             continue
-        runs = client.search_runs([experiment.experiment_id], STUDY_FILTER, max_results=1000)
-        arms = [n for run in runs for n in run.data.tags.get("dt.arm_experiments", "").split(",") if n]
-        if runs:
+        study_runs = all_runs(client, [experiment.experiment_id], STUDY_FILTER)
+        arms = [n for run in study_runs for n in run.data.tags.get(ARM_EXPERIMENTS, "").split(",") if n]
+        if study_runs:
             studies.append(experiment.name)
         searched += arms or [experiment.name]
     missing = [n for n in names if n not in searched and n not in studies]
@@ -125,7 +129,7 @@ def arm_experiment_names(client, names: list) -> tuple:
 def arm_searches(client, study_run) -> list:
     """The study's arms' searches, every repetition: in the experiments its run names (one per arm), or, for a study
     run before arms had experiments of their own, in the study's."""
-    names = [n for n in study_run.data.tags.get("dt.arm_experiments", "").split(",") if n]
+    names = [n for n in study_run.data.tags.get(ARM_EXPERIMENTS, "").split(",") if n]
     experiment = client.get_experiment(study_run.info.experiment_id).name
     searches = load_searches(client, names or [experiment])
     return [s for s in searches if s.study_run_id == study_run.info.run_id]

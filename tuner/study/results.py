@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from tuner.config.study_file import normalized
 from tuner.ranking import best_trial, ran_every_epoch
 from tuner.tracking.reader import metric_history, read_artifact
+from tuner.tracking.store import CONFIRM_FILTER, OUTCOME, child_runs
 
 CANDIDATES = "candidates.json"  # the confirm stage parent run's artifact: what was re-trained, and why
-CONFIRM_FILTER = "tags.`dt.role` = 'confirm'"
 
 
 @dataclass
@@ -96,16 +96,12 @@ def load_confirmed(client, confirm_run_id: str) -> list:
     and the seeds that did not."""
     text = read_artifact(client, confirm_run_id, CANDIDATES)
     candidates = [Candidate(**item) for item in json.loads(text)] if text else []
-    experiment_id = client.get_run(confirm_run_id).info.experiment_id
-    runs = client.search_runs(
-        [experiment_id], f"tags.mlflow.parentRunId = '{confirm_run_id}' and {CONFIRM_FILTER}", max_results=10_000
-    )
-    for run in runs:
+    for run in child_runs(client, confirm_run_id, CONFIRM_FILTER):
         config = json.loads(read_artifact(client, run.info.run_id, "config.json") or "{}")
         if not config:
             continue
         curve = metric_history(client, run.info.run_id, "test_acc")
-        finished = run.data.tags.get("dt.outcome") == "completed" and len(curve) >= config.get("epochs", 0)
+        finished = run.data.tags.get(OUTCOME) == "completed" and len(curve) >= config.get("epochs", 0)
         for candidate in candidates:
             seed = config["seed"]
             if same_config(config, candidate.config) and (seed in candidate.seeds or not candidate.seeds):

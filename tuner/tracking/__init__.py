@@ -1,2 +1,3 @@
 """Everything MLflow: the trial runs a search writes (trial_runs), the parent runs of searches and studies
-(parent_run), what the UI shows (views), reading the store back (reader), and where the store is (locations)."""
+(parent_run), what the UI shows (views), reading the store back (reader), and the store itself -- its tags, queries,
+URIs and connection (store)."""

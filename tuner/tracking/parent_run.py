@@ -11,7 +11,20 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from tuner.outcome import finite_number
-from tuner.tracking.locations import sqlite_path
+from tuner.tracking.store import (
+    BEST_TRIAL_ID,
+    OUTCOME,
+    ROLE,
+    SEARCH_FILTER,
+    STATUS,
+    TRIAL_ID,
+    Role,
+    all_of,
+    all_runs,
+    child_runs,
+    sqlite_path,
+    tag_filter,
+)
 
 PARENT_STATUSES = {"running": "RUNNING", "finished": "FINISHED", "interrupted": "KILLED"}
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
@@ -23,15 +36,9 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
         client.log_batch(run_id, params=items[start : start + MAX_PARAMS_PER_BATCH])
 
 
-def child_runs(client: MlflowClient, parent_run_id: str, extra_filter: str = "") -> list:
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    filter_string = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else "")
-    return list(client.search_runs([experiment_id], filter_string, max_results=10_000))
-
-
 def log_trial_metric(client: MlflowClient, parent_run_id: str, trial_id: str, key: str, value: float) -> None:
     """A metric on a trial's child run, found by its dt.trial_id tag (e.g. the best trial's test_acc)."""
-    for run in child_runs(client, parent_run_id, f"tags.`dt.trial_id` = '{trial_id}'"):
+    for run in child_runs(client, parent_run_id, tag_filter(TRIAL_ID, trial_id)):
         client.log_metric(run.info.run_id, key, value)
 
 
@@ -64,9 +71,7 @@ def start_parent_run(
         experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment_id)  # a deleted experiment still owns its name; reuse it
-    run = client.create_run(
-        experiment_id, run_name=run_name, tags={"dt.role": "search", "dt.status": "running", **tags}
-    )
+    run = client.create_run(experiment_id, run_name=run_name, tags={ROLE: Role.SEARCH, STATUS: "running", **tags})
     log_params(client, run.info.run_id, params)
     client.log_text(run.info.run_id, space_text, text_name)
     return run.info.run_id
@@ -77,16 +82,14 @@ def find_parent_run(client: MlflowClient, experiment_name: str, run_name: str) -
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return None
-    runs = client.search_runs(
-        [experiment.experiment_id], f"attributes.run_name = '{run_name}' and tags.`dt.role` = 'search'"
-    )
-    return runs[0].info.run_id if runs else None
+    found = all_runs(client, [experiment.experiment_id], all_of(f"attributes.run_name = '{run_name}'", SEARCH_FILTER))
+    return found[0].info.run_id if found else None
 
 
 def reopen_run(client: MlflowClient, run_id: str) -> None:
     """Mark a parent run running again, for a resumed search."""
     client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, "dt.status", "running")
+    client.set_tag(run_id, STATUS, "running")
 
 
 def finish_parent_run(client: MlflowClient, run_id: str, status: str, summary: dict) -> None:
@@ -103,9 +106,9 @@ def finish_parent_run(client: MlflowClient, run_id: str, status: str, summary: d
         for key in ("best_val_acc", "best_test_acc", "num_trials")
         if finite_number(summary.get(key))
     ]
-    tags = [RunTag("dt.status", status)]
+    tags = [RunTag(STATUS, status)]
     if summary.get("best_trial_id"):
-        tags.append(RunTag("dt.best_trial_id", str(summary["best_trial_id"])))
+        tags.append(RunTag(BEST_TRIAL_ID, str(summary["best_trial_id"])))
     client.log_batch(run_id, metrics=metrics, tags=tags)
     # MLflow params cannot change once logged: log only the new ones (a search finished twice with the same best
     # logs nothing new); a different best for an already logged key is an error MLflow itself would raise
@@ -126,7 +129,7 @@ def close_dangling_runs(
     closed = []
     for run in child_runs(client, parent_run_id, "attributes.status = 'RUNNING'"):
         if outcome is not None:
-            client.set_tag(run.info.run_id, "dt.outcome", outcome)
+            client.set_tag(run.info.run_id, OUTCOME, outcome)
         client.set_terminated(run.info.run_id, status=status)
         closed.append(run.info.run_id)
     return closed
@@ -134,7 +137,7 @@ def close_dangling_runs(
 
 def delete_child_runs(client: MlflowClient, parent_run_id: str) -> int:
     """Delete the child runs of a search that is started anew (its driver died before any trial was saved)."""
-    runs = child_runs(client, parent_run_id)
-    for run in runs:
+    children = child_runs(client, parent_run_id)
+    for run in children:
         client.delete_run(run.info.run_id)
-    return len(runs)
+    return len(children)

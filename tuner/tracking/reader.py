@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.config.schema import KEYS
 from tuner.config.space_file import load_space
-from tuner.errors import ConfigError, SpaceError, one_line
+from tuner.errors import ConfigError, SpaceError
 from tuner.ranking import final_score
-from tuner.tracking.locations import sqlite_path
-
-DEFAULT_URI = "sqlite:///mlflow.db"
-SEARCH_FILTER = "tags.`dt.role` = 'search'"
-TRIAL_FILTER = "tags.`dt.role` = 'trial'"
+from tuner.tracking.store import (
+    MODEL,
+    OUTCOME,
+    PARENT,
+    SEARCH_FILTER,
+    STATUS,
+    STUDY_RUN_ID,
+    TRAINER,
+    TRIAL_FILTER,
+    TRIAL_ID,
+    all_experiments,
+    all_runs,
+)
 
 
 @dataclass
@@ -53,36 +59,6 @@ class Search:
     dimensions: dict = field(default_factory=dict)  # name -> Dimension, from the search's space.yaml
     trials: list = field(default_factory=list)
     study_run_id: str = ""  # the study this search is an arm of, if any
-
-
-def connect(uri: str):
-    """An MlflowClient on `uri`, after one cheap request proves the store can be read. Raises ConfigError."""
-    from mlflow.tracking import MlflowClient
-
-    # after the import, which sets MLflow's own levels: schema migrations are logged at INFO, not for the reader
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the report reads config.json per trial
-    path = sqlite_path(uri)
-    # MLflow would silently create an empty database; a missing file is almost always a wrong path
-    if path and path != ":memory:" and not os.path.exists(path):
-        raise ConfigError(f"--mlflow-uri {uri}: no such file '{path}' (run a search first, or point at its store)")
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
-    except Exception as e:  # any failure here is a bad URI or an unreachable store, reported as one line
-        raise ConfigError(f"--mlflow-uri {uri}: cannot read the MLflow store ({one_line(e)})") from None
-    return client
-
-
-def _all_pages(fetch, **kwargs) -> list:
-    items, token = [], None
-    while True:
-        page = fetch(**kwargs, page_token=token)
-        items.extend(page)
-        token = page.token
-        if not token:
-            return items
 
 
 def read_artifact(client, run_id: str, name: str) -> str | None:
@@ -133,12 +109,12 @@ def _trial_from_run(client, run, experiment: str) -> Trial:
     status_outcome = {"RUNNING": "running", "FAILED": "failed", "KILLED": "failed"}.get(run.info.status, "completed")
     return Trial(
         run_id=run.info.run_id,
-        trial_id=tags.get("dt.trial_id") or run.info.run_name,
-        parent_run_id=tags.get("mlflow.parentRunId", ""),
+        trial_id=tags.get(TRIAL_ID) or run.info.run_name,
+        parent_run_id=tags.get(PARENT, ""),
         experiment=experiment,
-        trainer=tags.get("dt.trainer") or str(params.get("trainer", "?")),
-        model=tags.get("dt.model") or str(params.get("model", "?")),
-        outcome=tags.get("dt.outcome") or status_outcome,
+        trainer=tags.get(TRAINER) or str(params.get("trainer", "?")),
+        model=tags.get(MODEL) or str(params.get("model", "?")),
+        outcome=tags.get(OUTCOME) or status_outcome,
         params=params,
         metrics=dict(run.data.metrics),
         start_ms=run.info.start_time or 0,
@@ -156,12 +132,8 @@ def _searched_keys(parent, trials: list) -> list:
 
 def load_searches(client, spaces: list | None = None) -> list:
     """Every search (with its trials) in the selected experiments; raises ConfigError for an unknown space."""
-    experiments = {e.experiment_id: e.name for e in _all_pages(client.search_experiments)}
-    parents = (
-        _all_pages(client.search_runs, experiment_ids=list(experiments), filter_string=SEARCH_FILTER)
-        if experiments
-        else []
-    )
+    experiments = {e.experiment_id: e.name for e in all_experiments(client)}
+    parents = all_runs(client, list(experiments), SEARCH_FILTER)
     present = sorted({experiments[p.info.experiment_id] for p in parents})
     for name in spaces or []:
         if name not in present:
@@ -170,8 +142,7 @@ def load_searches(client, spaces: list | None = None) -> list:
             )
     selected = set(spaces or present)
     parents = [p for p in parents if experiments[p.info.experiment_id] in selected]
-    ids = sorted({p.info.experiment_id for p in parents})
-    children = _all_pages(client.search_runs, experiment_ids=ids, filter_string=TRIAL_FILTER) if ids else []
+    children = all_runs(client, sorted({p.info.experiment_id for p in parents}), TRIAL_FILTER)
     trials_by_parent = {}
     for run in children:
         trial = _trial_from_run(client, run, experiments[run.info.experiment_id])
@@ -185,11 +156,11 @@ def load_searches(client, spaces: list | None = None) -> list:
                 run_id=p.info.run_id,
                 name=p.info.run_name,
                 experiment=experiments[p.info.experiment_id],
-                status=p.data.tags.get("dt.status", p.info.status.lower()),
+                status=p.data.tags.get(STATUS, p.info.status.lower()),
                 searched=list(dimensions) or _searched_keys(p, trials),
                 trials=trials,
                 dimensions=dimensions,
-                study_run_id=p.data.tags.get("dt.study_run_id", ""),
+                study_run_id=p.data.tags.get(STUDY_RUN_ID, ""),
             )
         )
     return searches

@@ -23,7 +23,20 @@ from tuner.config.keys import applicable_params
 from tuner.config.schema import resolve
 from tuner.errors import error_line
 from tuner.outcome import finite_number, trial_error_text, trial_outcome
-from tuner.tracking.parent_run import child_runs, log_params
+from tuner.tracking.parent_run import log_params
+from tuner.tracking.store import (
+    ERROR,
+    MODEL,
+    OUTCOME,
+    PARENT,
+    ROLE,
+    TRAINER,
+    TRIAL_ID,
+    Role,
+    child_runs,
+    mlflow_client,
+    tag_filter,
+)
 from tuner.tracking.views import trial_number, trial_run_name
 from tuner.trial.metric_names import SCHEDULED_LR, is_block_metric
 
@@ -81,12 +94,12 @@ class MLflowTracker(Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
             self._experiment_id = self._client.get_run(self.parent_run_id).info.experiment_id
         return self._client
 
     def _find_run(self, trial_id: str):
-        runs = child_runs(self.client, self.parent_run_id, f"tags.`dt.trial_id` = '{trial_id}'")
+        runs = child_runs(self.client, self.parent_run_id, tag_filter(TRIAL_ID, trial_id))
         return min(runs, key=lambda run: run.info.start_time) if runs else None
 
     def _logged_epochs(self, run) -> int:
@@ -109,15 +122,15 @@ class MLflowTracker(Callback):
         else:
             config = dict(trial.config)
             tags = {
-                "mlflow.parentRunId": self.parent_run_id,
-                "dt.role": "trial",
-                "dt.trial_id": trial_id,
-                "dt.outcome": "running",
+                PARENT: self.parent_run_id,
+                ROLE: Role.TRIAL,
+                TRIAL_ID: trial_id,
+                OUTCOME: "running",
                 **self.base_tags,
             }
-            for key in ("trainer", "model"):
+            for key, tag in (("trainer", TRAINER), ("model", MODEL)):
                 if key in config:
-                    tags[f"dt.{key}"] = str(config[key])
+                    tags[tag] = str(config[key])
             run_name = trial_run_name(
                 trial_number(trial_id, [t.trial_id for t in trials]), config, list(getattr(self, "searched", ()))
             )
@@ -144,7 +157,7 @@ class MLflowTracker(Callback):
         are left to on_trial_start, which reopens them."""
         by_id = {trial.trial_id: trial for trial in trials}
         for run in child_runs(self.client, self.parent_run_id):
-            trial = by_id.get(run.data.tags.get("dt.trial_id"))
+            trial = by_id.get(run.data.tags.get(TRIAL_ID))
             if trial is None:
                 self.client.delete_run(run.info.run_id)
             elif run.info.status in ("RUNNING", "KILLED") and trial.status in ("TERMINATED", "ERROR"):
@@ -156,7 +169,7 @@ class MLflowTracker(Callback):
         if not created:
             # a restarted trial (retried after an error, or resumed after its run was closed): running again
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "dt.outcome", "running")
+            self.client.set_tag(run_id, OUTCOME, "running")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         run_id = self._run_id(trial, trials)
@@ -176,7 +189,7 @@ class MLflowTracker(Callback):
     def _end(self, trial, error: bool) -> None:
         run_id = self._run_id(trial)
         outcome = trial_outcome(trial.last_result, error)
-        self.client.set_tag(run_id, "dt.outcome", outcome)
+        self.client.set_tag(run_id, OUTCOME, outcome)
         self.client.set_terminated(run_id, status="FINISHED" if outcome in ("completed", "stopped") else "FAILED")
         if not error:
             self._log_block_figure(run_id, trial)
@@ -207,5 +220,5 @@ class MLflowTracker(Callback):
         file (its last failure, with the stack it was raised in) as the run's artifact `error.txt`."""
         text = trial_error_text(trial)
         if text:
-            self.client.set_tag(run_id, "dt.error", error_line(text))
+            self.client.set_tag(run_id, ERROR, error_line(text))
             self.client.log_text(run_id, text, "error.txt")

@@ -17,14 +17,12 @@ from urllib.parse import quote, urlencode
 
 from tuner.config.keys import applies
 from tuner.text import fmt_value
-from tuner.tracking.locations import sqlite_path
+from tuner.tracking.store import BEST, OUTCOME, TRIAL_FILTER, TRIAL_ID, child_runs, sqlite_path, tag_filter
 from tuner.trial.metric_names import BLOCK_PREFIX
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
-TRIAL_FILTER = "tags.`dt.role` = 'trial'"
 NOTE = "mlflow.note.content"  # the description MLflow's UI shows for an experiment or a run
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-BEST_TAG = "dt.best"
 SHARED_VIEW = "mlflow.sharedViewState."
 # the chart view's sections, top to bottom: the headline metrics (MLflow's name for un-prefixed ones), then the
 # per-block accuracies (tuner/trial/metric_names.py), then MLflow's system metrics
@@ -49,7 +47,7 @@ def trials_view(metric: str, mode: str, searched: list) -> dict:
     accuracies, the outcome and the first searched values as columns."""
     metrics = [metric] + [m for m in ("val_acc", "train_acc", "val_loss") if m != metric]
     columns = (
-        [f"metrics.`{m}`" for m in metrics] + ["tags.`dt.outcome`"] + [f"params.`{p}`" for p in searched[:TABLE_PARAMS]]
+        [f"metrics.`{m}`" for m in metrics] + [f"tags.`{OUTCOME}`"] + [f"params.`{p}`" for p in searched[:TABLE_PARAMS]]
     )
     return {
         "searchFilter": TRIAL_FILTER,
@@ -121,12 +119,9 @@ def trial_run_name(number: int | None, config: dict, searched: list) -> str:
 
 def mark_best_trial(client, parent_run_id: str, trial_id: str) -> str:
     """Tag the best trial's run `dt.best=true`, so `tags.dt.best = 'true'` finds it in the UI; returns its name."""
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs(
-        [experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`dt.trial_id` = '{trial_id}'"
-    )
+    runs = child_runs(client, parent_run_id, tag_filter(TRIAL_ID, trial_id))
     for run in runs:
-        client.set_tag(run.info.run_id, BEST_TAG, "true")
+        client.set_tag(run.info.run_id, BEST, "true")
     return runs[0].info.run_name if runs else trial_id
 
 
@@ -137,7 +132,7 @@ def parent_description(summary: dict, metric: str, outcomes: dict, figures: list
         config = ", ".join(f"{k}={fmt_value(v)}" for k, v in (summary.get("best_config") or {}).items())
         test = summary.get("best_test_acc")
         lines.append(
-            f"Best: {best_name or 'trial'} (Ray trial {summary['best_trial_id']}, tagged {BEST_TAG}), {metric} "
+            f"Best: {best_name or 'trial'} (Ray trial {summary['best_trial_id']}, tagged {BEST}), {metric} "
             f"{summary['best_val_acc']:.4f}"
             + (f", test_acc {test:.4f}" if test is not None else "")
             + (f"; {config}" if config else "")
