@@ -245,3 +245,25 @@ def test_the_settings_we_pass_are_read_by_ray():
     ours = {key for key in {**QUIET_ENV, **STATE_EVERY_STEP} if key.startswith(("RAY_", "TUNE_"))}
     assert ours <= read, ours - read
     assert os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "0") == "0"
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_worker_drops_the_system_exit_ray_raises_at_shutdown_and_reports_the_rest(quiet):
+    # Ray ends a worker with SystemExit wherever it is; inside a weakref callback Python reports it as ignored
+    script = f"""
+import weakref
+from tuner.ray_adaptations.interrupts import quiet_exit_at_shutdown
+if {quiet}:
+    quiet_exit_at_shutdown()
+class Thing: pass
+def raise_(error):
+    def callback(_):
+        raise error
+    return callback
+a, b = Thing(), Thing()
+refs = [weakref.ref(a, raise_(SystemExit(0))), weakref.ref(b, raise_(ValueError("a real error")))]
+del a, b
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "ValueError: a real error" in result.stderr
+    assert ("SystemExit" in result.stderr) is not quiet

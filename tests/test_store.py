@@ -1,4 +1,4 @@
-"""tuner/tracking/store.py: MLflow answers a search one page at a time, and every query of the project reads them all."""
+"""tuner/tracking/store.py: MLflow answers a query one page at a time, and every query of the project reads them all."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import warnings
 # snapshot taken after each event (snapshots.py) is never behind it.
 STATE_EVERY_STEP = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
 
-# ray.init(runtime_env=WORKER_SETUP): each worker ignores the terminal's Ctrl-C (interrupts.py says why)
-WORKER_SETUP = {"worker_process_setup_hook": "tuner.ray_adaptations.interrupts.ignore_sigint"}
+# ray.init(runtime_env=WORKER_SETUP): each worker ignores the terminal's Ctrl-C and exits quietly (interrupts.py)
+WORKER_SETUP = {"worker_process_setup_hook": "tuner.ray_adaptations.interrupts.setup_worker"}
 
 # Quieter logs and no network calls; nothing here changes what a search does.
 QUIET_ENV = {

@@ -7,6 +7,9 @@
   Tune kills the actor only 10 s later (TuneController._actor_force_cleanup_timeout, hard-coded). A trial keeps
   nothing of an unfinished epoch (it checkpoints after each one, and Tune drops the results of a trial it is
   stopping), so the search's final clean-up kills the actors at once (stop_trials_at_once).
+- When Ray ends a worker at shutdown it raises SystemExit wherever the worker is, also inside a weakref callback,
+  where Python prints it as an ignored exception with its traceback: the worker's last line on the console, on
+  a search that went well. Workers drop that one report (quiet_exit_at_shutdown) and print every other.
 - `ray.init` replaces the driver's SIGTERM handler; sigterm_as_ctrl_c makes a reboot or `kill` stop the search as
   gracefully as Ctrl-C.
 """
@@ -15,13 +18,23 @@ from __future__ import annotations
 
 import importlib
 import signal
+import sys
 
 from ray.tune.execution.tune_controller import TuneController
 
 
-def ignore_sigint() -> None:
+def setup_worker() -> None:
     """environment.WORKER_SETUP runs this in each worker process as it starts, in its main thread."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_exit_at_shutdown()
+
+
+def quiet_exit_at_shutdown() -> None:
+    def unraisable(report) -> None:
+        if not isinstance(report.exc_value, SystemExit):
+            sys.__unraisablehook__(report)
+
+    sys.unraisablehook = unraisable
 
 
 class StopTrialsAtOnce(TuneController):
