@@ -1,8 +1,9 @@
 """One trial's settings and the shape of a search-space file, as pydantic models: the single source of truth.
 
 `resolve(overrides)` fills in the defaults and validates; everything downstream (trainers, the Ray trainable, MLflow)
-sees the same frozen `TrialConfig`. The trainer and model names come from the registries in models/. pydantic finds
-what is wrong and where; the messages below say it as one line in the user's terms.
+sees the same frozen `TrialConfig`. The names of trainers, models, heads, losses, optimizers and schedules come from
+models/catalog.py, which imports no torch. pydantic finds what is wrong and where; the messages below say it as one
+line in the user's terms.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Annotated, Any, Literal, Union
 from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
-from models.networks import CFGS, num_units
-from models.registry import TRAINERS
+from models.catalog import CFGS, HEAD_FAMILIES, LOCAL_LOSSES, OPTIMIZERS, SCHEDULES, TRAINERS, num_units
 from tuner.errors import ConfigError
 
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)  # a YAML `true` is not 1, a "0.1" is not a number
@@ -27,19 +27,19 @@ class TrialConfig(BaseModel):
 
     model_config = STRICT
     # what is trained
-    trainer: Literal[tuple(TRAINERS)] = "dgl"
+    trainer: Literal[TRAINERS] = "dgl"
     model: Literal[tuple(CFGS)] = "vgg16"
     width: float = Field(1.0, gt=0.0, le=64.0)  # multiplier on every conv / hidden width
     num_blocks: int | None = Field(None, ge=1, le=10_000)  # None: one block per conv layer / conv stage; 1 = backprop
     dropout: float = Field(0.0, ge=0.0, le=1.0)  # dropout after each conv unit
     # local learning: DGL auxiliary heads and losses
     # head families (models/heads.py says what each reproduces); the default is the write-up's flatten -> 512 -> 10
-    aux_head: Literal["flatten_mlp", "mlp_sr", "nokland", "pooled_mlp", "conv"] = "flatten_mlp"
+    aux_head: Literal[HEAD_FAMILIES] = "flatten_mlp"
     aux_width: int = Field(512, ge=1, le=1 << 16)  # hidden units (flatten_mlp, pooled_mlp) / channels (conv)
     aux_depth: int = Field(1, ge=0, le=16)  # hidden Linear layers of flatten_mlp and pooled_mlp only
     aux_convs: int = Field(1, ge=0, le=16)  # 3x3 conv layers of the conv head only
     aux_pool: int = Field(2, ge=1, le=64)  # pooled_mlp and conv heads: pooled spatial size
-    local_loss: Literal["pred", "sim", "predsim"] = "pred"
+    local_loss: Literal[LOCAL_LOSSES] = "pred"
     sim_weight: float = Field(0.99, ge=0.0, le=1.0)  # predsim: (1 - sim_weight) * CE + sim_weight * sim (Nøkland's)
     # DNI / cDNI synthetic-gradient modules; the defaults are the write-up's
     sg_kernel: Literal[3, 5] = 5  # kernel of the module's three convs
@@ -48,12 +48,12 @@ class TrialConfig(BaseModel):
     # or zero (weight and bias: every module's first prediction is exactly 0)
     sg_last_init: Literal["zero_weight", "zero"] = "zero_weight"
     # optimisation
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal[OPTIMIZERS] = "sgd"
     lr: float = Field(0.05, gt=0.0, le=1e6)
     momentum: float = Field(0.9, ge=0.0, le=1.0)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0.0, le=1e3)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal[SCHEDULES] = "cosine"
     warmup_epochs: int = Field(0, ge=0, le=10_000)
     lr_step_epochs: int = Field(30, ge=1, le=10_000)  # step schedule: multiply by lr_gamma every lr_step_epochs
     lr_gamma: float = Field(0.1, gt=0.0, le=1.0)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from models.networks import num_units
+from models.catalog import num_units
 from tuner.config.keys import APPLIES_WHEN, applies
 from tuner.config.schema import KEYS, _Shape
 from tuner.config.space import Space, SpaceProblems, label, same
