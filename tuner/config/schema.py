@@ -8,7 +8,6 @@ line in the user's terms.
 
 from __future__ import annotations
 
-import json
 import types
 import typing
 from typing import Annotated, Any, Literal, Union
@@ -285,12 +284,3 @@ class SpaceFile(_Shape):
     resources: Resources | None = None
     metric: Any = None
     mode: Literal["min", "max"] | None = None
-
-
-def fmt(value) -> str:
-    """A value as YAML would show it (null, true, "text", 1e-05); a container by its kind."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:g}" if isinstance(value, float) else str(value)
-    if isinstance(value, (list, dict)):
-        return ("a list" if value else "an empty list") if isinstance(value, list) else "a mapping"
-    return json.dumps(value) if value is None or isinstance(value, (str, bool)) else type(value).__name__

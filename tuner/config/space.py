@@ -20,10 +20,10 @@ from tuner.config.schema import (
     Resources,
     TrialConfig,
     check_value,
-    fmt,
     resolve,
 )
 from tuner.errors import SpaceError
+from tuner.text import yaml_value
 
 # trainer/model: one space is one trainer on one model. epochs: the trial's budget; ASHA decides how much of it a
 # trial gets, so searching it would fight the scheduler.
@@ -43,7 +43,8 @@ def label(path: Path) -> str:
 
 
 def number_problem(value, minimum, strict: bool, integer: bool) -> str:
-    return f"must be {'an integer' if integer else 'a number'} {'>' if strict else '>='} {minimum:g}, got {fmt(value)}"
+    kind, bound = "an integer" if integer else "a number", ">" if strict else ">="
+    return f"must be {kind} {bound} {minimum:g}, got {yaml_value(value)}"
 
 
 class SpaceProblems:
@@ -58,7 +59,7 @@ class SpaceProblems:
 
     def mapping(self, value, path: str, allowed) -> dict:
         if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping, got {fmt(value)}")
+            self.fail(path, f"must be a mapping, got {yaml_value(value)}")
         for key in value:
             if key not in allowed:
                 self.fail(f"{path}.{key}" if path else str(key), "unknown key", ", ".join(allowed))
@@ -149,13 +150,13 @@ class Dimension:
         if self.branches:
             return " | ".join(b.describe() for b in self.branches)
         if self.type == "choice":
-            text = f"choice [{', '.join(fmt(v) for v in self.values)}]"
+            text = f"choice [{', '.join(yaml_value(v) for v in self.values)}]"
         else:
-            text = f"{self.type} [{fmt(self.low)}, {fmt(self.high)}]"
+            text = f"{self.type} [{yaml_value(self.low)}, {yaml_value(self.high)}]"
             text += f" step {self.step}" if self.type == "int" and self.step != 1 else ""
             text += " log" if self.type == "int" and self.log else ""
         for parent, values in self.when.items():
-            text += f"  (only when {parent} in [{', '.join(fmt(v) for v in values)}])"
+            text += f"  (only when {parent} in [{', '.join(yaml_value(v) for v in values)}])"
         return text
 
 
@@ -248,9 +249,11 @@ class Space:
         lines = [f"space {self.name}  ({label(self.path)})"] + ([f"  {self.description}"] if self.description else [])
         config, width = self.base_config(), max(map(len, KEYS))
         lines.append("fixed:")
-        lines += [f"  {key:<{width}} = {fmt(getattr(config, key))}" for key in self.fixed]
+        lines += [f"  {key:<{width}} = {yaml_value(getattr(config, key))}" for key in self.fixed]
         defaults = [
-            f"{key}={fmt(getattr(config, key))}" for key in KEYS if key not in self.fixed and key not in self.params
+            f"{key}={yaml_value(getattr(config, key))}"
+            for key in KEYS
+            if key not in self.fixed and key not in self.params
         ]
         lines.append(f"defaults (not set in the file): {', '.join(defaults) or '-'}")
         lines.append(f"search ({len(self.params)} params):")
@@ -265,7 +268,7 @@ class Space:
         lines += [f"  {json.dumps(point)}" for point in points]
         lines.append(
             f"samples: {self.num_samples}, max concurrent: {self.max_concurrent or 'unlimited'}, "
-            f"per trial: cpu {fmt(self.resources.cpu)}, gpu {fmt(self.resources.gpu)}"
+            f"per trial: cpu {yaml_value(self.resources.cpu)}, gpu {yaml_value(self.resources.gpu)}"
         )
         lines.append(f"objective: {self.mode} {self.metric}")
         return "\n".join(lines)

@@ -24,12 +24,12 @@ from tuner.config.schema import (
     Resources,
     SpaceFile,
     TrialConfig,
-    fmt,
     resolve,
 )
 from tuner.config.space import Space, SpaceProblems, label, number_problem, same
 from tuner.config.space_search import dimensions
 from tuner.config.yaml_file import find_file, read_yaml, shipped
+from tuner.text import yaml_value
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 # sections in the order a reader checks them: of two mistakes, the first in this order is reported
@@ -60,20 +60,24 @@ def _shape_problem(file: SpaceProblems, error: dict, data: dict):
     if union is not None:  # a mapping whose 'type' picks its schema
         tags = ", ".join(typing.get_args(member.model_fields["type"].annotation)[0] for member in union)
         if kind == "union_tag_invalid":
-            file.fail(f"{path}.type", f"unknown type {fmt(node['type'])}", tags)
+            file.fail(f"{path}.type", f"unknown type {yaml_value(node['type'])}", tags)
         if path.startswith("search.") and not isinstance(node, dict):
-            file.fail(path, f"must be a distribution {{type: ...}}, got {fmt(node)} (fixed values go under fixed)")
-        got = "no 'type' key" if isinstance(node, dict) else fmt(node)
+            file.fail(
+                path, f"must be a distribution {{type: ...}}, got {yaml_value(node)} (fixed values go under fixed)"
+            )
+        got = "no 'type' key" if isinstance(node, dict) else yaml_value(node)
         file.fail(path, f"must be a mapping with a 'type' key, got {got}", tags)
     if kind == "list_type":
-        file.fail(path, f"must be a list of mappings, got {fmt(node)}")
+        file.fail(path, f"must be a list of mappings, got {yaml_value(node)}")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        file.fail(path, f"must be a mapping, got {fmt(node)}")
+        file.fail(path, f"must be a mapping, got {yaml_value(node)}")
     field = holder.model_fields[key]
     if kind == "literal_error":
-        file.fail(path, f"got {fmt(node)}", ", ".join(a for t in _unwrap(field.annotation) for a in typing.get_args(t)))
+        file.fail(
+            path, f"got {yaml_value(node)}", ", ".join(a for t in _unwrap(field.annotation) for a in typing.get_args(t))
+        )
     if field.annotation is bool:
-        file.fail(path, f"must be true or false, got {fmt(node)}")
+        file.fail(path, f"must be true or false, got {yaml_value(node)}")
     low = next(m for m in field.metadata if hasattr(m, "ge") or hasattr(m, "gt"))
     integer = field.annotation in (int, int | None)
     file.fail(path, number_problem(node, getattr(low, "ge", getattr(low, "gt", 0)), hasattr(low, "gt"), integer))
@@ -151,7 +155,7 @@ def load_space(name_or_path: str) -> Space:
     file = SpaceProblems(label(path))
     text, data = read_yaml(path, file)
     if not isinstance(data, dict):
-        file.fail("top level", f"must be a mapping, got {fmt(data)}", ", ".join(SpaceFile.model_fields))
+        file.fail("top level", f"must be a mapping, got {yaml_value(data)}", ", ".join(SpaceFile.model_fields))
     try:
         spec = SpaceFile.model_validate(data)
     except ValidationError as error:  # the keys the user mistyped first, as a reader checks a mapping
@@ -177,9 +181,11 @@ def load_space(name_or_path: str) -> Space:
     params = dimensions(file, spec.search, data["search"], fixed)
     metric, description = _or(spec.metric, "val_acc"), _or(spec.description, "")
     if not isinstance(metric, str) or not metric:
-        file.fail("metric", f"must be the name of a reported metric, got {fmt(metric)}", "a string, e.g. val_acc")
+        file.fail(
+            "metric", f"must be the name of a reported metric, got {yaml_value(metric)}", "a string, e.g. val_acc"
+        )
     if not isinstance(description, str):
-        file.fail("description", f"must be a string, got {fmt(description)}")
+        file.fail("description", f"must be a string, got {yaml_value(description)}")
     return Space(
         name=path.stem,
         path=path,
@@ -230,13 +236,14 @@ def _searcher(file: SpaceProblems, spec, params: dict, config: TrialConfig):
                 file.fail(f"{path}.{key}", f"'{key}' has a distribution per {missing[0]}: set {missing[0]} too")
             searched = params[key].branch(point) if params[key].branches else params[key]
             if not searched.contains(value):
-                file.fail(f"{path}.{key}", f"{fmt(value)} is outside the searched range", searched.describe())
+                file.fail(f"{path}.{key}", f"{yaml_value(value)} is outside the searched range", searched.describe())
             for parent, values in params[key].when.items():
                 if parent in point and not any(same(point[parent], v) for v in values):
                     file.fail(
                         f"{path}.{key}",
                         f"'{key}' is only sampled when {parent} in "
-                        f"[{', '.join(map(fmt, values))}], but the point sets {parent}={fmt(point[parent])}",
+                        f"[{', '.join(map(yaml_value, values))}], "
+                        f"but the point sets {parent}={yaml_value(point[parent])}",
                     )
         checked.append(point)
     return spec.model_copy(update={"seed": file.value("seed", seed, "searcher.seed"), "points_to_evaluate": checked})
