@@ -163,7 +163,7 @@ class Dimension:
 @dataclass(frozen=True)
 class Space:
     name: str
-    path: Path
+    path: Path | None  # None: read from text, not from a file (a study's arm, a search's logged space)
     text: str  # the file's raw contents (logged to MLflow as an artifact)
     trainer: str
     model: str
@@ -246,7 +246,8 @@ class Space:
         return replace(self, **update)
 
     def describe(self) -> str:
-        lines = [f"space {self.name}  ({label(self.path)})"] + ([f"  {self.description}"] if self.description else [])
+        lines = [f"space {self.name}" + (f"  ({label(self.path)})" if self.path else "")]
+        lines += [f"  {self.description}"] if self.description else []
         config, width = self.base_config(), max(map(len, KEYS))
         lines.append("fixed:")
         lines += [f"  {key:<{width}} = {yaml_value(getattr(config, key))}" for key in self.fixed]

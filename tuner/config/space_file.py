@@ -28,7 +28,7 @@ from tuner.config.schema import (
 )
 from tuner.config.space import Space, SpaceProblems, label, number_problem, same
 from tuner.config.space_search import dimensions
-from tuner.config.yaml_file import find_file, read_yaml, shipped
+from tuner.config.yaml_file import find_file, parse_yaml, read_yaml, shipped
 from tuner.text import yaml_value
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -154,6 +154,17 @@ def load_space(name_or_path: str) -> Space:
     path = find_space(name_or_path)
     file = SpaceProblems(label(path))
     text, data = read_yaml(path, file)
+    return _checked_space(file, data, text, path.stem, path)
+
+
+def space_from_text(text: str, name: str, where: str) -> Space:
+    """A space from its YAML text (a study's arm, a search's logged space.yaml), named `name` as a space is named for
+    its file; an error names `where` as it would name the file."""
+    file = SpaceProblems(where)
+    return _checked_space(file, parse_yaml(text, file), text, name)
+
+
+def _checked_space(file: SpaceProblems, data, text: str, name: str, path: Path | None = None) -> Space:
     if not isinstance(data, dict):
         file.fail("top level", f"must be a mapping, got {yaml_value(data)}", ", ".join(SpaceFile.model_fields))
     try:
@@ -187,7 +198,7 @@ def load_space(name_or_path: str) -> Space:
     if not isinstance(description, str):
         file.fail("description", f"must be a string, got {yaml_value(description)}")
     return Space(
-        name=path.stem,
+        name=name,
         path=path,
         text=text,
         trainer=fixed["trainer"],
