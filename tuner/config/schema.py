@@ -2,8 +2,8 @@
 
 `resolve(overrides)` fills in the defaults and validates; everything downstream (trainers, the Ray trainable, MLflow)
 sees the same frozen `TrialConfig`. The names of trainers, models, heads, losses, optimizers and schedules come from
-models/catalog.py, which imports no torch. pydantic finds what is wrong and where; the messages below say it as one
-line in the user's terms.
+models/catalog.py, which imports no torch. pydantic finds what is wrong and where and says it; `problem` only writes
+its location as the user writes the key and adds the value it got, or the keys allowed in place of an unknown one.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import types
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
 from models.catalog import CFGS, HEAD_FAMILIES, LOCAL_LOSSES, OPTIMIZERS, SCHEDULES, TRAINERS, num_units
 from tuner.errors import ConfigError
+from tuner.text import yaml_value
 
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)  # a YAML `true` is not 1, a "0.1" is not a number
 
@@ -106,38 +106,53 @@ def _kind(annotation) -> str:
     return annotation.__name__
 
 
-TYPE_NAMES = {
+TYPE_NAMES = {  # what --set parses a value as
     "bool": "true or false",
     "int": "an integer",
     "float": "a number",
     "str": "a string",
     "int?": "an integer or null",
 }
-ACCEPTS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "int?": (int, type(None))}
 
 
-def value_problem(key: str, value) -> str:
-    """Why `value` is not a valid `key`, in today's words (called once pydantic has said that it is not)."""
-    field = TrialConfig.model_fields[key]
-    kind = _kind(field.annotation)
-    if not isinstance(value, ACCEPTS[kind]) or (isinstance(value, bool) and kind != "bool"):
-        return f"'{key}' must be {TYPE_NAMES[kind]}, got {value!r}"
-    value = float(value) if kind == "float" else value
-    if typing.get_origin(field.annotation) is Literal:
-        return f"'{key}' must be one of {', '.join(map(str, typing.get_args(field.annotation)))}, got {value!r}"
-    low = next(m for m in field.metadata if isinstance(m, (Ge, Gt)))
-    high = next(m.le for m in field.metadata if isinstance(m, Le))
-    interval = f"[{low.ge}" if isinstance(low, Ge) else f"({low.gt}"
-    return f"'{key}' must lie in {interval}, {high}], got {value!r}"
+def problem(error: dict, root: type[BaseModel] | None = None) -> tuple[str, str]:
+    """(the key path as a user writes it, what is wrong) of one of pydantic's errors: pydantic's own location and
+    message, with the value it got, and for an unknown key the keys allowed there (the fields of the model under
+    `root` that holds it)."""
+    loc, kind = error["loc"], error["type"]
+    path = key_path(loc, last_is_a_key=kind in ("extra_forbidden", "missing"))
+    if kind == "extra_forbidden":
+        return path, f"unknown key; allowed: {', '.join(_fields_at(root, loc[:-1]))}"
+    if kind == "value_error":  # a model validator's own message, already in the user's terms
+        return path, str(error["ctx"]["error"])
+    shown = kind not in ("missing", "union_tag_invalid")  # pydantic's message names the tag; a key has no value
+    return path, error["msg"] + (f" (got {yaml_value(error['input'])})" if shown else "")
 
 
-def _config_problem(error: dict, where: str) -> ConfigError:
-    prefix = f"{where}: " if where else ""
-    if error["type"] == "extra_forbidden":
-        return ConfigError(f"{prefix}unknown key '{error['loc'][0]}'; allowed: {', '.join(sorted(KEYS))}")
-    if not error["loc"]:  # a model validator: its message is already in the user's terms
-        return ConfigError(prefix + str(error["ctx"]["error"]))
-    return ConfigError(prefix + value_problem(error["loc"][0], error["input"]))
+def key_path(loc: tuple, last_is_a_key: bool = False) -> str:
+    """pydantic's location as a user writes the key: search.lr[1].high. pydantic also names the member of a union it
+    tried (the `type` of a distribution, one distribution or a list of them); the user never wrote those. The last
+    part of an unknown or missing key's location is that key, whatever its name."""
+    parts = [part for i, part in enumerate(loc) if part not in UNION_TAGS or last_is_a_key and i == len(loc) - 1]
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
+
+
+def _fields_at(model: type[BaseModel] | None, loc: tuple) -> tuple:
+    """The keys of the model at `loc` under `model` (a union's member picked by its tag in `loc`)."""
+    for part in loc:
+        if part in UNION_TAGS:
+            model = UNION_TAGS[part] or model
+        elif model is not None and part in model.model_fields:
+            members = _models_in(model.model_fields[part].annotation)
+            model = members[0] if len(members) == 1 else model
+    return tuple(model.model_fields) if model else KEYS
+
+
+def _models_in(annotation) -> list:
+    """The pydantic models an annotation names, inside unions, lists, dicts and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
 
 
 _FIELD_CHECKS = {
@@ -147,13 +162,14 @@ _FIELD_CHECKS = {
 
 
 def check_value(key: str, value, where: str = "") -> object:
-    """One key's value, checked on its own (an int widened to float where a float is expected), or ConfigError."""
+    """One key's value, checked on its own (an int widened to float where a float is expected), or ConfigError
+    naming `where` (default: the key)."""
     if key not in _FIELD_CHECKS:
-        raise _config_problem({"type": "extra_forbidden", "loc": (key,)}, where)
+        raise ConfigError(f"{where or key}: unknown key; allowed: {', '.join(KEYS)}")
     try:
         return _FIELD_CHECKS[key].validate_python(value)
-    except ValidationError:
-        raise _config_problem({"type": "value", "loc": (key,), "input": value}, where) from None
+    except ValidationError as error:
+        raise ConfigError(f"{where or key}: {problem(error.errors()[0])[1]}") from None
 
 
 def resolve(overrides: dict | None = None, where: str = "") -> TrialConfig:
@@ -164,7 +180,8 @@ def resolve(overrides: dict | None = None, where: str = "") -> TrialConfig:
     except ValidationError as error:
         order = list(overrides)  # the first bad key as the user wrote them
         first = min(error.errors(), key=lambda e: order.index(e["loc"][0]) if e["loc"] else len(order))
-        raise _config_problem(first, where) from None
+        path, what = problem(first, TrialConfig)
+        raise ConfigError(": ".join(part for part in (where, path, what) if part)) from None
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -267,6 +284,14 @@ SearchEntry = Annotated[
 ]
 Scheduler = Annotated[Asha | Fifo, Field(discriminator="type")]
 Searcher = Annotated[OptunaTPE | RandomSearch, Field(discriminator="type")]
+# every tag pydantic may put in an error's location -> the model it names (None: a search entry's form)
+UNION_TAGS = {
+    **dict.fromkeys(SEARCH_FORMS),
+    **{
+        typing.get_args(model.model_fields["type"].annotation)[0]: model
+        for model in (Uniform, LogUniform, IntRange, Choice, Asha, Fifo, OptunaTPE, RandomSearch)
+    },
+}
 
 
 class SpaceFile(_Shape):

@@ -22,7 +22,7 @@ from tuner.config.schema import (
     check_value,
     resolve,
 )
-from tuner.errors import SpaceError
+from tuner.errors import ConfigError, SpaceError
 from tuner.text import yaml_value
 
 # trainer/model: one space is one trainer on one model. epochs: the trial's budget; ASHA decides how much of it a
@@ -73,9 +73,9 @@ class SpaceProblems:
 
     def value(self, key: str, value, path: str):
         try:
-            return check_value(key, value)
-        except ValueError as error:
-            self.fail(path, str(error))
+            return check_value(key, value, path)
+        except ConfigError as error:
+            raise SpaceError(f"{self.label}: {error}") from None
 
 
 def config_values(optuna_params: dict) -> dict:

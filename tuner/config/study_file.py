@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError
 
 from models.catalog import num_units
 from tuner.config.keys import APPLIES_WHEN, applies
-from tuner.config.schema import KEYS, _Shape
+from tuner.config.schema import KEYS, _Shape, problem
 from tuner.config.space import Space, SpaceProblems, label, same
 from tuner.config.space_file import space_from_text
 from tuner.config.yaml_file import find_file, read_yaml, shipped
@@ -127,9 +127,7 @@ def load_study(name_or_path: str) -> Study:
     try:
         spec = StudyFile.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        file.fail(where, first["msg"] + (f" (got {yaml_value(first['input'])})" if first["type"] != "missing" else ""))
+        file.fail(*problem(error.errors()[0], StudyFile))
     if "seed" in spec.budget.search:
         file.fail("budget.search.seed", "the seed is not searched: the study sets the seeds", "a seed in budget.fixed")
     shared = shared_keys(spec)
