@@ -269,7 +269,7 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "searched key unknown": (variant(search__lrr={"type": "uniform", "low": 0.1, "high": 0.2}), "search.lrr"),
     "searched and fixed": (variant(fixed={"lr": 0.1}), "search.lr: 'lr' is also in fixed"),
     "epochs searched": (variant(search__epochs={"type": "int", "low": 1, "high": 5}), "search.epochs"),
-    "param not a mapping": (variant(search__lr=0.05), "search.lr"),
+    "param not a mapping": (variant(search__lr=0.05), "search.lr: must be a distribution {type: ...}"),
     "unknown distribution": (
         variant(search__lr={"type": "normal", "low": 0.1, "high": 0.2}),
         "search.lr: Input tag 'normal' found using 'type' does not match any of the expected tags: 'uniform', "

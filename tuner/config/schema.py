@@ -280,7 +280,11 @@ Distribution = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discrim
 SEARCH_FORMS = ("one", "per_condition")
 SearchEntry = Annotated[
     Annotated[Distribution, Tag("one")] | Annotated[list[Distribution], Tag("per_condition")],
-    Discriminator(lambda entry: "per_condition" if isinstance(entry, list) else "one"),
+    Discriminator(
+        lambda entry: "per_condition" if isinstance(entry, list) else "one" if isinstance(entry, dict) else None,
+        custom_error_type="search_entry",
+        custom_error_message="must be a distribution {type: ...} or a list of them (fixed values go under fixed)",
+    ),
 ]
 Scheduler = Annotated[Asha | Fifo, Field(discriminator="type")]
 Searcher = Annotated[OptunaTPE | RandomSearch, Field(discriminator="type")]
