@@ -115,7 +115,7 @@ TYPE_NAMES = {  # what --set parses a value as
 }
 
 
-def problem(error: dict, root: type[BaseModel] | None = None) -> tuple[str, str]:
+def problem(error: dict, root: type[BaseModel] = TrialConfig) -> tuple[str, str]:
     """(the key path as a user writes it, what is wrong) of one of pydantic's errors: pydantic's own location and
     message, with the value it got, and for an unknown key the keys allowed there (the fields of the model under
     `root` that holds it)."""
@@ -137,15 +137,15 @@ def key_path(loc: tuple, last_is_a_key: bool = False) -> str:
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
 
 
-def _fields_at(model: type[BaseModel] | None, loc: tuple) -> tuple:
+def _fields_at(model: type[BaseModel], loc: tuple) -> tuple:
     """The keys of the model at `loc` under `model` (a union's member picked by its tag in `loc`)."""
     for part in loc:
         if part in UNION_TAGS:
             model = UNION_TAGS[part] or model
-        elif model is not None and part in model.model_fields:
+        elif part in model.model_fields:
             members = _models_in(model.model_fields[part].annotation)
             model = members[0] if len(members) == 1 else model
-    return tuple(model.model_fields) if model else KEYS
+    return tuple(model.model_fields)
 
 
 def _models_in(annotation) -> list:
@@ -180,7 +180,7 @@ def resolve(overrides: dict | None = None, where: str = "") -> TrialConfig:
     except ValidationError as error:
         order = list(overrides)  # the first bad key as the user wrote them
         first = min(error.errors(), key=lambda e: order.index(e["loc"][0]) if e["loc"] else len(order))
-        path, what = problem(first, TrialConfig)
+        path, what = problem(first)
         raise ConfigError(": ".join(part for part in (where, path, what) if part)) from None
 
 
