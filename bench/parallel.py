@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 
 from bench.common import bench_config, emit, summary, synthetic_split, timed_epoch
-from models.networks import CFGS
+from models.catalog import CFGS
 from models.pipeline import REBALANCE_AFTER_STEPS
 from models.registry import build_trainer
 from tuner.config.schema import check_value

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.concurrency import bench_concurrency
 from bench.ray_overhead import bench_ray
 from bench.trainer_speed import bench_trainers
-from models.networks import CFGS
+from models.catalog import CFGS
 from models.registry import TRAINERS
 from tuner.config.schema import check_value
 from tuner.errors import ConfigError

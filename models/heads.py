@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.networks import NUM_CLASSES, mlp
+from models.catalog import HEAD_FAMILIES, NUM_CLASSES
+from models.networks import mlp
 
-HEAD_FAMILIES = ("flatten_mlp", "mlp_sr", "nokland", "pooled_mlp", "conv")
 NOKLAND_DECODER_INPUTS = 4096  # anokland/local-loss train.py: --dim-in-decoder default
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.networks import NUM_CLASSES
+from models.catalog import LOCAL_LOSSES, NUM_CLASSES
 
 
 def similarity_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -45,4 +45,4 @@ def local_loss(kind: str, features, logits, labels, *, sim_weight: float, label_
     if kind == "predsim":
         pred = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         return (1 - sim_weight) * pred + sim_weight * sim_loss(features, labels)
-    raise ValueError(f"unknown local_loss '{kind}'; allowed: pred, sim, predsim")
+    raise ValueError(f"unknown local_loss '{kind}'; allowed: {', '.join(LOCAL_LOSSES)}")

@@ -1,4 +1,4 @@
-"""The networks, as plain data, built by name into a sequence of blocks.
+"""The networks of models/catalog.py, built by name into a sequence of blocks.
 
 A network is a list of conv *units* (conv-BN-ReLU, with the max-pool that follows it, as in timm's VGG cfgs),
 grouped into `num_blocks` contiguous *blocks* — the unit that local learning trains on its own — and a
@@ -10,19 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-NUM_CLASSES = 10
-IMAGE_CHANNELS, IMAGE_SIZE = 3, 32  # CIFAR-10's images
-
-# Conv widths; 'M' is a 2x2 max-pool that belongs to the conv before it.
-CFGS: dict[str, list] = {
-    "basiccnn": [128, "M", 128, "M", 128, "M"],
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
-}
-KERNEL = {"basiccnn": 5}  # the write-up's BasicCNN uses 5x5 convs; VGG uses 3x3
-HIDDEN = {"basiccnn": [256]}  # hidden widths of the classifier MLP; VGG for CIFAR has none (Linear 512 -> 10)
+from models.catalog import CFGS, HIDDEN, IMAGE_CHANNELS, IMAGE_SIZE, KERNEL, NUM_CLASSES
 
 
 def scaled(channels: int, width: float) -> int:
@@ -92,10 +80,6 @@ class Network(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.classifier(x)
-
-
-def num_units(name: str) -> int:
-    return sum(1 for item in CFGS[name] if item != "M")
 
 
 def build_network(name: str, width: float = 1.0, num_blocks: int | None = None, dropout: float = 0.0) -> Network:

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from models.catalog import OPTIMIZERS
+
 
 def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     params = list(params)
@@ -19,7 +21,7 @@ def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
         )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer '{cfg.optimizer}'; allowed: sgd, adamw")
+    raise ValueError(f"unknown optimizer '{cfg.optimizer}'; allowed: {', '.join(OPTIMIZERS)}")
 
 
 def lr_factor(step: int, cfg: dict, steps_per_epoch: int) -> float:

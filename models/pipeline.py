@@ -29,7 +29,7 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-from models.networks import IMAGE_CHANNELS, IMAGE_SIZE
+from models.catalog import IMAGE_CHANNELS, IMAGE_SIZE
 from models.pipeline_stage import (
     POLL_S,
     Link,

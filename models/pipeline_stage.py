@@ -11,7 +11,7 @@ import traceback
 import torch
 import torch.multiprocessing as mp
 
-from models.networks import IMAGE_CHANNELS, IMAGE_SIZE, NUM_CLASSES
+from models.catalog import IMAGE_CHANNELS, IMAGE_SIZE, NUM_CLASSES
 from models.optim import make_optimizer
 from models.trainer_base import NAN_CHECK_EVERY, _hits
 from models.trainers import DGL, BlockWithHead

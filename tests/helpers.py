@@ -14,8 +14,7 @@ from pathlib import Path
 
 from models.registry import build_trainer
 from tuner.config.schema import resolve
-from tuner.ray_adaptations.snapshots import RAY_SNAPSHOT
-from tuner.search.folder import RESUME_DIR
+from tuner.ray_adaptations.snapshots import RAY_SNAPSHOT, RESUME_DIR
 from tuner.trial.epoch import steps_per_epoch
 
 

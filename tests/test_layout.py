@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [  # lowest first
-    ("tuner.errors", "tuner.text", "tuner.outcome", "tuner.ranking"),  # used everywhere
+    ("tuner.errors", "tuner.text", "tuner.outcome", "tuner.ranking", "tuner.files"),  # used everywhere
     ("tuner.config",),  # schema, space and study files, settings: no torch, no Ray
     ("tuner.ray_adaptations",),
     ("tuner.trial",),

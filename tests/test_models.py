@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.heads import HEAD_FAMILIES, SyntheticGradient, aux_head
+from models.catalog import CFGS, HEAD_FAMILIES, HEAD_READS, TRAINER_READS, num_units
+from models.heads import SyntheticGradient, aux_head
 from models.losses import sim_loss, similarity_matrix
-from models.networks import CFGS, build_network, num_units
-from models.registry import build_trainer
+from models.networks import build_network
+from models.registry import TRAINERS, build_trainer
 from models.synthetic_gradients import DNI
 from models.trainers import DGL
 from tuner.config.schema import resolve
@@ -48,6 +49,9 @@ def test_vgg16_layers_and_grouping():
         resolve({"model": "basiccnn", "num_blocks": 4})
 
 
+HEAD_KEYS = ("aux_width", "aux_depth", "aux_convs", "aux_pool")
+
+
 def head(family, channels, size, **overrides):
     return aux_head(resolve({"aux_head": family, **overrides}), channels, size)
 
@@ -60,6 +64,18 @@ def count(module):
 def test_aux_head_shapes(family):
     for channels, size in [(16, 32), (64, 8), (128, 1)]:
         assert head(family, channels, size)(torch.randn(3, channels, size, size)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("family", HEAD_FAMILIES)
+def test_a_head_reads_the_keys_the_catalog_names(family):
+    # the catalog says which aux_* keys a family reads (MLflow logs only those): a key it reads changes the head
+    shapes = {key: [p.shape for p in head(family, 16, 8, **{key: 4}).parameters()] for key in HEAD_KEYS}
+    default = [p.shape for p in head(family, 16, 8).parameters()]
+    assert {key for key, shape in shapes.items() if shape != default} == set(HEAD_READS[family])
+
+
+def test_the_registry_builds_every_trainer_the_catalog_names():
+    assert tuple(TRAINERS) == tuple(TRAINER_READS)
 
 
 def test_flatten_mlp_is_the_writeups_head():

@@ -28,7 +28,7 @@ from tuner.ray_adaptations.asha import STATE_FILE, PersistentASHA
 from tuner.ray_adaptations.environment import QUIET_ENV, STATE_EVERY_STEP
 from tuner.ray_adaptations.interrupts import StopTrialsAtOnce
 from tuner.ray_adaptations.notices import INTERRUPT_NOTICES
-from tuner.search.folder import RESUME_DIR
+from tuner.ray_adaptations.snapshots import RESUME_DIR
 
 RAY = Path(ray.__file__).parent
 COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING

@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from tuner.config.settings import SearchSettings
 from tuner.ray_adaptations.asha import STATE_FILE, PersistentASHA
-from tuner.ray_adaptations.snapshots import install_ray_snapshot, save_ray_snapshot
-from tuner.search.folder import RESUME_DIR, SearchRecord, claim
+from tuner.ray_adaptations.snapshots import RESUME_DIR, install_ray_snapshot, save_ray_snapshot
+from tuner.search.folder import SearchRecord, claim
 from tuner.tracking.parent_run import start_parent_run
 from tuner.tracking.trial_runs import MLflowTracker
 

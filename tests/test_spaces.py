@@ -1,7 +1,10 @@
 """Search spaces: the shipped files load and sample correctly; every kind of bad file gets a one-line SpaceError
 naming the file and the key."""
 
+import os
 import pickle
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -234,23 +237,47 @@ def test_bad_per_condition_space_is_refused_in_one_line_before_anything_exists(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
+NO_HEAVY_IMPORTS = """import sys
+from tuner.run import main
+code = main(sys.argv[1:] + ["--storage", "runs", "--mlflow-uri", "sqlite:///mlflow.db"])
+print("exit", code, "loaded:", *sorted(m for m in ("torch", "ray") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("space, code", [("dgl_quick", 0), ("bad.yaml", 2)])
+def test_a_dry_run_and_a_bad_space_load_neither_torch_nor_ray(tmp_path, space, code):
+    # what a user runs first, and most often to fix a file, answers without the seconds torch and Ray take to import
+    (tmp_path / "bad.yaml").write_text(variant(search__lr={"type": "uniform", "low": 0.1}))
+    command = [sys.executable, "-c", NO_HEAVY_IMPORTS, "--space", space, "--dry-run"]
+    env = {**os.environ, "PYTHONPATH": str(SPACES_DIR.parent)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == f"exit {code} loaded:", result.stdout[-2000:] + result.stderr[-2000:]
+
+
 BAD = {  # case -> (YAML text, the key path the message must name)
     "top level is a list": ("- 1\n- 2\n", "top level"),
     "unknown top key": (variant(searchers={"type": "random"}), "searchers: unknown key"),
-    "missing required": (variant(num_samples=None), "num_samples: required"),
+    "missing required": (variant(num_samples=None), "num_samples: Field required"),
     "unknown fixed key": (variant(fixed={"widht": 1.0}), "fixed.widht: unknown key"),
     "bad fixed value": (variant(fixed={"width": "wide"}), "fixed.width"),
     "trainer in fixed": (variant(fixed={"trainer": "dgl"}), "fixed.trainer: set trainer at the top level"),
-    "unknown trainer": (variant(trainer="sgd"), "trainer"),
+    "unknown trainer": (
+        variant(trainer="sgd"),
+        """trainer: Input should be 'backprop', 'dgl', 'dni' or 'cdni' (got "sgd")""",
+    ),
     "unknown model": (variant(model="resnet50"), "model"),
     "searched key unknown": (variant(search__lrr={"type": "uniform", "low": 0.1, "high": 0.2}), "search.lrr"),
     "searched and fixed": (variant(fixed={"lr": 0.1}), "search.lr: 'lr' is also in fixed"),
     "epochs searched": (variant(search__epochs={"type": "int", "low": 1, "high": 5}), "search.epochs"),
-    "param not a mapping": (variant(search__lr=0.05), "search.lr"),
-    "unknown distribution": (variant(search__lr={"type": "normal", "low": 0.1, "high": 0.2}), "search.lr.type"),
+    "param not a mapping": (variant(search__lr=0.05), "search.lr: must be a distribution {type: ...}"),
+    "unknown distribution": (
+        variant(search__lr={"type": "normal", "low": 0.1, "high": 0.2}),
+        "search.lr: Input tag 'normal' found using 'type' does not match any of the expected tags: 'uniform', "
+        "'loguniform', 'int', 'choice'",
+    ),
     "unknown param key": (
         variant(search__lr={"type": "uniform", "low": 0.1, "high": 0.2, "step": 0.1}),
-        "search.lr.step: unknown key",
+        "search.lr.step: unknown key; allowed: type, low, high, when",
     ),
     "missing bound": (variant(search__lr={"type": "uniform", "low": 0.1}), "search.lr.high"),
     "low >= high": (variant(search__lr={"type": "uniform", "low": 0.1, "high": 0.01}), "search.lr.low: must be < high"),
@@ -323,7 +350,7 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "a list of no distribution": (per_optimizer(), "search.lr: lists no distribution"),
     "a bad distribution in the list": (
         per_optimizer(ADAMW_LR, {"type": "loguniform", "low": 0.003, "when": {"optimizer": "sgd"}}),
-        "search.lr[1].high: required key is missing",
+        "search.lr[1].high: Field required",
     ),
     "a point outside its condition's range": (
         per_optimizer(
@@ -335,12 +362,19 @@ BAD = {  # case -> (YAML text, the key path the message must name)
         per_optimizer(ADAMW_LR, SGD_LR, searcher={"type": "random", "points_to_evaluate": [{"lr": 0.05}]}),
         "searcher.points_to_evaluate[0].lr: 'lr' has a distribution per optimizer",
     ),
-    "unknown scheduler": (variant(scheduler={"type": "hyperband"}), "scheduler.type"),
+    "unknown scheduler": (
+        variant(scheduler={"type": "hyperband"}),
+        "scheduler: Input tag 'hyperband' found using 'type' does not match any of the expected tags: 'asha', 'fifo'",
+    ),
     "unknown scheduler key": (variant(scheduler={"type": "asha", "max_epochs": 3}), "scheduler.max_epochs"),
     "max_t over epochs": (variant(scheduler={"type": "asha", "max_t": 20}), "scheduler.max_t"),
     "grace over max_t": (variant(scheduler={"type": "asha", "max_t": 5, "grace_period": 6}), "scheduler.grace_period"),
     "reduction factor 1": (variant(scheduler={"type": "asha", "reduction_factor": 1}), "scheduler.reduction_factor"),
-    "unknown searcher": (variant(searcher={"type": "bayesopt"}), "searcher.type"),
+    "unknown searcher": (
+        variant(searcher={"type": "bayesopt"}),
+        "searcher: Input tag 'bayesopt' found using 'type' does not match any of the expected tags: 'optuna_tpe', "
+        "'random'",
+    ),
     "tpe key on random": (variant(searcher={"type": "random", "n_startup_trials": 3}), "searcher.n_startup_trials"),
     "point outside range": (
         variant(searcher={"type": "random", "points_to_evaluate": [{"lr": 0.5}]}),
@@ -359,7 +393,7 @@ BAD = {  # case -> (YAML text, the key path the message must name)
     "max_concurrent 0": (variant(max_concurrent=0), "max_concurrent"),
     "negative gpu": (variant(resources={"cpu": 1, "gpu": -0.5}), "resources.gpu"),
     "unknown resource": (variant(resources={"cpus": 1}), "resources.cpus: unknown key"),
-    "bad mode": (variant(mode="maximize"), "mode"),
+    "bad mode": (variant(mode="maximize"), """mode: Input should be 'min' or 'max' (got "maximize")"""),
     "metric not text": (variant(metric=5), "metric"),
     "yaml syntax": ("trainer: dgl\nsearch: {lr: [\n", "line"),
     "duplicate key": (variant().replace("num_samples: 4", "num_samples: 4\nnum_samples: 8"), "duplicate key"),

@@ -3,25 +3,21 @@ with local_loss=pred no `sim_weight`. MLflow logs only these, and a study refuse
 
 from __future__ import annotations
 
-# key -> (the key it depends on, the values under which it is used by the trainers in models/)
-APPLIES_WHEN = {
-    "num_blocks": ("trainer", ("dgl", "dni", "cdni")),  # backprop trains its network as one block
-    "aux_head": ("trainer", ("dgl",)),
-    "local_loss": ("trainer", ("dgl",)),
-    "stages": ("trainer", ("dgl",)),
-    "aux_width": ("aux_head", ("flatten_mlp", "pooled_mlp", "conv")),
-    "aux_depth": ("aux_head", ("flatten_mlp", "pooled_mlp")),
-    "aux_pool": ("aux_head", ("pooled_mlp", "conv")),
-    "aux_convs": ("aux_head", ("conv",)),
-    "sg_kernel": ("trainer", ("dni", "cdni")),
-    "sg_after_last_block": ("trainer", ("dni", "cdni")),
-    "sg_last_init": ("trainer", ("dni", "cdni")),
-    "sim_weight": ("local_loss", ("predsim",)),
-    "momentum": ("optimizer", ("sgd",)),
-    "nesterov": ("optimizer", ("sgd",)),
-    "lr_step_epochs": ("schedule", ("step",)),
-    "lr_gamma": ("schedule", ("step",)),
-}
+from models.catalog import READS
+
+
+def _applies_when() -> dict:
+    """key -> (the choice it depends on, the values of that choice under which the trainers read it)."""
+    table = {}
+    for choice, reads in READS.items():
+        for value, keys in reads.items():
+            for key in keys:
+                parent, values = table.setdefault(key, (choice, ()))
+                table[key] = (parent, (*values, value))
+    return table
+
+
+APPLIES_WHEN = _applies_when()  # e.g. "sim_weight": ("local_loss", ("predsim",)), from models/catalog.py
 
 
 def applies(key: str, config: dict) -> bool:

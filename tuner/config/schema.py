@@ -1,23 +1,22 @@
 """One trial's settings and the shape of a search-space file, as pydantic models: the single source of truth.
 
 `resolve(overrides)` fills in the defaults and validates; everything downstream (trainers, the Ray trainable, MLflow)
-sees the same frozen `TrialConfig`. The trainer and model names come from the registries in models/. pydantic finds
-what is wrong and where; the messages below say it as one line in the user's terms.
+sees the same frozen `TrialConfig`. The names of trainers, models, heads, losses, optimizers and schedules come from
+models/catalog.py, which imports no torch. pydantic finds what is wrong and where and says it; `problem` only writes
+its location as the user writes the key and adds the value it got, or the keys allowed in place of an unknown one.
 """
 
 from __future__ import annotations
 
-import json
 import types
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
-from models.networks import CFGS, num_units
-from models.registry import TRAINERS
+from models.catalog import CFGS, HEAD_FAMILIES, LOCAL_LOSSES, OPTIMIZERS, SCHEDULES, TRAINERS, num_units
 from tuner.errors import ConfigError
+from tuner.text import yaml_value
 
 STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)  # a YAML `true` is not 1, a "0.1" is not a number
 
@@ -27,19 +26,19 @@ class TrialConfig(BaseModel):
 
     model_config = STRICT
     # what is trained
-    trainer: Literal[tuple(TRAINERS)] = "dgl"
+    trainer: Literal[TRAINERS] = "dgl"
     model: Literal[tuple(CFGS)] = "vgg16"
     width: float = Field(1.0, gt=0.0, le=64.0)  # multiplier on every conv / hidden width
     num_blocks: int | None = Field(None, ge=1, le=10_000)  # None: one block per conv layer / conv stage; 1 = backprop
     dropout: float = Field(0.0, ge=0.0, le=1.0)  # dropout after each conv unit
     # local learning: DGL auxiliary heads and losses
     # head families (models/heads.py says what each reproduces); the default is the write-up's flatten -> 512 -> 10
-    aux_head: Literal["flatten_mlp", "mlp_sr", "nokland", "pooled_mlp", "conv"] = "flatten_mlp"
+    aux_head: Literal[HEAD_FAMILIES] = "flatten_mlp"
     aux_width: int = Field(512, ge=1, le=1 << 16)  # hidden units (flatten_mlp, pooled_mlp) / channels (conv)
     aux_depth: int = Field(1, ge=0, le=16)  # hidden Linear layers of flatten_mlp and pooled_mlp only
     aux_convs: int = Field(1, ge=0, le=16)  # 3x3 conv layers of the conv head only
     aux_pool: int = Field(2, ge=1, le=64)  # pooled_mlp and conv heads: pooled spatial size
-    local_loss: Literal["pred", "sim", "predsim"] = "pred"
+    local_loss: Literal[LOCAL_LOSSES] = "pred"
     sim_weight: float = Field(0.99, ge=0.0, le=1.0)  # predsim: (1 - sim_weight) * CE + sim_weight * sim (Nøkland's)
     # DNI / cDNI synthetic-gradient modules; the defaults are the write-up's
     sg_kernel: Literal[3, 5] = 5  # kernel of the module's three convs
@@ -48,12 +47,12 @@ class TrialConfig(BaseModel):
     # or zero (weight and bias: every module's first prediction is exactly 0)
     sg_last_init: Literal["zero_weight", "zero"] = "zero_weight"
     # optimisation
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal[OPTIMIZERS] = "sgd"
     lr: float = Field(0.05, gt=0.0, le=1e6)
     momentum: float = Field(0.9, ge=0.0, le=1.0)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0.0, le=1e3)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    schedule: Literal[SCHEDULES] = "cosine"
     warmup_epochs: int = Field(0, ge=0, le=10_000)
     lr_step_epochs: int = Field(30, ge=1, le=10_000)  # step schedule: multiply by lr_gamma every lr_step_epochs
     lr_gamma: float = Field(0.1, gt=0.0, le=1.0)
@@ -107,38 +106,53 @@ def _kind(annotation) -> str:
     return annotation.__name__
 
 
-TYPE_NAMES = {
+TYPE_NAMES = {  # what --set parses a value as
     "bool": "true or false",
     "int": "an integer",
     "float": "a number",
     "str": "a string",
     "int?": "an integer or null",
 }
-ACCEPTS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "int?": (int, type(None))}
 
 
-def value_problem(key: str, value) -> str:
-    """Why `value` is not a valid `key`, in today's words (called once pydantic has said that it is not)."""
-    field = TrialConfig.model_fields[key]
-    kind = _kind(field.annotation)
-    if not isinstance(value, ACCEPTS[kind]) or (isinstance(value, bool) and kind != "bool"):
-        return f"'{key}' must be {TYPE_NAMES[kind]}, got {value!r}"
-    value = float(value) if kind == "float" else value
-    if typing.get_origin(field.annotation) is Literal:
-        return f"'{key}' must be one of {', '.join(map(str, typing.get_args(field.annotation)))}, got {value!r}"
-    low = next(m for m in field.metadata if isinstance(m, (Ge, Gt)))
-    high = next(m.le for m in field.metadata if isinstance(m, Le))
-    interval = f"[{low.ge}" if isinstance(low, Ge) else f"({low.gt}"
-    return f"'{key}' must lie in {interval}, {high}], got {value!r}"
+def problem(error: dict, root: type[BaseModel] = TrialConfig) -> tuple[str, str]:
+    """(the key path as a user writes it, what is wrong) of one of pydantic's errors: pydantic's own location and
+    message, with the value it got, and for an unknown key the keys allowed there (the fields of the model under
+    `root` that holds it)."""
+    loc, kind = error["loc"], error["type"]
+    path = key_path(loc, last_is_a_key=kind in ("extra_forbidden", "missing"))
+    if kind == "extra_forbidden":
+        return path, f"unknown key; allowed: {', '.join(_fields_at(root, loc[:-1]))}"
+    if kind == "value_error":  # a model validator's own message, already in the user's terms
+        return path, str(error["ctx"]["error"])
+    shown = kind not in ("missing", "union_tag_invalid")  # pydantic's message names the tag; a key has no value
+    return path, error["msg"] + (f" (got {yaml_value(error['input'])})" if shown else "")
 
 
-def _config_problem(error: dict, where: str) -> ConfigError:
-    prefix = f"{where}: " if where else ""
-    if error["type"] == "extra_forbidden":
-        return ConfigError(f"{prefix}unknown key '{error['loc'][0]}'; allowed: {', '.join(sorted(KEYS))}")
-    if not error["loc"]:  # a model validator: its message is already in the user's terms
-        return ConfigError(prefix + str(error["ctx"]["error"]))
-    return ConfigError(prefix + value_problem(error["loc"][0], error["input"]))
+def key_path(loc: tuple, last_is_a_key: bool = False) -> str:
+    """pydantic's location as a user writes the key: search.lr[1].high. pydantic also names the member of a union it
+    tried (the `type` of a distribution, one distribution or a list of them); the user never wrote those. The last
+    part of an unknown or missing key's location is that key, whatever its name."""
+    parts = [part for i, part in enumerate(loc) if part not in UNION_TAGS or last_is_a_key and i == len(loc) - 1]
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> tuple:
+    """The keys of the model at `loc` under `model` (a union's member picked by its tag in `loc`)."""
+    for part in loc:
+        if part in UNION_TAGS:
+            model = UNION_TAGS[part] or model
+        elif part in model.model_fields:
+            members = _models_in(model.model_fields[part].annotation)
+            model = members[0] if len(members) == 1 else model
+    return tuple(model.model_fields)
+
+
+def _models_in(annotation) -> list:
+    """The pydantic models an annotation names, inside unions, lists, dicts and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
 
 
 _FIELD_CHECKS = {
@@ -148,13 +162,14 @@ _FIELD_CHECKS = {
 
 
 def check_value(key: str, value, where: str = "") -> object:
-    """One key's value, checked on its own (an int widened to float where a float is expected), or ConfigError."""
+    """One key's value, checked on its own (an int widened to float where a float is expected), or ConfigError
+    naming `where` (default: the key)."""
     if key not in _FIELD_CHECKS:
-        raise _config_problem({"type": "extra_forbidden", "loc": (key,)}, where)
+        raise ConfigError(f"{where or key}: unknown key; allowed: {', '.join(KEYS)}")
     try:
         return _FIELD_CHECKS[key].validate_python(value)
-    except ValidationError:
-        raise _config_problem({"type": "value", "loc": (key,), "input": value}, where) from None
+    except ValidationError as error:
+        raise ConfigError(f"{where or key}: {problem(error.errors()[0])[1]}") from None
 
 
 def resolve(overrides: dict | None = None, where: str = "") -> TrialConfig:
@@ -165,7 +180,8 @@ def resolve(overrides: dict | None = None, where: str = "") -> TrialConfig:
     except ValidationError as error:
         order = list(overrides)  # the first bad key as the user wrote them
         first = min(error.errors(), key=lambda e: order.index(e["loc"][0]) if e["loc"] else len(order))
-        raise _config_problem(first, where) from None
+        path, what = problem(first)
+        raise ConfigError(": ".join(part for part in (where, path, what) if part)) from None
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -264,10 +280,22 @@ Distribution = Annotated[Uniform | LogUniform | IntRange | Choice, Field(discrim
 SEARCH_FORMS = ("one", "per_condition")
 SearchEntry = Annotated[
     Annotated[Distribution, Tag("one")] | Annotated[list[Distribution], Tag("per_condition")],
-    Discriminator(lambda entry: "per_condition" if isinstance(entry, list) else "one"),
+    Discriminator(
+        lambda entry: "per_condition" if isinstance(entry, list) else "one" if isinstance(entry, dict) else None,
+        custom_error_type="search_entry",
+        custom_error_message="must be a distribution {type: ...} or a list of them (fixed values go under fixed)",
+    ),
 ]
 Scheduler = Annotated[Asha | Fifo, Field(discriminator="type")]
 Searcher = Annotated[OptunaTPE | RandomSearch, Field(discriminator="type")]
+# every tag pydantic may put in an error's location -> the model it names (None: a search entry's form)
+UNION_TAGS = {
+    **dict.fromkeys(SEARCH_FORMS),
+    **{
+        typing.get_args(model.model_fields["type"].annotation)[0]: model
+        for model in (Uniform, LogUniform, IntRange, Choice, Asha, Fifo, OptunaTPE, RandomSearch)
+    },
+}
 
 
 class SpaceFile(_Shape):
@@ -285,12 +313,3 @@ class SpaceFile(_Shape):
     resources: Resources | None = None
     metric: Any = None
     mode: Literal["min", "max"] | None = None
-
-
-def fmt(value) -> str:
-    """A value as YAML would show it (null, true, "text", 1e-05); a container by its kind."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:g}" if isinstance(value, float) else str(value)
-    if isinstance(value, (list, dict)):
-        return ("a list" if value else "an empty list") if isinstance(value, list) else "a mapping"
-    return json.dumps(value) if value is None or isinstance(value, (str, bool)) else type(value).__name__

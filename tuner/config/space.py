@@ -20,10 +20,10 @@ from tuner.config.schema import (
     Resources,
     TrialConfig,
     check_value,
-    fmt,
     resolve,
 )
-from tuner.errors import SpaceError
+from tuner.errors import ConfigError, SpaceError
+from tuner.text import yaml_value
 
 # trainer/model: one space is one trainer on one model. epochs: the trial's budget; ASHA decides how much of it a
 # trial gets, so searching it would fight the scheduler.
@@ -43,7 +43,8 @@ def label(path: Path) -> str:
 
 
 def number_problem(value, minimum, strict: bool, integer: bool) -> str:
-    return f"must be {'an integer' if integer else 'a number'} {'>' if strict else '>='} {minimum:g}, got {fmt(value)}"
+    kind, bound = "an integer" if integer else "a number", ">" if strict else ">="
+    return f"must be {kind} {bound} {minimum:g}, got {yaml_value(value)}"
 
 
 class SpaceProblems:
@@ -58,7 +59,7 @@ class SpaceProblems:
 
     def mapping(self, value, path: str, allowed) -> dict:
         if not isinstance(value, dict):
-            self.fail(path, f"must be a mapping, got {fmt(value)}")
+            self.fail(path, f"must be a mapping, got {yaml_value(value)}")
         for key in value:
             if key not in allowed:
                 self.fail(f"{path}.{key}" if path else str(key), "unknown key", ", ".join(allowed))
@@ -72,9 +73,9 @@ class SpaceProblems:
 
     def value(self, key: str, value, path: str):
         try:
-            return check_value(key, value)
-        except ValueError as error:
-            self.fail(path, str(error))
+            return check_value(key, value, path)
+        except ConfigError as error:
+            raise SpaceError(f"{self.label}: {error}") from None
 
 
 def config_values(optuna_params: dict) -> dict:
@@ -149,20 +150,20 @@ class Dimension:
         if self.branches:
             return " | ".join(b.describe() for b in self.branches)
         if self.type == "choice":
-            text = f"choice [{', '.join(fmt(v) for v in self.values)}]"
+            text = f"choice [{', '.join(yaml_value(v) for v in self.values)}]"
         else:
-            text = f"{self.type} [{fmt(self.low)}, {fmt(self.high)}]"
+            text = f"{self.type} [{yaml_value(self.low)}, {yaml_value(self.high)}]"
             text += f" step {self.step}" if self.type == "int" and self.step != 1 else ""
             text += " log" if self.type == "int" and self.log else ""
         for parent, values in self.when.items():
-            text += f"  (only when {parent} in [{', '.join(fmt(v) for v in values)}])"
+            text += f"  (only when {parent} in [{', '.join(yaml_value(v) for v in values)}])"
         return text
 
 
 @dataclass(frozen=True)
 class Space:
     name: str
-    path: Path
+    path: Path | None  # None: read from text, not from a file (a study's arm, a search's logged space)
     text: str  # the file's raw contents (logged to MLflow as an artifact)
     trainer: str
     model: str
@@ -245,12 +246,15 @@ class Space:
         return replace(self, **update)
 
     def describe(self) -> str:
-        lines = [f"space {self.name}  ({label(self.path)})"] + ([f"  {self.description}"] if self.description else [])
+        lines = [f"space {self.name}" + (f"  ({label(self.path)})" if self.path else "")]
+        lines += [f"  {self.description}"] if self.description else []
         config, width = self.base_config(), max(map(len, KEYS))
         lines.append("fixed:")
-        lines += [f"  {key:<{width}} = {fmt(getattr(config, key))}" for key in self.fixed]
+        lines += [f"  {key:<{width}} = {yaml_value(getattr(config, key))}" for key in self.fixed]
         defaults = [
-            f"{key}={fmt(getattr(config, key))}" for key in KEYS if key not in self.fixed and key not in self.params
+            f"{key}={yaml_value(getattr(config, key))}"
+            for key in KEYS
+            if key not in self.fixed and key not in self.params
         ]
         lines.append(f"defaults (not set in the file): {', '.join(defaults) or '-'}")
         lines.append(f"search ({len(self.params)} params):")
@@ -265,7 +269,7 @@ class Space:
         lines += [f"  {json.dumps(point)}" for point in points]
         lines.append(
             f"samples: {self.num_samples}, max concurrent: {self.max_concurrent or 'unlimited'}, "
-            f"per trial: cpu {fmt(self.resources.cpu)}, gpu {fmt(self.resources.gpu)}"
+            f"per trial: cpu {yaml_value(self.resources.cpu)}, gpu {yaml_value(self.resources.gpu)}"
         )
         lines.append(f"objective: {self.mode} {self.metric}")
         return "\n".join(lines)

@@ -9,131 +9,27 @@ allowed: ...`.
 
 from __future__ import annotations
 
-import types
-import typing
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from tuner.config.schema import (
     KEYS,
-    SEARCH_FORMS,
     Asha,
     Fifo,
     OptunaTPE,
     Resources,
     SpaceFile,
     TrialConfig,
-    fmt,
+    problem,
     resolve,
 )
-from tuner.config.space import Space, SpaceProblems, label, number_problem, same
+from tuner.config.space import Space, SpaceProblems, label, same
 from tuner.config.space_search import dimensions
-from tuner.config.yaml_file import find_file, read_yaml, shipped
+from tuner.config.yaml_file import find_file, parse_yaml, read_yaml, shipped
+from tuner.text import yaml_value
 
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
-# sections in the order a reader checks them: of two mistakes, the first in this order is reported
-CHECK_ORDER = (
-    "trainer",
-    "model",
-    "fixed",
-    "search",
-    "scheduler",
-    "searcher",
-    "resources",
-    "max_concurrent",
-    "metric",
-    "mode",
-    "description",
-    "num_samples",
-)
-
-
-def _shape_problem(file: SpaceProblems, error: dict, data: dict):
-    """One of pydantic's errors about the file's shape, as today's one line."""
-    path, holder, node, union = _locate(data, error["loc"])
-    kind, key = error["type"], path.rsplit(".", 1)[-1]
-    if kind == "missing":
-        file.fail(path, "required key is missing")
-    if kind == "extra_forbidden":
-        file.fail(path, "unknown key", ", ".join(holder.model_fields))
-    if union is not None:  # a mapping whose 'type' picks its schema
-        tags = ", ".join(typing.get_args(member.model_fields["type"].annotation)[0] for member in union)
-        if kind == "union_tag_invalid":
-            file.fail(f"{path}.type", f"unknown type {fmt(node['type'])}", tags)
-        if path.startswith("search.") and not isinstance(node, dict):
-            file.fail(path, f"must be a distribution {{type: ...}}, got {fmt(node)} (fixed values go under fixed)")
-        got = "no 'type' key" if isinstance(node, dict) else fmt(node)
-        file.fail(path, f"must be a mapping with a 'type' key, got {got}", tags)
-    if kind == "list_type":
-        file.fail(path, f"must be a list of mappings, got {fmt(node)}")
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        file.fail(path, f"must be a mapping, got {fmt(node)}")
-    field = holder.model_fields[key]
-    if kind == "literal_error":
-        file.fail(path, f"got {fmt(node)}", ", ".join(a for t in _unwrap(field.annotation) for a in typing.get_args(t)))
-    if field.annotation is bool:
-        file.fail(path, f"must be true or false, got {fmt(node)}")
-    low = next(m for m in field.metadata if hasattr(m, "ge") or hasattr(m, "gt"))
-    integer = field.annotation in (int, int | None)
-    file.fail(path, number_problem(node, getattr(low, "ge", getattr(low, "gt", 0)), hasattr(low, "gt"), integer))
-
-
-def _unwrap(annotation) -> list:
-    """The types an annotation allows, Annotated and None stripped; a discriminated union as its members."""
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    members = (
-        typing.get_args(annotation)
-        if typing.get_origin(annotation) in (typing.Union, type(int | None))
-        else (annotation,)
-    )
-    result = []
-    for member in members:
-        while typing.get_origin(member) is typing.Annotated:
-            member = typing.get_args(member)[0]
-        if typing.get_origin(member) in (typing.Union, types.UnionType):
-            result += typing.get_args(member)
-        elif member is not type(None):
-            result.append(member)
-    return result
-
-
-def _locate(data, loc: tuple):
-    """pydantic's error location -> (key path as the user writes it, the model that holds the last key,
-    the value found there, the members of the tagged union expected there or None)."""
-    parts, holder, node, expected = [], SpaceFile, data, [SpaceFile]
-    for part in loc:
-        if part in SEARCH_FORMS:  # pydantic names the form of a search entry it tried; the user never wrote that
-            expected = [t for t in expected if (typing.get_origin(t) is list) == (part == SEARCH_FORMS[1])]
-            continue
-        models = [t for t in expected if isinstance(t, type) and issubclass(t, BaseModel)]
-        union = models if len(models) > 1 else None
-        if (
-            union
-            and isinstance(part, str)
-            and not (isinstance(node, dict) and part in node)
-            and any(part in typing.get_args(m.model_fields["type"].annotation) for m in union)
-        ):
-            expected = [m for m in union if part in typing.get_args(m.model_fields["type"].annotation)]
-            continue  # pydantic names the union member it tried; the user never wrote that
-        if isinstance(part, int):
-            parts[-1] += f"[{part}]"
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-            expected = [m for t in expected if typing.get_origin(t) is list for m in _unwrap(typing.get_args(t)[0])]
-        elif models and part in models[0].model_fields:
-            holder, parts = models[0], parts + [part]
-            node = node.get(part) if isinstance(node, dict) else None
-            expected = _unwrap(holder.model_fields[part].annotation)
-        elif any(typing.get_origin(t) is dict for t in expected):
-            parts.append(part)
-            node = node.get(part) if isinstance(node, dict) else None
-            expected = _unwrap([typing.get_args(t)[1] for t in expected if typing.get_origin(t) is dict][0])
-        elif models:  # a key the model does not have
-            holder, parts, node = models[0], parts + [part], None
-        # else: a label pydantic gives a plain union's member (int | float): not part of the path
-    models = [t for t in expected if isinstance(t, type) and issubclass(t, BaseModel)]
-    return ".".join(parts), holder, node, (models if len(models) > 1 else None)
 
 
 def list_spaces() -> list[str]:
@@ -150,19 +46,23 @@ def load_space(name_or_path: str) -> Space:
     path = find_space(name_or_path)
     file = SpaceProblems(label(path))
     text, data = read_yaml(path, file)
+    return _checked_space(file, data, text, path.stem, path)
+
+
+def space_from_text(text: str, name: str, where: str) -> Space:
+    """A space from its YAML text (a study's arm, a search's logged space.yaml), named `name` as a space is named for
+    its file; an error names `where` as it would name the file."""
+    file = SpaceProblems(where)
+    return _checked_space(file, parse_yaml(text, file), text, name)
+
+
+def _checked_space(file: SpaceProblems, data, text: str, name: str, path: Path | None = None) -> Space:
     if not isinstance(data, dict):
-        file.fail("top level", f"must be a mapping, got {fmt(data)}", ", ".join(SpaceFile.model_fields))
+        file.fail("top level", f"must be a mapping, got {yaml_value(data)}", ", ".join(SpaceFile.model_fields))
     try:
         spec = SpaceFile.model_validate(data)
-    except ValidationError as error:  # the keys the user mistyped first, as a reader checks a mapping
-        errors = sorted(
-            error.errors(),
-            key=lambda e: (
-                ("extra_forbidden", "missing").index(e["type"]) if e["type"] in ("extra_forbidden", "missing") else 2,
-                CHECK_ORDER.index(e["loc"][0]) if e["loc"] and e["loc"][0] in CHECK_ORDER else 0,
-            ),
-        )
-        _shape_problem(file, errors[0], data)
+    except ValidationError as error:
+        file.fail(*problem(error.errors()[0], SpaceFile))
 
     fixed = {
         "trainer": file.value("trainer", spec.trainer, "trainer"),
@@ -177,11 +77,13 @@ def load_space(name_or_path: str) -> Space:
     params = dimensions(file, spec.search, data["search"], fixed)
     metric, description = _or(spec.metric, "val_acc"), _or(spec.description, "")
     if not isinstance(metric, str) or not metric:
-        file.fail("metric", f"must be the name of a reported metric, got {fmt(metric)}", "a string, e.g. val_acc")
+        file.fail(
+            "metric", f"must be the name of a reported metric, got {yaml_value(metric)}", "a string, e.g. val_acc"
+        )
     if not isinstance(description, str):
-        file.fail("description", f"must be a string, got {fmt(description)}")
+        file.fail("description", f"must be a string, got {yaml_value(description)}")
     return Space(
-        name=path.stem,
+        name=name,
         path=path,
         text=text,
         trainer=fixed["trainer"],
@@ -230,13 +132,14 @@ def _searcher(file: SpaceProblems, spec, params: dict, config: TrialConfig):
                 file.fail(f"{path}.{key}", f"'{key}' has a distribution per {missing[0]}: set {missing[0]} too")
             searched = params[key].branch(point) if params[key].branches else params[key]
             if not searched.contains(value):
-                file.fail(f"{path}.{key}", f"{fmt(value)} is outside the searched range", searched.describe())
+                file.fail(f"{path}.{key}", f"{yaml_value(value)} is outside the searched range", searched.describe())
             for parent, values in params[key].when.items():
                 if parent in point and not any(same(point[parent], v) for v in values):
                     file.fail(
                         f"{path}.{key}",
                         f"'{key}' is only sampled when {parent} in "
-                        f"[{', '.join(map(fmt, values))}], but the point sets {parent}={fmt(point[parent])}",
+                        f"[{', '.join(map(yaml_value, values))}], "
+                        f"but the point sets {parent}={yaml_value(point[parent])}",
                     )
         checked.append(point)
     return spec.model_copy(update={"seed": file.value("seed", seed, "searcher.seed"), "points_to_evaluate": checked})

@@ -8,8 +8,9 @@ import itertools
 import json
 from dataclasses import replace
 
-from tuner.config.schema import KEYS, TrialConfig, fmt
+from tuner.config.schema import KEYS, TrialConfig
 from tuner.config.space import NOT_SEARCHABLE, Dimension, SpaceProblems, same
+from tuner.text import yaml_value
 
 # the distribution types a key's value type can take: float distributions for float keys, int for int keys
 FITTING_TYPES = {float: ("uniform", "loguniform", "choice"), int: ("int", "choice"), int | None: ("int", "choice")}
@@ -53,11 +54,11 @@ def _distribution(file: SpaceProblems, key: str, path: str, spec) -> Dimension:
     kind = spec.type
     allowed = FITTING_TYPES.get(TrialConfig.model_fields[key].annotation, ("choice",))
     if kind not in allowed:
-        default = fmt(TrialConfig.model_fields[key].default)
+        default = yaml_value(TrialConfig.model_fields[key].default)
         file.fail(f"{path}.type", f"'{kind}' does not fit '{key}' (default {default})", ", ".join(allowed))
     if kind == "choice":
         if not isinstance(spec.values, list) or not spec.values:
-            file.fail(f"{path}.values", f"must be a non-empty list, got {fmt(spec.values)}")
+            file.fail(f"{path}.values", f"must be a non-empty list, got {yaml_value(spec.values)}")
         values = tuple(file.value(key, v, f"{path}.values[{i}]") for i, v in enumerate(spec.values))
         if len({json.dumps(v) for v in values}) < len(values):
             file.fail(f"{path}.values", "lists a value twice")
@@ -68,9 +69,9 @@ def _distribution(file: SpaceProblems, key: str, path: str, spec) -> Dimension:
             file.fail(f"{path}.{end}", "must be an integer, got null")
     step, log = getattr(spec, "step", 1), getattr(spec, "log", kind == "loguniform")
     if not low < high:
-        file.fail(f"{path}.low", f"must be < high (got low={fmt(low)}, high={fmt(high)})")
+        file.fail(f"{path}.low", f"must be < high (got low={yaml_value(low)}, high={yaml_value(high)})")
     if log and low <= 0:
-        file.fail(f"{path}.low", f"must be > 0 on a log scale (got {fmt(low)})")
+        file.fail(f"{path}.low", f"must be > 0 on a log scale (got {yaml_value(low)})")
     if kind == "int":
         if log and step != 1:
             file.fail(f"{path}.step", f"must be 1 with log: true (got {step})")
@@ -107,10 +108,12 @@ def _conditioned(file: SpaceProblems, params: dict, key: str, path: str, spec, d
             )
         values = tuple(file.value(parent, v, where) for v in (values if isinstance(values, list) else [values]))
         if not values:
-            file.fail(where, "lists no value", ", ".join(map(fmt, choices)))
+            file.fail(where, "lists no value", ", ".join(map(yaml_value, choices)))
         for value in values:
             if not params[parent].contains(value):
-                file.fail(where, f"{fmt(value)} is not a choice of '{parent}'", ", ".join(map(fmt, choices)))
+                file.fail(
+                    where, f"{yaml_value(value)} is not a choice of '{parent}'", ", ".join(map(yaml_value, choices))
+                )
         dimension = dimension.conditioned(parent, values)
     return dimension
 
@@ -130,7 +133,7 @@ def _per_condition(file: SpaceProblems, params: dict, key: str, specs: list, bra
     for combination in itertools.product(*(params[parent].values for parent in parents)):
         chosen = dict(zip(parents, combination))
         holding = [path for (path, _), branch in zip(specs, branches) if branch.branch(chosen)]
-        shown = ", ".join(f"{p}={fmt(v)}" for p, v in chosen.items())
+        shown = ", ".join(f"{p}={yaml_value(v)}" for p, v in chosen.items())
         if not holding:
             file.fail(f"search.{key}", f"no distribution for {shown}", "a condition for every choice of its parents")
         if len(holding) > 1:

@@ -10,7 +10,6 @@ before anything is created: a bad file raises SpaceError with one line naming th
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,12 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from models.networks import num_units
+from models.catalog import num_units
 from tuner.config.keys import APPLIES_WHEN, applies
-from tuner.config.schema import KEYS, _Shape
+from tuner.config.schema import KEYS, _Shape, problem
 from tuner.config.space import Space, SpaceProblems, label, same
-from tuner.config.space_file import load_space
+from tuner.config.space_file import space_from_text
 from tuner.config.yaml_file import find_file, read_yaml, shipped
-from tuner.errors import SpaceError
 from tuner.text import yaml_value
 
 STUDIES_DIR = Path(__file__).resolve().parents[2] / "studies"
@@ -129,9 +127,7 @@ def load_study(name_or_path: str) -> Study:
     try:
         spec = StudyFile.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        file.fail(where, first["msg"] + (f" (got {yaml_value(first['input'])})" if first["type"] != "missing" else ""))
+        file.fail(*problem(error.errors()[0], StudyFile))
     if "seed" in spec.budget.search:
         file.fail("budget.search.seed", "the seed is not searched: the study sets the seeds", "a seed in budget.fixed")
     shared = shared_keys(spec)
@@ -149,20 +145,14 @@ def load_study(name_or_path: str) -> Study:
             f"(repetition r moves every seed on by {REPETITION_SEED_STRIDE} r)",
         )
     spaces, write_up = {}, {}
-    with tempfile.TemporaryDirectory(prefix="dt-study-") as folder:
-        for arm, arm_spec in spec.arms.items():
-            points = {f"points_to_evaluate[{i}]": point for i, point in enumerate(arm_spec.points_to_evaluate)}
-            for section, keys in {"fixed": arm_spec.fixed, "search": arm_spec.search, **points}.items():
-                for key in (key for key in keys if key in shared):
-                    file.fail(f"arms.{arm}.{section}.{key}", shared[key])
-            space_text = arm_space_text(path.stem, arm, spec, file)
-            space_path = Path(folder) / f"{path.stem}-{arm}.yaml"
-            space_path.write_text(space_text)
-            try:
-                spaces[arm] = load_space(str(space_path))
-            except SpaceError as error:
-                file.fail(f"arms.{arm} (as a search space)", str(error).split(": ", 1)[1])
-            write_up[arm] = check_write_up(file, arm, arm_spec, spaces[arm])
+    for arm, arm_spec in spec.arms.items():
+        points = {f"points_to_evaluate[{i}]": point for i, point in enumerate(arm_spec.points_to_evaluate)}
+        for section, keys in {"fixed": arm_spec.fixed, "search": arm_spec.search, **points}.items():
+            for key in (key for key in keys if key in shared):
+                file.fail(f"arms.{arm}.{section}.{key}", shared[key])
+        space_text = arm_space_text(path.stem, arm, spec, file)
+        spaces[arm] = space_from_text(space_text, f"{path.stem}-{arm}", f"{file.label}: arms.{arm} (as a search space)")
+        write_up[arm] = check_write_up(file, arm, arm_spec, spaces[arm])
     return Study(
         name=path.stem,
         path=path,
@@ -249,16 +239,8 @@ def repetition_space(space: Space, repetition: int) -> Space:
     if repetition:
         data["description"] = f"{data.get('description', '')} Repetition {repetition}: every seed moved on by {step}."
     header = f"# {space.name}, repetition {repetition}, written by tuner.study: run as an ordinary search.\n"
-    return space_from_text(header + yaml.safe_dump(data, sort_keys=False), f"{space.name}-r{repetition}")
-
-
-def space_from_text(text: str, name: str) -> Space:
-    """A space from its YAML text, named `name` (a space is named for its file)."""
-    with tempfile.TemporaryDirectory(prefix="dt-study-") as folder:
-        path = Path(folder) / f"{name}.yaml"
-        path.write_text(text)
-        space = load_space(str(path))
-    return space
+    name = f"{space.name}-r{repetition}"
+    return space_from_text(header + yaml.safe_dump(data, sort_keys=False), name, name)
 
 
 def check_write_up(file: SpaceProblems, arm: str, arm_spec: Arm, space: Space) -> dict:

@@ -53,9 +53,17 @@ def read_yaml(path: Path, file) -> tuple:
     tuner.config.space.SpaceProblems, which names the file) with one line."""
     try:
         text = path.read_text(encoding="utf-8")
-        return text, yaml.load(text, Loader=_Loader)
+    except (OSError, UnicodeDecodeError) as error:
+        file.fail("file", f"cannot be read: {error}")
+    return text, parse_yaml(text, file)
+
+
+def parse_yaml(text: str, file):
+    """The YAML data of `text`, or one line through `file` naming where it cannot be parsed."""
+    try:
+        return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         file.fail(f"line {mark.line + 1}" if mark else "file", f"YAML syntax error: {error.problem}")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except yaml.YAMLError as error:
         file.fail("file", f"cannot be read: {error}")

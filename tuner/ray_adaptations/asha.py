@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from tuner.ray_adaptations.snapshots import RESUME_DIR, atomic_save
+from tuner.files import atomic_save
+from tuner.ray_adaptations.snapshots import RESUME_DIR
 
 STATE_FILE = "asha_state.pkl"
 

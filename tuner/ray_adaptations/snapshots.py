@@ -11,30 +11,14 @@ them back (install_ray_snapshot) before Ray reads the folder.
 
 from __future__ import annotations
 
-import os
 import pickle
-from collections.abc import Callable
 from pathlib import Path
 
 from ray.tune import Callback
 
+from tuner.files import atomic_write
+
 RESUME_DIR = "resume_state"  # in a search folder: ASHA's state and Ray's snapshot (tuner/search/folder.py)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write, flush to disk, then rename over `path`: a reader (or a resumed search) sees the old or the new file,
-    never a torn one, whatever moment the writer is killed at."""
-    atomic_save(path, lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_save(path: Path, write: Callable[[Path], object]) -> None:
-    """atomic_write for a writer that takes a path (e.g. a library's own `save(path)`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 RAY_SNAPSHOT = "ray_state.pkl"

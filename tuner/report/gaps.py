@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import time
 
-from models.networks import CFGS
-from models.registry import TRAINERS as TRAINER_CLASSES
+from models.catalog import CFGS, TRAINERS
 from tuner.config.schema import KEYS
 from tuner.ranking import best_trial, ran_every_epoch
 from tuner.tracking.reader import Trial, load_searches, metric_history
 
-# tables and figures list models and trainers in the registries' order
+# tables and figures list models and trainers in the catalog's order (models/catalog.py)
 MODELS = tuple(CFGS)
-TRAINERS = tuple(TRAINER_CLASSES)
 CURVE_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc", "epoch_s")
 # shown for a trial whose search did not record which keys it searched (no best.* params, nothing varies)
 FALLBACK_KEYS = ("lr", "weight_decay")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tuner.config.settings import SearchSettings
 from tuner.errors import SetupError  # noqa: F401  (raised by callers of this module's checks)
-from tuner.ray_adaptations.snapshots import RESUME_DIR, atomic_write  # noqa: F401  (RESUME_DIR: for callers)
+from tuner.files import atomic_write
 
 RECORD = "search.json"
 LOCK = ".driver.lock"

@@ -12,7 +12,7 @@ from pathlib import Path
 from tuner.config.space import label
 from tuner.config.study_file import Study
 from tuner.errors import SetupError
-from tuner.ray_adaptations.snapshots import atomic_write
+from tuner.files import atomic_write
 from tuner.search.folder import driver_pid, new_name
 from tuner.search.opening import absolute
 from tuner.text import fmt_value

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.config.schema import KEYS
-from tuner.config.space_file import load_space
+from tuner.config.space_file import space_from_text
 from tuner.errors import ConfigError, SpaceError
 from tuner.ranking import final_score
 from tuner.tracking.store import (
@@ -81,12 +81,10 @@ def logged_space(client, run_id: str):
     text = read_artifact(client, run_id, "space.yaml")
     if not text:
         return None
-    with tempfile.TemporaryDirectory(prefix="dt-report-") as folder:
-        (Path(folder) / "space.yaml").write_text(text)
-        try:
-            return load_space(str(Path(folder) / "space.yaml"))
-        except (SpaceError, ConfigError):
-            return None
+    try:
+        return space_from_text(text, "space", f"run {run_id}: space.yaml")
+    except (SpaceError, ConfigError):
+        return None
 
 
 def logged_dimensions(client, run_id: str) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.networks import NUM_CLASSES
+from models.catalog import NUM_CLASSES
 from tuner.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
