@@ -140,16 +140,22 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, se
             trial_dirname_creator=lambda trial: trial.trial_id,
             trial_name_creator=lambda trial: trial.trial_id,
         ),
-        run_config=RunConfig(
-            # result.json per trial (what Tune's ResultGrid reads back); MLflow is the record users look at
-            name=folder.name,
-            storage_path=str(folder.parent),
-            callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents(), FailureNotices()],
-            progress_reporter=progress,
-            verbose=1,
-            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-        ),
+        run_config=run_config(folder, settings, tracker, progress),
+    )
+
+
+def run_config(folder: Path, settings: SearchSettings, tracker: MLflowTracker, progress) -> RunConfig:
+    """What Ray is told about a Tune run in `folder` (a search's, or a study's confirm stage): MLflow's record of
+    the trials, result.json per trial (what Tune's ResultGrid reads back), the resume snapshots, the checkpoints
+    kept and the retries a crashed trial gets (settings.max_failures)."""
+    return RunConfig(
+        name=folder.name,
+        storage_path=str(folder.parent),
+        callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents(), FailureNotices()],
+        progress_reporter=progress,
+        verbose=1,
+        checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        failure_config=FailureConfig(max_failures=settings.max_failures),
     )
 
 
