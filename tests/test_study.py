@@ -398,7 +398,7 @@ def test_tiny_study_end_to_end_into_mlflow_and_the_report(tmp_path):
     assert run_report(uri, ["tiny"], tmp_path / "report", log_artifacts=False) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Study tiny-" in report and "Welch t over repetition means" in report and "K (num_blocks)" in report
-    assert f"bench/search_efficiency.py --log-to-run {study.info.run_id}" in report
+    assert f"python -m bench.search_efficiency --log-to-run {study.info.run_id}" in report
     assert list((tmp_path / "report").glob("confirm_tiny-*.png"))
 
     # once bench/search_efficiency.py has logged its figure and numbers on the study's run, the report shows them

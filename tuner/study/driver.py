@@ -189,7 +189,7 @@ def finish(client: MlflowClient, study: Study, folder: Path, record: StudyRecord
     print(
         f"\nStudy folder: {folder}\nThe report (tables, confirm curves, per-K table): python -m tuner.report "
         f"--mlflow-uri {record.mlflow_uri} --spaces {study.name}\nThe search-efficiency figure it shows: "
-        f"python bench/search_efficiency.py --log-to-run {record.parent_run_id}"
+        f"python -m bench.search_efficiency --log-to-run {record.parent_run_id}"
     )
 
 
