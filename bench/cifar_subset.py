@@ -14,9 +14,6 @@ import pickle
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from tuner.errors import DataError
 from tuner.trial.data import BATCHES_FOLDER, META_FILE, TEST_FILES, TRAIN_FILES, check_folder, find_folder
 

@@ -40,9 +40,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m bench.gpu_check` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 from tuner.text import plural, text_table

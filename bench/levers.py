@@ -1,6 +1,6 @@
 """The levers that may close the DGL-backprop gap, compared at CPU scale on the same budget.
 
-    python bench/levers.py --data-dir ../shared/data [--width 0.125 --subset 5000 --epochs 6]
+    python -m bench.levers --data-dir ../shared/data [--width 0.125 --subset 5000 --epochs 6]
 
 One JSON line per configuration (validation accuracy, per-block accuracy, time), then a Markdown table. Every
 row trains the same network on the same images for the same epochs with the same seed; only the lever differs.

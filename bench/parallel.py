@@ -1,8 +1,8 @@
 """What layer-parallel DGL buys: images/s of pipelined DGL (models/pipeline.py) against sequential DGL and backprop.
 One JSON line per row on stdout; the ratios on stderr.
 
-    python bench/parallel.py --quick                  # CPU: VGG16 at width 0.25 on 2 cores, a few minutes
-    python bench/parallel.py --sections gpu           # one stage per visible GPU; says so and skips without one
+    python -m bench.parallel --quick                  # CPU: VGG16 at width 0.25 on 2 cores, a few minutes
+    python -m bench.parallel --sections gpu           # one stage per visible GPU; says so and skips without one
 
 Rows, by their `bench` key:
   parallel        images/s of one runner, median (min, max) over --rounds. On a CPU: sequential DGL at 1 and at
@@ -26,10 +26,6 @@ import json
 import os
 import statistics
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m bench.parallel` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -174,7 +170,7 @@ def measure(section: str, runners: list[Runner], s: dict, device, out=None) -> l
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python bench/parallel.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.parallel", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and rounds: " + json.dumps(QUICK))
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
     parser.add_argument("--model", help="one of " + ", ".join(CFGS))

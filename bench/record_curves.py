@@ -1,6 +1,6 @@
 """Record the full learning curves of configs sampled from spaces: the tables bench/replay.py replays searches on.
 
-    python bench/record_curves.py --data-dir DIR [--spaces bench/curves/dgl_small.yaml bench/curves/bp_small.yaml]
+    python -m bench.record_curves --data-dir DIR [--spaces bench/curves/dgl_small.yaml bench/curves/bp_small.yaml]
         [--configs 150] [--out-dir bench/curves] [--threads 1]
 
 Config i of a space is the i-th draw of Optuna's random sampler (seeded with the space's searcher seed) over the
@@ -20,9 +20,6 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CURVES = Path(__file__).with_name("curves")
 DEFAULT_SPACES = [str(CURVES / "dgl_small.yaml"), str(CURVES / "bp_small.yaml")]
@@ -55,7 +52,7 @@ def header(space, threads: int) -> dict:
     return {
         "space": space.name,
         "space_yaml": space.text,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join([Path(sys.executable).name, "-m", "bench.record_curves", *sys.argv[1:]]),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "versions": {
@@ -126,7 +123,7 @@ def record_one(space, params: dict, arrays: dict) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/record_curves.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.record_curves", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", help="a folder holding cifar-10-batches-py (default: ./data, downloaded)")
     p.add_argument("--spaces", nargs="+", default=DEFAULT_SPACES, help="space names or YAML paths")
     p.add_argument("--configs", type=int, default=150, help="configs per space (default 150)")

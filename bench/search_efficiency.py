@@ -1,6 +1,6 @@
 """Does ASHA + TPE find a good config in fewer training epochs than random search without early stopping?
 
-    python bench/search_efficiency.py --data-dir DIR [--space bench/search_efficiency.yaml] [--budget-epochs 24]
+    python -m bench.search_efficiency --data-dir DIR [--space bench/search_efficiency.yaml] [--budget-epochs 24]
         [--repetitions 3] [--out bench_out/search_efficiency] [--log-to-run RUN_ID --mlflow-uri URI]
 
 Per searcher seed, two searches of one space until their trials have reported the same number of epochs: `asha_tpe`
@@ -19,9 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import optuna
@@ -223,7 +220,7 @@ def step_values(curve: list, length: int) -> list:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/search_efficiency.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.search_efficiency", description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="a space name or YAML path (needs ASHA and TPE)")
     p.add_argument("--data-dir", help="a folder holding cifar-10-batches-py (default: ./data, downloaded)")
     p.add_argument("--budget-epochs", type=int, help="epochs per search (default: 6 x the space's trial epochs)")

@@ -1,6 +1,6 @@
 """Does ASHA + TPE earn its keep? Every method replayed many times on recorded learning curves, same epoch budget.
 
-    python bench/search_replay.py [--tables bench/curves/dgl_small.jsonl bench/curves/bp_small.jsonl]
+    python -m bench.search_replay [--tables bench/curves/dgl_small.jsonl bench/curves/bp_small.jsonl]
         [--repetitions 50] [--budget-epochs N] [--check-ray 1] [--out bench_out/search_replay]
 
 Per table (bench/record_curves.py's file, searched with the space next to it, <name>.yaml) and per searcher seed
@@ -19,9 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.curve_table import CurveTable, describe, load_table
 from bench.replay import OPTUNA_METHOD, RAY_METHODS, direct_replay, optuna_replay, ray_replay
 from bench.replay_report import plot, summarize, text_rows
@@ -34,7 +31,7 @@ METHODS = (*RAY_METHODS, OPTUNA_METHOD)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/search_replay.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.search_replay", description=__doc__.split("\n\n")[0])
     p.add_argument("--tables", nargs="+", default=DEFAULT_TABLES, help="curves files (bench/record_curves.py)")
     p.add_argument("--repetitions", type=int, default=50, help="searcher seeds per method (default 50)")
     p.add_argument("--budget-epochs", type=int, help="epochs per search (default: 10 x a trial's epochs)")

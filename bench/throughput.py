@@ -1,7 +1,7 @@
 """How fast a trial trains. One JSON line per row on stdout; a short summary on stderr.
 
-    python bench/throughput.py --quick                      # CPU, ~6 minutes: the ratios below, narrow networks
-    python bench/throughput.py --device cuda --models vgg16 --width 1 --batch-size 128
+    python -m bench.throughput --quick                      # CPU, ~6 minutes: the ratios below, narrow networks
+    python -m bench.throughput --device cuda --models vgg16 --width 1 --batch-size 128
 
 Rows, by their `bench` key:
   trainer      images/s of each trainer, and of `plain` (a hand-written loop: the same network, SGD, cross-entropy,
@@ -25,11 +25,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable, as `python -m bench.throughput` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 from bench.concurrency import bench_concurrency
 from bench.ray_overhead import bench_ray
@@ -80,7 +75,7 @@ FULL = dict(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python bench/throughput.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU-sized defaults: " + json.dumps(QUICK))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))

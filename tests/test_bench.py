@@ -16,7 +16,6 @@ import torch.nn as nn
 from fakedata import learnable_arrays, write_cifar_folder
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # bench/ is not an installed package
 
 TINY = ["--quick", "--models", "basiccnn", "--width", "0.0625", "--batch-size", "16", "--steps", "2"]
 
@@ -33,7 +32,8 @@ def json_rows(stdout: str) -> list[dict]:
 def test_throughput_trainers_rows():
     result = run(
         sys.executable,
-        "bench/throughput.py",
+        "-m",
+        "bench.throughput",
         *TINY,
         "--repeats",
         "2",
@@ -71,7 +71,7 @@ def test_throughput_trainers_rows():
     ],
 )
 def test_throughput_bad_flag_is_one_line(flags, named):
-    result = run(sys.executable, "bench/throughput.py", "--quick", *flags)
+    result = run(sys.executable, "-m", "bench.throughput", "--quick", *flags)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -82,7 +82,8 @@ def test_throughput_bad_flag_is_one_line(flags, named):
 def test_throughput_concurrency_rows():
     result = run(
         sys.executable,
-        "bench/throughput.py",
+        "-m",
+        "bench.throughput",
         *TINY,
         "--sections",
         "concurrency",
@@ -110,7 +111,8 @@ def test_throughput_concurrency_rows():
 def test_throughput_ray_row():
     result = run(
         sys.executable,
-        "bench/throughput.py",
+        "-m",
+        "bench.throughput",
         *TINY,
         "--sections",
         "ray",
@@ -365,7 +367,8 @@ def test_search_efficiency_spends_the_budget_and_writes_its_files(tmp_path):
     run_id = MlflowClient(uri).create_run(MlflowClient(uri).create_experiment("study")).info.run_id
     result = run(
         sys.executable,
-        "bench/search_efficiency.py",
+        "-m",
+        "bench.search_efficiency",
         *("--space", space, "--data-dir", tmp_path / "data", "--out", out),
         *("--budget-epochs", "3", "--repetitions", "1", "--log-to-run", run_id, "--mlflow-uri", uri),
         env={"TMPDIR": str(scratch)},
@@ -391,7 +394,7 @@ def test_search_efficiency_spends_the_budget_and_writes_its_files(tmp_path):
     logged = [artifact.path for artifact in MlflowClient(uri).list_artifacts(run_id)]
     assert sorted(logged) == ["search_efficiency.json", "search_efficiency.png"]
     # a run that is not there: one line, before anything starts (the same store, so no second database to create)
-    result = run(sys.executable, "bench/search_efficiency.py", "--log-to-run", "0123abcd", "--mlflow-uri", uri)
+    result = run(sys.executable, "-m", "bench.search_efficiency", "--log-to-run", "0123abcd", "--mlflow-uri", uri)
     (line,) = result.stderr.strip().splitlines()
     assert result.returncode == 2 and line.startswith(f"error: --log-to-run 0123abcd: no such run in {uri}")
 
@@ -402,7 +405,7 @@ def test_search_efficiency_needs_asha_and_tpe(tmp_path):
         EFFICIENCY_SPACE.replace("type: asha, max_t: 2, grace_period: 1, reduction_factor: 2", "type: fifo")
     )
     out = tmp_path / "out"
-    result = run(sys.executable, "bench/search_efficiency.py", "--space", space, "--out", out)
+    result = run(sys.executable, "-m", "bench.search_efficiency", "--space", space, "--out", out)
     assert result.returncode == 2 and not out.exists()
     assert result.stderr.strip().splitlines() == [
         f"error: --space {space}: has scheduler fifo and searcher optuna_tpe; this comparison needs scheduler asha "

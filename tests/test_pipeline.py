@@ -169,8 +169,7 @@ def test_a_stage_that_raises_names_the_error(data):
 
 
 PARENT = """
-import os, sys, json, signal
-sys.path.insert(0, "tests")
+import os, json, signal
 from fakedata import learnable_arrays
 from tuner.config.schema import resolve
 from tuner.trial.data import make_splits
@@ -200,7 +199,7 @@ def test_stages_exit_when_their_parent_is_killed():
         text=True,
         timeout=300,
         check=False,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
     )
     assert result.returncode == -signal.SIGKILL, result.stderr
     pids = json.loads(result.stdout.strip().splitlines()[-1])
@@ -213,7 +212,7 @@ def test_stages_exit_when_their_parent_is_killed():
 
 def run_bench(*flags):
     return subprocess.run(
-        [sys.executable, "bench/parallel.py", *flags],
+        [sys.executable, "-m", "bench.parallel", *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,

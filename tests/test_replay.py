@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # bench/ is not an installed package
+from bench.curve_table import Curve, CurveTable
+from bench.record_curves import sampled_configs
+from bench.replay import ReplayedTrial, direct_replay, ray_replay
+from tuner.config.space_file import load_space
+from tuner.ray_adaptations.asha import make_trial_scheduler
 
-from bench.curve_table import Curve, CurveTable  # noqa: E402
-from bench.record_curves import sampled_configs  # noqa: E402
-from bench.replay import ReplayedTrial, direct_replay, ray_replay  # noqa: E402
-from tuner.config.space_file import load_space  # noqa: E402
-from tuner.ray_adaptations.asha import make_trial_scheduler  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SPACE = load_space(str(ROOT / "bench/curves/dgl_small.yaml"))  # 9 epochs; ASHA rungs at 1, 3, 9
 

@@ -245,6 +245,23 @@ def test_measuring_the_test_split_every_epoch_leaves_training_as_it_was(monkeypa
     assert all("test_acc" in m for m in reports[True]) and not any("test_acc" in m for m in reports[False])
 
 
+def test_the_confirm_stage_takes_its_retries_from_the_study_settings_as_a_search_does(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from tuner.config.space_file import load_space
+    from tuner.study import confirm, driver
+    from tuner.study.opening import StudyRecord
+
+    record = StudyRecord("s", "s", str(tmp_path), f"sqlite:///{tmp_path}/mlflow.db", None, parent_run_id="p")
+    settings = replace(driver.study_settings(tmp_path, record, None), max_failures=5)
+    monkeypatch.setattr(confirm.tune, "Tuner", lambda trainable, **parts: parts)  # what Ray would be given
+    configs = [{"lr": 0.1, "seed": 1}]
+    parts = confirm.new_confirm_tuner(load_space("dgl_quick"), tmp_path / "confirm", configs, {}, settings, "run")
+    run_config = parts["run_config"]
+    assert (run_config.name, run_config.storage_path) == ("confirm", str(tmp_path))
+    assert run_config.failure_config.max_failures == 5
+
+
 def _trial(trial_id, val, k, outcome="completed"):
     params = {"trainer": "dgl", "num_blocks": k, "lr": 0.1, "seed": 0}
     return Trial(trial_id, trial_id, "p", "e", "dgl", "vgg16", outcome, params, {"val_acc": val}, 0, 1)
@@ -383,7 +400,7 @@ def test_tiny_study_end_to_end_into_mlflow_and_the_report(tmp_path):
     assert run_report(uri, ["tiny"], tmp_path / "report", log_artifacts=False) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Study tiny-" in report and "Welch t over repetition means" in report and "K (num_blocks)" in report
-    assert f"bench/search_efficiency.py --log-to-run {study.info.run_id}" in report
+    assert f"python -m bench.search_efficiency --log-to-run {study.info.run_id}" in report
     assert list((tmp_path / "report").glob("confirm_tiny-*.png"))
 
     # once bench/search_efficiency.py has logged its figure and numbers on the study's run, the report shows them

@@ -84,6 +84,28 @@ def test_fitting_trials_seed_the_new_study(tmp_path):
     assert trials[3].params["lr"] == warm.top[0]["lr"]  # the enqueued best config runs first
 
 
+def test_a_new_search_reads_its_warm_start_once(tmp_path, monkeypatch):
+    from tuner.search import driver, warm_start
+
+    source = earlier_search(tmp_path / "old", load_space("dgl_quick"), [0.01, 0.02])
+    reads = []
+    read = warm_start._from_folder
+    monkeypatch.setattr(warm_start, "_from_folder", lambda folder: reads.append(folder) or read(folder))
+    built = []
+
+    def search_up_to_its_tuner(space, folder, record, resume, settings, *given):  # run_search without Ray
+        folder.mkdir(parents=True)
+        built.append(driver.new_tuner(space, folder, record, {}, settings, *given))
+
+    monkeypatch.setattr(driver, "run_search", search_up_to_its_tuner)
+    flags = ["--space", "dgl_quick", "--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/m.db"]
+    main([*flags, "--warm-start", str(source)])
+    assert built and reads == [str(source)]
+    (folder,) = (tmp_path / "runs").iterdir()
+    trials = optuna.load_study(study_name=folder.name, storage=optuna_storage.storage_url(folder)).trials
+    assert [t.user_attrs.get("warm_start_from") for t in trials].count("old-1") == 2  # seeded from that one read
+
+
 def test_bad_warm_start_is_one_line(tmp_path, capsys):
     with pytest.raises(WarmStartError, match="not a search folder"):
         load_warm_start(str(tmp_path), load_space("dgl_quick"))

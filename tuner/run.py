@@ -25,7 +25,7 @@ from tuner.search.opening import (
     preflight,
 )
 from tuner.search.optuna_storage import check_storage_url
-from tuner.search.warm_start import run_id_of
+from tuner.search.warm_start import run_id_of, warm_start_of
 from tuner.tracking.store import absolute_tracking_uri
 
 
@@ -110,12 +110,10 @@ def main(argv=None) -> int:
         space, folder, record = open_search(settings_from_flags(args), args.resume, args.fresh)
         settings = record.settings
         print(plan_text(space, folder, record, bool(args.resume), settings.address), flush=True)
-        # checked before anything starts; the new study is seeded when the search starts. A resumed search's study
-        # already holds those trials (it is seeded again only if it restarts before any trial was saved).
-        if settings.warm_start and not args.resume:
-            from tuner.search.warm_start import load_warm_start
-
-            warm = load_warm_start(settings.warm_start, space, settings.warm_start_top, settings.mlflow_uri)
+        # read once, before anything starts, and handed to the search, which seeds the new study with it. A resumed
+        # search's study already holds those trials (it is read again only if it restarts before any trial was saved).
+        warm = None if args.resume else warm_start_of(space, settings)
+        if warm:
             print(warm.summary(), flush=True)
         if args.dry_run:
             print("\n" + space.describe())
@@ -124,7 +122,7 @@ def main(argv=None) -> int:
         preflight(folder, record.mlflow_uri)
         from tuner.search.driver import run_search  # heavy imports (Ray, torch) only once the plan stands
 
-        return run_search(space, folder, record, bool(args.resume), settings)
+        return run_search(space, folder, record, bool(args.resume), settings, warm)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

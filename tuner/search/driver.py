@@ -36,7 +36,7 @@ from tuner.search.opening import check_checkpoint_room, check_gpu_placement
 from tuner.search.progress import ProgressLine
 from tuner.search.publish import announce_search, publish_results
 from tuner.search.ray_cluster import check_cluster, init_ray
-from tuner.search.warm_start import new_search_study
+from tuner.search.warm_start import WarmStart, new_search_study
 from tuner.text import fmt_value, text_table
 from tuner.tracking.parent_run import (
     close_dangling_runs,
@@ -112,11 +112,18 @@ def space_searcher(space: Space, points: list[dict] | None = None, storage=None,
     )
 
 
-def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, settings: SearchSettings) -> tune.Tuner:
+def new_tuner(
+    space: Space,
+    folder: Path,
+    record: SearchRecord,
+    arrays: dict,
+    settings: SearchSettings,
+    warm: WarmStart | None = None,
+) -> tune.Tuner:
     base = space.base_config()
     # the study in its storage (tuner/search/optuna_storage.py), with a warm start's trials in it
     # (tuner/search/warm_start.py)
-    storage, points = new_search_study(folder, record.name, space, settings)
+    storage, points = new_search_study(folder, record.name, space, settings, warm)
     searcher = space_searcher(space, points, storage, record.name)
     tracker = MLflowTracker(
         record.mlflow_uri,
@@ -141,16 +148,22 @@ def new_tuner(space: Space, folder: Path, record: SearchRecord, arrays: dict, se
             trial_dirname_creator=lambda trial: trial.trial_id,
             trial_name_creator=lambda trial: trial.trial_id,
         ),
-        run_config=RunConfig(
-            # result.json per trial (what Tune's ResultGrid reads back); MLflow is the record users look at
-            name=folder.name,
-            storage_path=str(folder.parent),
-            callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents(), FailureNotices()],
-            progress_reporter=progress,
-            verbose=1,
-            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-        ),
+        run_config=run_config(folder, settings, tracker, progress),
+    )
+
+
+def run_config(folder: Path, settings: SearchSettings, tracker: MLflowTracker, progress) -> RunConfig:
+    """What Ray is told about a Tune run in `folder` (a search's, or a study's confirm stage): MLflow's record of
+    the trials, result.json per trial (what Tune's ResultGrid reads back), the resume snapshots, the checkpoints
+    kept and the retries a crashed trial gets (settings.max_failures)."""
+    return RunConfig(
+        name=folder.name,
+        storage_path=str(folder.parent),
+        callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents(), FailureNotices()],
+        progress_reporter=progress,
+        verbose=1,
+        checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        failure_config=FailureConfig(max_failures=settings.max_failures),
     )
 
 
@@ -201,7 +214,15 @@ def restore_tuner(space: Space, folder: Path, arrays: dict, evaluate_test: bool 
         raise SetupError(f"--resume {folder}: Ray cannot restore this search ({one_line(error)})") from None
 
 
-def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, settings: SearchSettings) -> int:
+def run_search(
+    space: Space,
+    folder: Path,
+    record: SearchRecord,
+    resume: bool,
+    settings: SearchSettings,
+    warm: WarmStart | None = None,
+) -> int:
+    """warm: the warm start settings.warm_start names, when the caller has read it already."""
     if not resume:  # a resumed search's checkpoints are on the disk already
         check_checkpoint_room(space, folder.parent, CHECKPOINTS_KEPT)
     sigterm_as_ctrl_c()  # a reboot or `kill` stops the search as gracefully as Ctrl-C
@@ -226,7 +247,7 @@ def run_search(space: Space, folder: Path, record: SearchRecord, resume: bool, s
     else:
         if resume:  # the driver died before any trial started: start the search anew, in its own folder and run
             delete_child_runs(client, record.parent_run_id)
-        tuner = new_tuner(space, folder, record, arrays, settings)
+        tuner = new_tuner(space, folder, record, arrays, settings, warm)
     results = tuner.fit()
     if len(results) < space.num_samples or not all(ended_for_good(result) for result in results):
         return interrupted(results, space, folder, record, client)

@@ -190,13 +190,22 @@ def seed_study(storage, study_name: str, space, warm: WarmStart) -> None:
     study.add_trials(warm.trials)
 
 
-def new_search_study(folder: Path, study_name: str, space, settings) -> tuple:
+def warm_start_of(space, settings) -> WarmStart | None:
+    """The warm start a search's settings (SearchSettings) ask for, read from the earlier search; None without one.
+    Raises WarmStartError."""
+    if not settings.warm_start:
+        return None
+    return load_warm_start(settings.warm_start, space, settings.warm_start_top, settings.mlflow_uri)
+
+
+def new_search_study(folder: Path, study_name: str, space, settings, warm: WarmStart | None = None) -> tuple:
     """(the Optuna storage of a search that starts, the points to evaluate): the space's own points, after the best
-    configs of the warm-start search when there is one. settings: the search's SearchSettings."""
+    configs of the warm start when there is one. settings: the search's SearchSettings; warm: its warm start when
+    already read (the command reads it to show the plan), else read here."""
     storage = fresh_study_storage(folder, study_name, settings.optuna_storage)
     points = list(space.searcher.points_to_evaluate or [])
-    if settings.warm_start:
-        warm = load_warm_start(settings.warm_start, space, settings.warm_start_top, settings.mlflow_uri)
+    warm = warm or warm_start_of(space, settings)
+    if warm:
         seed_study(storage, study_name, space, warm)
         points = warm.top + [p for p in points if p not in warm.top]  # a config already on the list runs once
     return storage, points

@@ -10,16 +10,15 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
-from ray.tune.logger import JsonLoggerCallback
+from ray.tune import TuneConfig
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from tuner.config.settings import SearchSettings
 from tuner.config.space import Space
 from tuner.outcome import ended_for_good
-from tuner.ray_adaptations.notices import FailureNotices
-from tuner.ray_adaptations.snapshots import SnapshotOnEvents, install_ray_snapshot
-from tuner.search.driver import CHECKPOINTS_KEPT, restore_tuner, trainable_for
+from tuner.ray_adaptations.snapshots import install_ray_snapshot
+from tuner.search.driver import restore_tuner, run_config, trainable_for
 from tuner.search.progress import ProgressLine
 from tuner.study.results import CANDIDATES, save_candidates
 from tuner.tracking.parent_run import close_dangling_runs, start_parent_run
@@ -44,10 +43,15 @@ def open_confirm_run(client: MlflowClient, experiment: str, study_run_id: str, c
     return start_parent_run(client, experiment, FOLDER, tags, {}, save_candidates(candidates), CANDIDATES)
 
 
-def new_confirm_tuner(space: Space, folder: Path, configs: list, arrays: dict, uri: str, run_id: str) -> tune.Tuner:
+def new_confirm_tuner(
+    space: Space, folder: Path, configs: list, arrays: dict, settings: SearchSettings, run_id: str
+) -> tune.Tuner:
     from tuner.tracking.trial_runs import MLflowTracker
 
-    tracker = MLflowTracker(uri, run_id, {ROLE: Role.CONFIRM}, searched=("seed",), extra_metrics=TEST_METRICS)
+    tracker = MLflowTracker(
+        settings.mlflow_uri, run_id, {ROLE: Role.CONFIRM}, searched=("seed",), extra_metrics=TEST_METRICS
+    )
+    progress = ProgressLine(len(configs), space.base_config().epochs, "test_acc", "max")
     return tune.Tuner(
         trainable_for(space, arrays, evaluate_test=True),
         param_space=domain_of(configs),
@@ -58,27 +62,22 @@ def new_confirm_tuner(space: Space, folder: Path, configs: list, arrays: dict, u
             trial_dirname_creator=lambda trial: trial.trial_id,
             trial_name_creator=lambda trial: trial.trial_id,
         ),
-        run_config=RunConfig(
-            name=FOLDER,
-            storage_path=str(folder),
-            callbacks=[tracker, JsonLoggerCallback(), SnapshotOnEvents(), FailureNotices()],
-            progress_reporter=ProgressLine(len(configs), space.base_config().epochs, "test_acc", "max"),
-            verbose=1,
-            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-            failure_config=FailureConfig(max_failures=2),
-        ),
+        run_config=run_config(folder, settings, tracker, progress),
     )
 
 
-def run_confirm(space: Space, study_folder: Path, configs: list, arrays: dict, uri: str, run_id: str) -> bool:
-    """Run (or continue) the confirm trials; True when every one ended, False after Ctrl-C."""
+def run_confirm(
+    space: Space, study_folder: Path, configs: list, arrays: dict, settings: SearchSettings, run_id: str
+) -> bool:
+    """Run (or continue) the confirm trials, as the study's `settings` say its runs go (MLflow, retries); True when
+    every one ended, False after Ctrl-C."""
     folder = study_folder / FOLDER
     if folder.is_dir() and install_ray_snapshot(folder):
         tuner = restore_tuner(space, folder, arrays, evaluate_test=True)
     else:
-        tuner = new_confirm_tuner(space, study_folder, configs, arrays, uri, run_id)
+        tuner = new_confirm_tuner(space, folder, configs, arrays, settings, run_id)
     results = tuner.fit()
-    client = mlflow_client(uri)
+    client = mlflow_client(settings.mlflow_uri)
     if len(results) < len(configs) or not all(ended_for_good(result) for result in results):
         close_dangling_runs(client, run_id, status="KILLED", outcome=None)
         return False

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -32,6 +33,19 @@ def search_key(arm: str, repetition: int) -> str:
     return f"{arm} r{repetition}"
 
 
+def study_settings(folder: Path, record: StudyRecord, address: str | None) -> SearchSettings:
+    """What the study's Tune runs share (its arms' searches and its confirm stage): where they keep their files and
+    their MLflow runs, the data, the Ray cluster, the retries a crashed trial gets."""
+    return SearchSettings(
+        space="",  # each arm's space file; none for the confirm stage, which is given its configs
+        storage=str(folder),
+        mlflow_uri=record.mlflow_uri,
+        data_dir=record.data_dir,
+        address=address,
+        study_run_id=record.parent_run_id,
+    )
+
+
 def run_arms(study: Study, folder: Path, record: StudyRecord, address: str | None) -> int:
     """Each repetition of each arm's search, repetition by repetition (so a study cut short has whole repetitions of
     every arm): new, continued, or skipped when it finished."""
@@ -51,14 +65,8 @@ def run_arms(study: Study, folder: Path, record: StudyRecord, address: str | Non
                     continue
             else:
                 previous = None
-            settings = SearchSettings(
-                space=str(space_file),
-                storage=str(folder),
-                mlflow_uri=record.mlflow_uri,
-                experiment_name=study.experiment(arm),
-                data_dir=record.data_dir,
-                address=address,
-                study_run_id=record.parent_run_id,
+            settings = dataclasses.replace(
+                study_settings(folder, record, address), space=str(space_file), experiment_name=study.experiment(arm)
             )
             space, arm_folder, arm_record = open_search(settings, previous, fresh=True)
             record.arms[key] = str(arm_folder)
@@ -141,7 +149,8 @@ def run_study(study: Study, folder: Path, record: StudyRecord, address: str | No
     started = time.time()
     arrays = load_arrays(record.data_dir)
     init_ray(address)
-    ended = not configs or run_confirm(study.first, folder, configs, arrays, record.mlflow_uri, record.confirm_run_id)
+    settings = study_settings(folder, record, address)
+    ended = not configs or run_confirm(study.first, folder, configs, arrays, settings, record.confirm_run_id)
     record.wall_s["confirm"] = record.wall_s.get("confirm", 0.0) + time.time() - started
     record.save(folder)
     if not ended:
@@ -181,7 +190,7 @@ def finish(client: MlflowClient, study: Study, folder: Path, record: StudyRecord
     print(
         f"\nStudy folder: {folder}\nThe report (tables, confirm curves, per-K table): python -m tuner.report "
         f"--mlflow-uri {record.mlflow_uri} --spaces {study.name}\nThe search-efficiency figure it shows: "
-        f"python bench/search_efficiency.py --log-to-run {record.parent_run_id}"
+        f"python -m bench.search_efficiency --log-to-run {record.parent_run_id}"
     )
 
 

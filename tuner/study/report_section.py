@@ -63,7 +63,7 @@ def efficiency_lines(client, run_id: str, out_dir: Path, stem: str) -> tuple:
     """(markdown lines, figures made) for the study run's search-efficiency artifacts, or how to make them."""
     text = read_artifact(client, run_id, f"{EFFICIENCY}.json")
     if text is None:
-        return [f"No search-efficiency figure yet: `python bench/search_efficiency.py --log-to-run {run_id}`"], []
+        return [f"No search-efficiency figure yet: `python -m bench.search_efficiency --log-to-run {run_id}`"], []
     lines = ["Search efficiency: epochs each method needed to reach random search's best (per repetition):", ""]
     for name, method in json.loads(text).get("methods", {}).items():
         reached = method.get("epochs_to_reach_random_best") or []

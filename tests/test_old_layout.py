@@ -1,0 +1,63 @@
+"""A search saved before tuner/ had packages resumes (tuner/search/old_layout.py).
+
+tests/fixtures/old_layout_search/ is such a search, killed with its first trial in flight (its epoch-1 checkpoint
+saved) and its second not started; tests/fixtures/make_old_layout_search.py made it with the old code. Its
+tuner.pkl and searcher state pickle this project's classes under their old module paths (tuner.schema,
+tuner.space, tuner.tracking.MLflowTracker, tuner.progress), which Ray unpickles on --resume.
+
+The saved files name the folder the search ran in (its ROOT file): search.json's storage, data and MLflow paths,
+MLflow's artifact locations, Ray's trial state and the searcher's Optuna storage URL inside pickles. Pickles store
+a string's length before it, so the test puts its copy at a path of exactly ROOT's length and replaces ROOT byte
+for byte in every file.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakedata import learnable_arrays, write_cifar_folder
+from mlflow.tracking import MlflowClient
+
+from tuner.search.folder import SearchRecord
+
+FIXTURE = Path(__file__).parent / "fixtures" / "old_layout_search"
+
+
+def same_length_copy(tmp_path: Path) -> Path:
+    old_root = (FIXTURE / "ROOT").read_text()
+    padding = len(old_root) - len(str(tmp_path / "s"))
+    assert padding >= 0, f"tmp_path is too long for the fixture's paths: {tmp_path}"
+    root = tmp_path / ("s" * (1 + padding))
+    for source in FIXTURE.rglob("*"):
+        if source.is_file() and source.name != "ROOT":
+            target = root / source.relative_to(FIXTURE)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes().replace(old_root.encode(), str(root).encode()))
+    return root
+
+
+@pytest.mark.slow
+def test_a_search_saved_before_the_packages_resumes_to_the_end(tmp_path):
+    root = same_length_copy(tmp_path)
+    write_cifar_folder(root / "cifar", learnable_arrays(300, 100, seed=3))
+    (folder,) = (root / "runs").iterdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner.run", "--space", "tiny.yaml", "--resume", str(folder)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resumed from its epoch-1 checkpoint" in result.stdout  # the first trial went on, not over
+
+    record = SearchRecord.load(folder)
+    assert record.status == "finished"
+    client = MlflowClient(record.mlflow_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    trials = client.search_runs([experiment.experiment_id], "tags.`dt.role` = 'trial'")
+    assert len(trials) == 2 and all(run.info.status == "FINISHED" for run in trials)
+    assert client.get_run(record.parent_run_id).data.tags["dt.status"] == "finished"
