@@ -253,7 +253,7 @@ def test_bench_rows_and_a_clean_gpu_skip():
 
 @pytest.mark.parametrize(
     "flags, named",
-    [(["--cores", "1"], "--cores"), (["--sections", "tpu"], "--sections"), (["--model", "vgg99"], "'model'")],
+    [(["--cores", "1"], "--cores"), (["--sections", "tpu"], "--sections"), (["--model", "vgg99"], "--model")],
 )
 def test_bench_bad_flag_is_one_line(flags, named):
     result = run_bench(*flags)
