@@ -428,4 +428,4 @@ def test_missing_space_lists_shipped_names():
 def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(variant().replace("low: 0.01", "low: 1e-3"))
-    assert load_space(str(path)).params["lr"].low == 1e-3
+    assert load_space(str(path)).params["lr"].hull.low == 1e-3

@@ -35,6 +35,15 @@ def same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+def distinct(values) -> tuple:
+    """`values` in order, each once (type-strict, as `same`)."""
+    kept = []
+    for value in values:
+        if not any(same(value, k) for k in kept):
+            kept.append(value)
+    return tuple(kept)
+
+
 def label(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -85,42 +94,28 @@ def config_values(optuna_params: dict) -> dict:
 
 
 @dataclass(frozen=True)
-class Dimension:
-    """One searched hyperparameter. `when`: parent choice dimension -> the values under which this one is sampled.
+class Branch:
+    """One distribution of a searched key, sampled when every parent in `when` (a choice key) has one of its values.
 
-    A key with a distribution per condition is one Dimension whose `branches` are those distributions, each with
-    its own `when`; its own fields are their hull (what a report plots), its `when` each parent with all its values.
-    """
+    A plain dataclass, not a pydantic model: tuner.config.space_search has checked every value against its key (which
+    pydantic cannot), and a saved search pickles it, so its pickle is a plain `__dict__`."""
 
-    name: str  # the config key
     type: str  # uniform | loguniform | int | choice
     low: float | int | None = None
     high: float | int | None = None
     values: tuple | None = None
     step: int | None = None
     log: bool = False
-    when: dict = field(default_factory=dict)
-    branches: tuple = ()
-    condition: str = ""  # a branch's condition in its Optuna name, e.g. "[optimizer=adamw]"
+    when: dict = field(default_factory=dict)  # parent choice key -> the values under which this is sampled
+    condition: str = ""  # of one of a key's distributions per condition, in its Optuna name: "[optimizer=adamw]"
 
-    @property
-    def optuna_name(self) -> str:
-        return self.name + self.condition
-
-    def conditioned(self, parent: str, values: tuple) -> Dimension:
-        return replace(self, when={**self.when, parent: values})
-
-    def branch(self, chosen: dict) -> Dimension | None:
-        """The distribution sampled given the values `chosen` so far, or None: not sampled under them."""
-        if self.branches:
-            return next((b for b in self.branches if b.branch(chosen)), None)
-        holds = all(
+    def holds(self, chosen: dict) -> bool:
+        return all(
             parent in chosen and any(same(chosen[parent], v) for v in values) for parent, values in self.when.items()
         )
-        return self if holds else None
 
     def distribution(self):
-        """The Optuna distribution this dimension samples from (also how the report rebuilds a study)."""
+        """The Optuna distribution this samples from (also how the report rebuilds a study)."""
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         if self.type == "choice":
@@ -129,8 +124,7 @@ class Dimension:
             return IntDistribution(self.low, self.high, step=self.step, log=self.log)
         return FloatDistribution(self.low, self.high, log=self.log)
 
-    def suggest(self, trial):
-        name = self.optuna_name
+    def suggest(self, trial, name: str):
         if self.type == "choice":
             return trial.suggest_categorical(name, list(self.values))
         if self.type == "int":
@@ -138,8 +132,6 @@ class Dimension:
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
     def contains(self, value) -> bool:
-        if self.branches:
-            return any(b.contains(value) for b in self.branches)
         if self.type == "choice":
             return any(same(value, choice) for choice in self.values)
         if self.type == "int" and (not isinstance(value, int) or (value - self.low) % self.step):
@@ -147,8 +139,6 @@ class Dimension:
         return self.low <= value <= self.high
 
     def describe(self) -> str:
-        if self.branches:
-            return " | ".join(b.describe() for b in self.branches)
         if self.type == "choice":
             text = f"choice [{', '.join(yaml_value(v) for v in self.values)}]"
         else:
@@ -158,6 +148,64 @@ class Dimension:
         for parent, values in self.when.items():
             text += f"  (only when {parent} in [{', '.join(yaml_value(v) for v in values)}])"
         return text
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched hyperparameter: its key and its branches. A plain key has one branch; a key with a distribution
+    per condition has one per condition (all of one type, on the same parents, exactly one holding for any choice of
+    them), each known to Optuna by its own name, e.g. lr[optimizer=adamw]."""
+
+    name: str  # the config key
+    branches: tuple[Branch, ...]
+
+    @property
+    def per_condition(self) -> bool:
+        return bool(self.branches[0].condition)
+
+    @property
+    def hull(self) -> Branch:
+        """All branches as one distribution (what a report plots; a per-condition key's Optuna name without its
+        condition), sampled when its parents are: each with every value a branch names."""
+        first = self.branches[0]
+        if not self.per_condition:
+            return first
+        return Branch(
+            first.type,
+            low=None if first.type == "choice" else min(b.low for b in self.branches),
+            high=None if first.type == "choice" else max(b.high for b in self.branches),
+            values=distinct(v for b in self.branches for v in b.values or ()) or None,
+            step=(1 if len({b.step for b in self.branches}) > 1 else first.step) if first.type == "int" else None,
+            log=first.log,
+            when={parent: distinct(v for b in self.branches for v in b.when[parent]) for parent in first.when},
+        )
+
+    @property
+    def when(self) -> dict:
+        return self.hull.when
+
+    def optuna_name(self, branch: Branch) -> str:
+        return self.name + branch.condition
+
+    def branch(self, chosen: dict) -> Branch | None:
+        """The branch sampled given the values `chosen` so far, or None: not sampled under them."""
+        return next((b for b in self.branches if b.holds(chosen)), None)
+
+    def contains(self, value) -> bool:
+        return any(b.contains(value) for b in self.branches)
+
+    def describe(self) -> str:
+        return " | ".join(b.describe() for b in self.branches)
+
+    def __setstate__(self, state: dict) -> None:
+        """Restore a Dimension pickled by a saved search, also one from before branches (its distribution in its own
+        fields; a key per condition: branches of such Dimensions, its own fields their hull)."""
+        if "type" in state:  # the old layout
+            old = state.get("branches") or ()
+            branch = Branch(**{k: state[k] for k in ("type", "low", "high", "values", "step", "log", "when")})
+            branches = tuple(b.branches[0] for b in old) or (replace(branch, condition=state.get("condition", "")),)
+            state = {"name": state["name"], "branches": branches}
+        self.__dict__.update(state)
 
 
 @dataclass(frozen=True)
@@ -186,9 +234,9 @@ class Space:
         value is suggested, and Ray collects the suggestions itself."""
         chosen = {}
         for param in self.params.values():  # parents come before their children
-            sampled = param.branch(chosen)
-            if sampled:
-                chosen[param.name] = sampled.suggest(trial)
+            branch = param.branch(chosen)
+            if branch:
+                chosen[param.name] = branch.suggest(trial, param.optuna_name(branch))
 
     def in_optuna_terms(self, values: dict) -> tuple[dict, dict]:
         """(Optuna's names -> values, Optuna's names -> distributions) of searched config values, e.g. a point to
@@ -196,11 +244,11 @@ class Space:
         params, distributions = {}, {}
         for key, value in values.items():
             param = self.params.get(key)
-            sampled = param and (param.branch(values) or param)
-            name = sampled.optuna_name if sampled else key
+            branch = param and (param.branch(values) or param.hull)
+            name = param.optuna_name(branch) if param else key
             params[name] = value
-            if sampled:
-                distributions[name] = sampled.distribution()
+            if branch:
+                distributions[name] = branch.distribution()
         return params, distributions
 
     def with_overrides(
