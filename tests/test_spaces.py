@@ -362,6 +362,14 @@ BAD = {  # case -> (YAML text, the key path the message must name)
         per_optimizer(ADAMW_LR, SGD_LR, searcher={"type": "random", "points_to_evaluate": [{"lr": 0.05}]}),
         "searcher.points_to_evaluate[0].lr: 'lr' has a distribution per optimizer",
     ),
+    "a point whose parent picks no range": (
+        per_optimizer(
+            ADAMW_LR,
+            search__optimizer={"type": "choice", "values": ["adamw"]},
+            searcher={"type": "random", "points_to_evaluate": [{"lr": 3e-4, "optimizer": "sgd"}]},
+        ),
+        """searcher.points_to_evaluate[0].lr: 'lr' is only sampled when optimizer in ["adamw"], but the point sets""",
+    ),
     "unknown scheduler": (
         variant(scheduler={"type": "hyperband"}),
         "scheduler: Input tag 'hyperband' found using 'type' does not match any of the expected tags: 'asha', 'fifo'",
