@@ -65,6 +65,8 @@ def test_a_search_saved_before_the_packages_resumes_to_the_end(tmp_path):
     experiment = client.get_experiment_by_name("tiny")
     trials = client.search_runs([experiment.experiment_id], "tags.`dt.role` = 'trial'")
     assert len(trials) == 2 and all(run.info.status == "FINISHED" for run in trials)
+    # the second trial's lr was sampled by the searcher restored from its pickle (the first's is the point, 0.05)
+    assert len({run.data.params["lr"] for run in trials}) == 2
     assert client.get_run(record.parent_run_id).data.tags["dt.status"] == "finished"
 
 
