@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.config.space import Branch, Dimension, same
+from tuner.config.dimension import Branch, Dimension, same
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import pytest
 from fakedata import learnable_arrays, write_cifar_folder
 from mlflow.tracking import MlflowClient
 
-from tuner.config.space import Dimension
+from tuner.config.dimension import Dimension
 from tuner.config.space_file import load_space
 from tuner.search.folder import SearchRecord
 

@@ -362,6 +362,16 @@ BAD = {  # case -> (YAML text, the key path the message must name)
         per_optimizer(ADAMW_LR, SGD_LR, searcher={"type": "random", "points_to_evaluate": [{"lr": 0.05}]}),
         "searcher.points_to_evaluate[0].lr: 'lr' has a distribution per optimizer",
     ),
+    "a parent with choices per condition, one uncovered": (
+        per_optimizer(
+            SGD_LR,
+            search__optimizer=[
+                {"type": "choice", "values": ["sgd"], "when": {"schedule": "constant"}},
+                {"type": "choice", "values": ["adamw", "sgd"], "when": {"schedule": "cosine"}},
+            ],
+        ),
+        'search.lr: no distribution for optimizer="adamw"',
+    ),
     "a point whose parent picks no range": (
         per_optimizer(
             ADAMW_LR,

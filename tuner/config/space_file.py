@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from tuner.config.dimension import same
 from tuner.config.schema import (
     KEYS,
     Asha,
@@ -24,7 +25,7 @@ from tuner.config.schema import (
     problem,
     resolve,
 )
-from tuner.config.space import Space, SpaceProblems, label, same
+from tuner.config.space import Space, SpaceProblems, label
 from tuner.config.space_search import dimensions
 from tuner.config.yaml_file import find_file, parse_yaml, read_yaml, shipped
 from tuner.text import yaml_value

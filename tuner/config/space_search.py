@@ -8,8 +8,9 @@ import itertools
 import json
 from dataclasses import replace
 
+from tuner.config.dimension import Branch, Dimension
 from tuner.config.schema import KEYS, TrialConfig
-from tuner.config.space import NOT_SEARCHABLE, Branch, Dimension, SpaceProblems
+from tuner.config.space import NOT_SEARCHABLE, SpaceProblems
 from tuner.text import yaml_value
 
 # the distribution types a key's value type can take: float distributions for float keys, int for int keys
@@ -39,11 +40,9 @@ def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dic
             _conditioned(file, alone, key, path, spec, branch)
             for (path, spec), branch in zip(specs, unconditioned[key])
         ]
-        params[key] = (
-            _per_condition(file, alone, key, specs, branches)
-            if key in per_condition
-            else Dimension(key, (branches[0],))
-        )
+        if key in per_condition:
+            branches = _per_condition(file, alone, key, specs, branches)
+        params[key] = Dimension(key, tuple(branches))
     ordered = {}
     while len(ordered) < len(params):
         ready = [k for k, p in params.items() if k not in ordered and all(parent in ordered for parent in p.when)]
@@ -122,9 +121,9 @@ def _conditioned(file: SpaceProblems, params: dict, key: str, path: str, spec, b
     return branch
 
 
-def _per_condition(file: SpaceProblems, params: dict, key: str, specs: list, branches: list) -> Dimension:
-    """One Dimension from a key's list of distributions: each under its own `when:`, all of one type and on the same
-    parents, exactly one holding for every combination of the parents' choices."""
+def _per_condition(file: SpaceProblems, params: dict, key: str, specs: list, branches: list) -> list[Branch]:
+    """A key's list of distributions, checked: each under its own `when:`, all of one type and on the same parents,
+    exactly one holding for every combination of the parents' choices; each named by its condition."""
     (first_path, _), first = specs[0], branches[0]
     for (path, _), branch in zip(specs, branches):
         if set(branch.when) != set(first.when):
@@ -142,7 +141,7 @@ def _per_condition(file: SpaceProblems, params: dict, key: str, specs: list, bra
             file.fail(f"search.{key}", f"no distribution for {shown}", "a condition for every choice of its parents")
         if len(holding) > 1:
             file.fail(f"{holding[1]}.when", f"overlaps {holding[0]}.when: both hold for {shown}")
-    return Dimension(key, tuple(_named(branch, parents) for branch in branches))
+    return [_named(branch, parents) for branch in branches]
 
 
 def _named(branch: Branch, parents: list) -> Branch:
