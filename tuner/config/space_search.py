@@ -1,6 +1,6 @@
 """The `search:` section of a space file: each key's distribution, or a distribution per condition, and the `when:`
-conditions between them, checked into Dimensions and their Branches (tuner/config/space.py). Every error is one line
-naming the key path."""
+conditions between them, checked into Dimensions and their Branches (tuner/config/dimension.py). Every error is one
+line naming the key path."""
 
 from __future__ import annotations
 
