@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.config.space import Dimension, same
+from tuner.config.dimension import Branch, Dimension, same
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,11 @@ class CurveTable:
         return min(self.curves, key=lambda curve: (distance(config, curve.config, params), curve.index))
 
 
-def coordinate(value, param: Dimension) -> float:
-    """A number's position in its range, 0..1, on the scale the space samples it on."""
-    if param.log:
-        return math.log(value / param.low) / math.log(param.high / param.low)
-    return (value - param.low) / (param.high - param.low)
+def coordinate(value, hull: Branch) -> float:
+    """A number's position in its range (a searched key's hull), 0..1, on the scale the space samples it on."""
+    if hull.log:
+        return math.log(value / hull.low) / math.log(hull.high / hull.low)
+    return (value - hull.low) / (hull.high - hull.low)
 
 
 def distance(a: dict, b: dict, params: dict[str, Dimension]) -> float:
@@ -60,10 +60,10 @@ def distance(a: dict, b: dict, params: dict[str, Dimension]) -> float:
     for name, param in params.items():
         if name not in a or name not in b:
             total += float((name in a) != (name in b))  # sampled on one side only: a different branch
-        elif param.type == "choice":
+        elif param.hull.type == "choice":
             total += 0.0 if same(a[name], b[name]) else 1.0
         else:
-            total += (coordinate(a[name], param) - coordinate(b[name], param)) ** 2
+            total += (coordinate(a[name], param.hull) - coordinate(b[name], param.hull)) ** 2
     return total
 
 

@@ -12,14 +12,19 @@ for byte in every file.
 """
 
 import os
+import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import optuna
 import pytest
 from fakedata import learnable_arrays, write_cifar_folder
 from mlflow.tracking import MlflowClient
 
+from tuner.config.dimension import Dimension
+from tuner.config.space_file import load_space
 from tuner.search.folder import SearchRecord
 
 FIXTURE = Path(__file__).parent / "fixtures" / "old_layout_search"
@@ -60,4 +65,51 @@ def test_a_search_saved_before_the_packages_resumes_to_the_end(tmp_path):
     experiment = client.get_experiment_by_name("tiny")
     trials = client.search_runs([experiment.experiment_id], "tags.`dt.role` = 'trial'")
     assert len(trials) == 2 and all(run.info.status == "FINISHED" for run in trials)
+    # the second trial's lr was sampled by the searcher restored from its pickle (the first's is the point, 0.05)
+    assert len({run.data.params["lr"] for run in trials}) == 2
     assert client.get_run(record.parent_run_id).data.tags["dt.status"] == "finished"
+
+
+class OldDimension:
+    """Pickles as a Dimension did before it had branches: its distribution in its own fields."""
+
+    def __init__(self, name, type, low=None, high=None, values=None, step=None, log=False, when=None, **rest):
+        self.state = dict(name=name, type=type, low=low, high=high, values=values, step=step, log=log)
+        self.state.update(when=when or {}, branches=rest.get("branches", ()), condition=rest.get("condition", ""))
+
+    def __reduce__(self):
+        return object.__new__, (Dimension,), self.state
+
+
+def test_a_dimension_pickled_before_branches_samples_contains_and_describes_as_before():
+    space = load_space("dni_basiccnn")
+    adamw, sgd = ({"optimizer": (choice,)} for choice in ("adamw", "sgd"))
+    old = {
+        "momentum": OldDimension("momentum", "uniform", 0.8, 0.99, when=sgd),
+        "lr": OldDimension(
+            "lr", "loguniform", 1e-4, 0.1, log=True, when={"optimizer": ("adamw", "sgd")},
+            branches=(
+                OldDimension("lr", "loguniform", 1e-4, 3e-3, log=True, when=adamw, condition="[optimizer=adamw]"),
+                OldDimension("lr", "loguniform", 0.003, 0.1, log=True, when=sgd, condition="[optimizer=sgd]"),
+            ),
+        ),
+    }  # fmt: skip
+    restored = {key: pickle.loads(pickle.dumps(dimension)) for key, dimension in old.items()}
+    assert restored == {key: space.params[key] for key in old}
+    assert restored["lr"].describe() == (
+        'loguniform [0.0001, 0.003]  (only when optimizer in ["adamw"]) | '
+        'loguniform [0.003, 0.1]  (only when optimizer in ["sgd"])'
+    )
+    assert restored["momentum"].contains(0.9) and not restored["lr"].contains(0.2)
+
+    def trials(params: dict) -> list:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        for _ in range(6):
+            trial = study.ask()
+            replace(space, params=params).define_by_run(trial)
+            study.tell(trial, 0.0)
+        return [t.params for t in study.trials]
+
+    sampled = trials({**space.params, **restored})
+    assert sampled == trials(space.params)
+    assert {"lr[optimizer=adamw]", "lr[optimizer=sgd]", "momentum"} <= {name for t in sampled for name in t}

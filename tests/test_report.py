@@ -396,7 +396,7 @@ def test_configs_and_space_are_read_back_exactly(store):
     back = report_store.logged_config(client, trial["run_id"])
     assert back == config and all(type(back[k]) is type(v) for k, v in config.items())
     dimensions = report_store.logged_dimensions(client, search["parent"])
-    assert list(dimensions) == ["lr", "weight_decay"] and all(d.log for d in dimensions.values())
+    assert list(dimensions) == ["lr", "weight_decay"] and all(d.hull.log for d in dimensions.values())
 
 
 def test_importance_finds_the_parameter_that_matters():

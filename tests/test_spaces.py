@@ -362,6 +362,24 @@ BAD = {  # case -> (YAML text, the key path the message must name)
         per_optimizer(ADAMW_LR, SGD_LR, searcher={"type": "random", "points_to_evaluate": [{"lr": 0.05}]}),
         "searcher.points_to_evaluate[0].lr: 'lr' has a distribution per optimizer",
     ),
+    "a parent with choices per condition, one uncovered": (
+        per_optimizer(
+            SGD_LR,
+            search__optimizer=[
+                {"type": "choice", "values": ["sgd"], "when": {"schedule": "constant"}},
+                {"type": "choice", "values": ["adamw", "sgd"], "when": {"schedule": "cosine"}},
+            ],
+        ),
+        'search.lr: no distribution for optimizer="adamw"',
+    ),
+    "a point whose parent picks no range": (
+        per_optimizer(
+            ADAMW_LR,
+            search__optimizer={"type": "choice", "values": ["adamw"]},
+            searcher={"type": "random", "points_to_evaluate": [{"lr": 3e-4, "optimizer": "sgd"}]},
+        ),
+        """searcher.points_to_evaluate[0].lr: 'lr' is only sampled when optimizer in ["adamw"], but the point sets""",
+    ),
     "unknown scheduler": (
         variant(scheduler={"type": "hyperband"}),
         "scheduler: Input tag 'hyperband' found using 'type' does not match any of the expected tags: 'asha', 'fifo'",
@@ -428,4 +446,4 @@ def test_missing_space_lists_shipped_names():
 def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(variant().replace("low: 0.01", "low: 1e-3"))
-    assert load_space(str(path)).params["lr"].low == 1e-3
+    assert load_space(str(path)).params["lr"].hull.low == 1e-3

@@ -48,7 +48,9 @@ def earlier_search(folder, space, lrs):
 
 
 def narrowed(space, high):
-    return dataclasses.replace(space, params={**space.params, "lr": dataclasses.replace(space.params["lr"], high=high)})
+    (lr,) = space.params["lr"].branches
+    lr = dataclasses.replace(space.params["lr"], branches=(dataclasses.replace(lr, high=high),))
+    return dataclasses.replace(space, params={**space.params, "lr": lr})
 
 
 def test_fitting_trials_seed_the_new_study(tmp_path):

@@ -8,9 +8,10 @@ from __future__ import annotations
 import inspect
 import json
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tuner.config.dimension import Dimension  # also named from here: searches pickled it under this module
 from tuner.config.schema import (
     KEYS,
     Asha,
@@ -28,11 +29,6 @@ from tuner.text import yaml_value
 # trainer/model: one space is one trainer on one model. epochs: the trial's budget; ASHA decides how much of it a
 # trial gets, so searching it would fight the scheduler.
 NOT_SEARCHABLE = ("trainer", "model", "epochs")
-
-
-def same(a, b) -> bool:
-    # type-strict equality: YAML `true` must not match a choice value 1
-    return type(a) is type(b) and a == b
 
 
 def label(path: Path) -> str:
@@ -85,82 +81,6 @@ def config_values(optuna_params: dict) -> dict:
 
 
 @dataclass(frozen=True)
-class Dimension:
-    """One searched hyperparameter. `when`: parent choice dimension -> the values under which this one is sampled.
-
-    A key with a distribution per condition is one Dimension whose `branches` are those distributions, each with
-    its own `when`; its own fields are their hull (what a report plots), its `when` each parent with all its values.
-    """
-
-    name: str  # the config key
-    type: str  # uniform | loguniform | int | choice
-    low: float | int | None = None
-    high: float | int | None = None
-    values: tuple | None = None
-    step: int | None = None
-    log: bool = False
-    when: dict = field(default_factory=dict)
-    branches: tuple = ()
-    condition: str = ""  # a branch's condition in its Optuna name, e.g. "[optimizer=adamw]"
-
-    @property
-    def optuna_name(self) -> str:
-        return self.name + self.condition
-
-    def conditioned(self, parent: str, values: tuple) -> Dimension:
-        return replace(self, when={**self.when, parent: values})
-
-    def branch(self, chosen: dict) -> Dimension | None:
-        """The distribution sampled given the values `chosen` so far, or None: not sampled under them."""
-        if self.branches:
-            return next((b for b in self.branches if b.branch(chosen)), None)
-        holds = all(
-            parent in chosen and any(same(chosen[parent], v) for v in values) for parent, values in self.when.items()
-        )
-        return self if holds else None
-
-    def distribution(self):
-        """The Optuna distribution this dimension samples from (also how the report rebuilds a study)."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-        if self.type == "choice":
-            return CategoricalDistribution(list(self.values))
-        if self.type == "int":
-            return IntDistribution(self.low, self.high, step=self.step, log=self.log)
-        return FloatDistribution(self.low, self.high, log=self.log)
-
-    def suggest(self, trial):
-        name = self.optuna_name
-        if self.type == "choice":
-            return trial.suggest_categorical(name, list(self.values))
-        if self.type == "int":
-            return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
-        return trial.suggest_float(name, self.low, self.high, log=self.log)
-
-    def contains(self, value) -> bool:
-        if self.branches:
-            return any(b.contains(value) for b in self.branches)
-        if self.type == "choice":
-            return any(same(value, choice) for choice in self.values)
-        if self.type == "int" and (not isinstance(value, int) or (value - self.low) % self.step):
-            return False
-        return self.low <= value <= self.high
-
-    def describe(self) -> str:
-        if self.branches:
-            return " | ".join(b.describe() for b in self.branches)
-        if self.type == "choice":
-            text = f"choice [{', '.join(yaml_value(v) for v in self.values)}]"
-        else:
-            text = f"{self.type} [{yaml_value(self.low)}, {yaml_value(self.high)}]"
-            text += f" step {self.step}" if self.type == "int" and self.step != 1 else ""
-            text += " log" if self.type == "int" and self.log else ""
-        for parent, values in self.when.items():
-            text += f"  (only when {parent} in [{', '.join(yaml_value(v) for v in values)}])"
-        return text
-
-
-@dataclass(frozen=True)
 class Space:
     name: str
     path: Path | None  # None: read from text, not from a file (a study's arm, a search's logged space)
@@ -168,7 +88,7 @@ class Space:
     trainer: str
     model: str
     fixed: dict  # validated fixed values, incl. trainer and model
-    params: dict  # name -> Dimension, parents before children
+    params: dict[str, Dimension]  # parents before children
     scheduler: Asha | Fifo
     searcher: OptunaTPE | RandomSearch  # seed and points_to_evaluate filled in and checked
     num_samples: int
@@ -186,9 +106,9 @@ class Space:
         value is suggested, and Ray collects the suggestions itself."""
         chosen = {}
         for param in self.params.values():  # parents come before their children
-            sampled = param.branch(chosen)
-            if sampled:
-                chosen[param.name] = sampled.suggest(trial)
+            branch = param.branch(chosen)
+            if branch:
+                chosen[param.name] = branch.suggest(trial, param.optuna_name(branch))
 
     def in_optuna_terms(self, values: dict) -> tuple[dict, dict]:
         """(Optuna's names -> values, Optuna's names -> distributions) of searched config values, e.g. a point to
@@ -196,11 +116,11 @@ class Space:
         params, distributions = {}, {}
         for key, value in values.items():
             param = self.params.get(key)
-            sampled = param and (param.branch(values) or param)
-            name = sampled.optuna_name if sampled else key
+            branch = param and (param.branch(values) or param.hull)
+            name = param.optuna_name(branch) if param else key
             params[name] = value
-            if sampled:
-                distributions[name] = sampled.distribution()
+            if branch:
+                distributions[name] = branch.distribution()
         return params, distributions
 
     def with_overrides(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from tuner.config.dimension import same
 from tuner.config.schema import (
     KEYS,
     Asha,
@@ -24,7 +25,7 @@ from tuner.config.schema import (
     problem,
     resolve,
 )
-from tuner.config.space import Space, SpaceProblems, label, same
+from tuner.config.space import Space, SpaceProblems, label
 from tuner.config.space_search import dimensions
 from tuner.config.yaml_file import find_file, parse_yaml, read_yaml, shipped
 from tuner.text import yaml_value
@@ -128,10 +129,11 @@ def _searcher(file: SpaceProblems, spec, params: dict, config: TrialConfig):
         }
         for key, value in point.items():
             missing = [parent for parent in params[key].when if parent not in point]
-            if params[key].branches and missing:
+            if params[key].per_condition and missing:
                 file.fail(f"{path}.{key}", f"'{key}' has a distribution per {missing[0]}: set {missing[0]} too")
-            searched = params[key].branch(point) if params[key].branches else params[key]
-            if not searched.contains(value):
+            # a plain key: its range whatever its parents; a key per condition: the range its parents pick, if any
+            searched = params[key].branch(point) if params[key].per_condition else params[key].branches[0]
+            if searched and not searched.contains(value):
                 file.fail(f"{path}.{key}", f"{yaml_value(value)} is outside the searched range", searched.describe())
             for parent, values in params[key].when.items():
                 if parent in point and not any(same(point[parent], v) for v in values):

@@ -1,6 +1,6 @@
 """The `search:` section of a space file: each key's distribution, or a distribution per condition, and the `when:`
-conditions between them, checked into Dimensions (tuner/config/space.py). Every error is one line naming the key
-path."""
+conditions between them, checked into Dimensions and their Branches (tuner/config/dimension.py). Every error is one
+line naming the key path."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import itertools
 import json
 from dataclasses import replace
 
+from tuner.config.dimension import Branch, Dimension
 from tuner.config.schema import KEYS, TrialConfig
-from tuner.config.space import NOT_SEARCHABLE, Dimension, SpaceProblems, same
+from tuner.config.space import NOT_SEARCHABLE, SpaceProblems
 from tuner.text import yaml_value
 
 # the distribution types a key's value type can take: float distributions for float keys, int for int keys
@@ -32,14 +33,16 @@ def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dic
         forms[key] = forms[key] or [(f"search.{key}", entry)]
     per_condition = {key for key, entry in search.items() if isinstance(entry, list)}
     unconditioned = {key: _distributions(file, key, specs, key in per_condition) for key, specs in forms.items()}
-    alone = {key: _hull(key, branches) for key, branches in unconditioned.items()}  # what a parent offers
+    alone = {key: Dimension(key, tuple(branches)) for key, branches in unconditioned.items()}  # what a parent offers
     params = {}
     for key, specs in forms.items():  # conditions, now that every param is known
         branches = [
             _conditioned(file, alone, key, path, spec, branch)
             for (path, spec), branch in zip(specs, unconditioned[key])
         ]
-        params[key] = _per_condition(file, alone, key, specs, branches) if key in per_condition else branches[0]
+        if key in per_condition:
+            branches = _per_condition(file, alone, key, specs, branches)
+        params[key] = Dimension(key, tuple(branches))
     ordered = {}
     while len(ordered) < len(params):
         ready = [k for k, p in params.items() if k not in ordered and all(parent in ordered for parent in p.when)]
@@ -49,7 +52,7 @@ def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dic
     return ordered
 
 
-def _distribution(file: SpaceProblems, key: str, path: str, spec) -> Dimension:
+def _distribution(file: SpaceProblems, key: str, path: str, spec) -> Branch:
     """One distribution of `key`, its values checked against the key (conditions aside)."""
     kind = spec.type
     allowed = FITTING_TYPES.get(TrialConfig.model_fields[key].annotation, ("choice",))
@@ -62,7 +65,7 @@ def _distribution(file: SpaceProblems, key: str, path: str, spec) -> Dimension:
         values = tuple(file.value(key, v, f"{path}.values[{i}]") for i, v in enumerate(spec.values))
         if len({json.dumps(v) for v in values}) < len(values):
             file.fail(f"{path}.values", "lists a value twice")
-        return Dimension(key, kind, values=values)
+        return Branch(kind, values=values)
     low, high = (file.value(key, getattr(spec, end), f"{path}.{end}") for end in ("low", "high"))
     for end in ("low", "high"):
         if getattr(spec, end) is None:  # check_value lets null through for keys like num_blocks
@@ -77,10 +80,10 @@ def _distribution(file: SpaceProblems, key: str, path: str, spec) -> Dimension:
             file.fail(f"{path}.step", f"must be 1 with log: true (got {step})")
         if (high - low) % step:
             file.fail(f"{path}.high", f"high - low must be a multiple of step (got {low}, {high}, step {step})")
-    return Dimension(key, kind, low=low, high=high, step=step if kind == "int" else None, log=log)
+    return Branch(kind, low=low, high=high, step=step if kind == "int" else None, log=log)
 
 
-def _distributions(file: SpaceProblems, key: str, specs: list, per_condition: bool) -> list[Dimension]:
+def _distributions(file: SpaceProblems, key: str, specs: list, per_condition: bool) -> list[Branch]:
     """A key's distributions, conditions aside; one per condition must each have one and be of one type."""
     distributions = [_distribution(file, key, path, spec) for path, spec in specs]
     if not per_condition:
@@ -95,16 +98,16 @@ def _distributions(file: SpaceProblems, key: str, specs: list, per_condition: bo
     return distributions
 
 
-def _conditioned(file: SpaceProblems, params: dict, key: str, path: str, spec, dimension: Dimension) -> Dimension:
-    """`dimension` with the spec's `when:` checked: parents are other searched choice keys, values their choices."""
+def _conditioned(file: SpaceProblems, params: dict, key: str, path: str, spec, branch: Branch) -> Branch:
+    """`branch` with the spec's `when:` checked: parents are other searched choice keys, values their choices."""
     when = file.mapping(spec.when if spec.when is not None else {}, f"{path}.when", [k for k in params if k != key])
     for parent, values in when.items():
-        where, choices = f"{path}.when.{parent}", params[parent].values
-        if params[parent].type != "choice":
+        where, choices = f"{path}.when.{parent}", params[parent].hull.values
+        if params[parent].hull.type != "choice":
             file.fail(
                 where,
                 f"'{parent}' is not a choice param",
-                ", ".join(k for k, p in params.items() if p.type == "choice" and k != key) or "none here",
+                ", ".join(k for k, p in params.items() if p.hull.type == "choice" and k != key) or "none here",
             )
         values = tuple(file.value(parent, v, where) for v in (values if isinstance(values, list) else [values]))
         if not values:
@@ -114,13 +117,13 @@ def _conditioned(file: SpaceProblems, params: dict, key: str, path: str, spec, d
                 file.fail(
                     where, f"{yaml_value(value)} is not a choice of '{parent}'", ", ".join(map(yaml_value, choices))
                 )
-        dimension = dimension.conditioned(parent, values)
-    return dimension
+        branch = replace(branch, when={**branch.when, parent: values})
+    return branch
 
 
-def _per_condition(file: SpaceProblems, params: dict, key: str, specs: list, branches: list) -> Dimension:
-    """One Dimension from a key's list of distributions: each under its own `when:`, all of one type and on the same
-    parents, exactly one holding for every combination of the parents' choices."""
+def _per_condition(file: SpaceProblems, params: dict, key: str, specs: list, branches: list) -> list[Branch]:
+    """A key's list of distributions, checked: each under its own `when:`, all of one type and on the same parents,
+    exactly one holding for every combination of the parents' choices; each named by its condition."""
     (first_path, _), first = specs[0], branches[0]
     for (path, _), branch in zip(specs, branches):
         if set(branch.when) != set(first.when):
@@ -130,36 +133,18 @@ def _per_condition(file: SpaceProblems, params: dict, key: str, specs: list, bra
                 "the same parent keys in every condition of a key",
             )
     parents = list(first.when)
-    for combination in itertools.product(*(params[parent].values for parent in parents)):
+    for combination in itertools.product(*(params[parent].hull.values for parent in parents)):
         chosen = dict(zip(parents, combination))
-        holding = [path for (path, _), branch in zip(specs, branches) if branch.branch(chosen)]
+        holding = [path for (path, _), branch in zip(specs, branches) if branch.holds(chosen)]
         shown = ", ".join(f"{p}={yaml_value(v)}" for p, v in chosen.items())
         if not holding:
             file.fail(f"search.{key}", f"no distribution for {shown}", "a condition for every choice of its parents")
         if len(holding) > 1:
             file.fail(f"{holding[1]}.when", f"overlaps {holding[0]}.when: both hold for {shown}")
-    return _hull(key, [_named(branch, parents) for branch in branches], {p: params[p].values for p in parents})
+    return [_named(branch, parents) for branch in branches]
 
 
-def _hull(key: str, branches: list, when: dict | None = None) -> Dimension:
-    """One distribution as it is, several as one Dimension: their hull (what a report plots), `branches` them."""
-    if len(branches) == 1 and when is None:
-        return branches[0]
-    first, values = branches[0], [v for b in branches for v in b.values or ()]
-    return Dimension(
-        key,
-        first.type,
-        low=None if first.type == "choice" else min(b.low for b in branches),
-        high=None if first.type == "choice" else max(b.high for b in branches),
-        values=tuple(v for i, v in enumerate(values) if not any(same(v, w) for w in values[:i])) or None,
-        step=(1 if len({b.step for b in branches}) > 1 else first.step) if first.type == "int" else None,
-        log=first.log,
-        when=when or {},
-        branches=tuple(branches) if when is not None else (),
-    )
-
-
-def _named(branch: Dimension, parents: list) -> Dimension:
+def _named(branch: Branch, parents: list) -> Branch:
     """A branch with its condition in its Optuna name, e.g. lr[optimizer=adamw]."""
     condition = ",".join(f"{p}={'|'.join(str(v) for v in branch.when[p])}" for p in parents)
     return replace(branch, condition=f"[{condition}]")

@@ -18,9 +18,10 @@ import yaml
 from pydantic import Field, ValidationError
 
 from models.catalog import num_units
+from tuner.config.dimension import same
 from tuner.config.keys import APPLIES_WHEN, applies
 from tuner.config.schema import KEYS, _Shape, problem
-from tuner.config.space import Space, SpaceProblems, label, same
+from tuner.config.space import Space, SpaceProblems, label
 from tuner.config.space_file import space_from_text
 from tuner.config.yaml_file import find_file, read_yaml, shipped
 from tuner.text import yaml_value

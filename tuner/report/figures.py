@@ -202,7 +202,7 @@ def make_figures(searches: list, best: dict, out_dir: Path) -> tuple:
             [t.params for t in completed],
             [t.final_val_acc for t in completed],
             keys,
-            known={k: d.distribution() for s in in_experiment for k, d in s.dimensions.items()},
+            known={k: d.hull.distribution() for s in in_experiment for k, d in s.dimensions.items()},
         )
         if importances:
             path = out_dir / f"importance_{experiment}.png"

@@ -182,7 +182,7 @@ def most_stages(space: Space) -> int:
     param = space.params.get("stages")
     if param is None:
         return space.base_config().stages
-    return max(param.values) if param.type == "choice" else param.high
+    return max(param.hull.values) if param.hull.type == "choice" else param.hull.high
 
 
 def check_gpu_placement(space: Space, node_gpus: list[float]) -> None:
