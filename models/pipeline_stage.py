@@ -11,6 +11,7 @@ import traceback
 import torch
 import torch.multiprocessing as mp
 
+from models import TrialConfig
 from models.networks import IMAGE_CHANNELS, IMAGE_SIZE, NUM_CLASSES
 from models.optim import make_optimizer
 from models.trainer_base import NAN_CHECK_EVERY, _hits
@@ -175,7 +176,7 @@ def _timed(operation, waited: dict, key: str, *args):
 def run_stage(
     index: int,
     blocks: list[int],
-    cfg: dict,
+    cfg: TrialConfig,
     device: str,
     steps_per_epoch: int,
     threads: int,
