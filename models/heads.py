@@ -151,7 +151,7 @@ class SyntheticGradient(nn.Module):
         last = nn.Conv2d(channels, channels, kernel, padding=padding)
         self.rest.append(last)
         nn.init.zeros_(last.weight)
-        if last_init == "zero" and last.bias is not None:  # a Conv2d's bias, which it has
+        if last_init == "zero" and last.bias is not None:  # typed Optional; this conv has one
             nn.init.zeros_(last.bias)
 
     def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
