@@ -183,7 +183,7 @@ class Space:
     def define_by_run(self, trial) -> None:
         """Optuna define-by-run space (also what Ray's OptunaSearch takes as `space`). Returns None: every
         value is suggested, and Ray collects the suggestions itself."""
-        chosen = {}
+        chosen: dict[str, object] = {}
         for param in self.params.values():  # parents come before their children
             sampled = param.branch(chosen)
             if sampled:

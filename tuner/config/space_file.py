@@ -88,7 +88,7 @@ def _unwrap(annotation) -> list:
         if typing.get_origin(annotation) in (typing.Union, type(int | None))
         else (annotation,)
     )
-    result = []
+    result: list = []
     for member in members:
         while typing.get_origin(member) is typing.Annotated:
             member = typing.get_args(member)[0]
@@ -102,7 +102,8 @@ def _unwrap(annotation) -> list:
 def _locate(data, loc: tuple):
     """pydantic's error location -> (key path as the user writes it, the model that holds the last key,
     the value found there, the members of the tagged union expected there or None)."""
-    parts, holder, node, expected = [], SpaceFile, data, [SpaceFile]
+    parts: list[str] = []
+    holder, node, expected = SpaceFile, data, [SpaceFile]
     for part in loc:
         if part in SEARCH_FORMS:  # pydantic names the form of a search entry it tried; the user never wrote that
             expected = [t for t in expected if (typing.get_origin(t) is list) == (part == SEARCH_FORMS[1])]

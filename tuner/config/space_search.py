@@ -39,7 +39,7 @@ def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dic
             for (path, spec), branch in zip(specs, unconditioned[key])
         ]
         params[key] = _per_condition(file, alone, key, specs, branches) if key in per_condition else branches[0]
-    ordered = {}
+    ordered: dict[str, Dimension] = {}
     while len(ordered) < len(params):
         ready = [k for k, p in params.items() if k not in ordered and all(parent in ordered for parent in p.when)]
         if not ready:

@@ -60,7 +60,7 @@ def console_table(rows: list) -> list:
 
 
 def search_summary(search) -> str:
-    counts = {}
+    counts: dict[str, int] = {}
     for t in search.trials:
         counts[t.outcome] = counts.get(t.outcome, 0) + 1
     outcomes = ", ".join(f"{n} {o}" for o, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none yet"

@@ -172,7 +172,7 @@ def load_searches(client, spaces: list | None = None) -> list:
     parents = [p for p in parents if experiments[p.info.experiment_id] in selected]
     ids = sorted({p.info.experiment_id for p in parents})
     children = _all_pages(client.search_runs, experiment_ids=ids, filter_string=TRIAL_FILTER) if ids else []
-    trials_by_parent = {}
+    trials_by_parent: dict[str, list[Trial]] = {}
     for run in children:
         trial = _trial_from_run(client, run, experiments[run.info.experiment_id])
         trials_by_parent.setdefault(trial.parent_run_id, []).append(trial)
