@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union, cast
 
 from annotated_types import Ge, Gt, Le
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
@@ -27,8 +28,9 @@ class TrialConfig(BaseModel):
 
     model_config = STRICT
     # what is trained
-    trainer: Literal[tuple(TRAINERS)] = "dgl"
-    model: Literal[tuple(CFGS)] = "vgg16"
+    # Literals of the registries' names, built at import: pydantic checks them, mypy cannot evaluate them
+    trainer: Literal[tuple(TRAINERS)] = "dgl"  # type: ignore[valid-type]
+    model: Literal[tuple(CFGS)] = "vgg16"  # type: ignore[valid-type]
     width: float = Field(1.0, gt=0.0, le=64.0)  # multiplier on every conv / hidden width
     num_blocks: int | None = Field(None, ge=1, le=10_000)  # None: one block per conv layer / conv stage; 1 = backprop
     dropout: float = Field(0.0, ge=0.0, le=1.0)  # dropout after each conv unit
@@ -117,13 +119,13 @@ TYPE_NAMES = {
 ACCEPTS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "int?": (int, type(None))}
 
 
-def value_problem(key: str, value) -> str:
+def value_problem(key: str, value: Any) -> str:
     """Why `value` is not a valid `key`, in today's words (called once pydantic has said that it is not)."""
     field = TrialConfig.model_fields[key]
     kind = _kind(field.annotation)
     if not isinstance(value, ACCEPTS[kind]) or (isinstance(value, bool) and kind != "bool"):
         return f"'{key}' must be {TYPE_NAMES[kind]}, got {value!r}"
-    value = float(value) if kind == "float" else value
+    value = float(value) if kind == "float" and isinstance(value, int) else value  # 1 shown as 1.0
     if typing.get_origin(field.annotation) is Literal:
         return f"'{key}' must be one of {', '.join(map(str, typing.get_args(field.annotation)))}, got {value!r}"
     low = next(m for m in field.metadata if isinstance(m, (Ge, Gt)))
@@ -132,7 +134,7 @@ def value_problem(key: str, value) -> str:
     return f"'{key}' must lie in {interval}, {high}], got {value!r}"
 
 
-def _config_problem(error: dict, where: str) -> ConfigError:
+def _config_problem(error: Mapping[str, Any], where: str) -> ConfigError:
     prefix = f"{where}: " if where else ""
     if error["type"] == "extra_forbidden":
         return ConfigError(f"{prefix}unknown key '{error['loc'][0]}'; allowed: {', '.join(sorted(KEYS))}")
@@ -141,8 +143,8 @@ def _config_problem(error: dict, where: str) -> ConfigError:
     return ConfigError(prefix + value_problem(error["loc"][0], error["input"]))
 
 
-_FIELD_CHECKS = {
-    key: TypeAdapter(Annotated[field.annotation, field], config=ConfigDict(strict=True))
+_FIELD_CHECKS: dict[str, TypeAdapter] = {  # each field's type with its constraints, built from the model at import
+    key: TypeAdapter(cast(Any, Annotated[field.annotation, field]), config=ConfigDict(strict=True))
     for key, field in TrialConfig.model_fields.items()
 }
 

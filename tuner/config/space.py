@@ -10,6 +10,7 @@ import json
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, NoReturn
 
 from tuner.config.schema import (
     KEYS,
@@ -52,7 +53,7 @@ class SpaceProblems:
     def __init__(self, label: str):
         self.label = label
 
-    def fail(self, path: str, what: str, allowed: str | None = None):
+    def fail(self, path: str, what: str, allowed: str | None = None) -> NoReturn:
         message = f"{self.label}: {path}: {what}" + (f"; allowed: {allowed}" if allowed else "")
         raise SpaceError(" ".join(message.split("\n")))
 
@@ -93,10 +94,12 @@ class Dimension:
 
     name: str  # the config key
     type: str  # uniform | loguniform | int | choice
-    low: float | int | None = None
-    high: float | int | None = None
-    values: tuple | None = None
-    step: int | None = None
+    # which of these are set depends on `type` (low, high, step: a range's, int for type int; values: a choice's;
+    # None otherwise), which the type checker cannot follow: Any
+    low: Any = None
+    high: Any = None
+    values: Any = None
+    step: Any = None
     log: bool = False
     when: dict = field(default_factory=dict)
     branches: tuple = ()
@@ -220,7 +223,7 @@ class Space:
                 problems.fail(key, f"'{key}' is searched in this space; it cannot also be fixed")
             if value is not None:
                 fixed[key] = problems.value(key, value, key)
-        update = {"fixed": fixed, "scheduler": self.scheduler, "searcher": self.searcher}
+        update: dict[str, Any] = {"fixed": fixed, "scheduler": self.scheduler, "searcher": self.searcher}
         if num_samples is not None:
             update["num_samples"] = problems.number(num_samples, "num_samples", 1, integer=True)
         if max_concurrent is not None:
@@ -256,7 +259,7 @@ class Space:
         lines.append(f"search ({len(self.params)} params):")
         lines += [f"  {name:<{width}} {param.describe()}" for name, param in self.params.items()]
         lines.append("scheduler: " + " ".join(f"{k}={v}" for k, v in self.scheduler.model_dump().items()))
-        points = self.searcher.points_to_evaluate
+        points = self.searcher.points_to_evaluate or []
         lines.append(
             "searcher: "
             + " ".join(f"{k}={v}" for k, v in self.searcher.model_dump().items() if k != "points_to_evaluate")

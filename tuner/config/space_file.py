@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from tuner.config.schema import (
     KEYS,
@@ -49,7 +50,7 @@ CHECK_ORDER = (
 )
 
 
-def _shape_problem(file: SpaceProblems, error: dict, data: dict):
+def _shape_problem(file: SpaceProblems, error: ErrorDetails, data: dict):
     """One of pydantic's errors about the file's shape, as today's one line."""
     path, holder, node, union = _locate(data, error["loc"])
     kind, key = error["type"], path.rsplit(".", 1)[-1]

@@ -12,7 +12,11 @@ from tuner.config.schema import KEYS, TrialConfig, fmt
 from tuner.config.space import NOT_SEARCHABLE, Dimension, SpaceProblems, same
 
 # the distribution types a key's value type can take: float distributions for float keys, int for int keys
-FITTING_TYPES = {float: ("uniform", "loguniform", "choice"), int: ("int", "choice"), int | None: ("int", "choice")}
+FITTING_TYPES: dict[object, tuple[str, ...]] = {
+    float: ("uniform", "loguniform", "choice"),
+    int: ("int", "choice"),
+    int | None: ("int", "choice"),
+}
 
 
 def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dict:
