@@ -78,7 +78,8 @@ def run_confirm(space: Space, study_folder: Path, configs: list, arrays: dict, u
         tuner = new_confirm_tuner(space, study_folder, configs, arrays, uri, run_id)
     results = tuner.fit()
     client = MlflowClient(uri)
-    if len(results) < len(configs) or not all(ended_for_good(result) for result in results):
+    # a ResultGrid iterates by __getitem__, which mypy does not count as iterable
+    if len(results) < len(configs) or not all(ended_for_good(result) for result in results):  # type: ignore[attr-defined]
         close_dangling_runs(client, run_id, status="KILLED", outcome=None)
         return False
     close_dangling_runs(client, run_id)
