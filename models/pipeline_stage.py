@@ -239,6 +239,6 @@ def run_stage(
             )
     except SystemExit:
         raise
-    except BaseException:  # noqa: BLE001 - whatever it was, the main process must hear of it
+    except BaseException:  # whatever it was, the main process must hear of it
         results.put(("error", index, traceback.format_exc()))
         raise SystemExit(1) from None

@@ -113,8 +113,8 @@ class Trainer:
     def train_epoch(self, batches) -> dict:
         self.parts.train()
         loss_sum = torch.zeros((), device=self.device)
-        correct, seen, step = None, 0, 0
-        for x, y in batches:
+        correct, seen = None, 0
+        for step, (x, y) in enumerate(batches, start=1):
             logits, loss = self.train_step(self._input(x), y)
             for scheduler in self.schedulers:
                 scheduler.step()
@@ -122,7 +122,6 @@ class Trainer:
             correct = hits if correct is None else correct + hits
             loss_sum += loss.detach().float() * len(y)
             seen += len(y)
-            step += 1
             if step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
                 break
         self.epoch += 1

@@ -130,7 +130,7 @@ def _locate(data, loc: tuple):
         elif any(typing.get_origin(t) is dict for t in expected):
             parts.append(part)
             node = node.get(part) if isinstance(node, dict) else None
-            expected = _unwrap([typing.get_args(t)[1] for t in expected if typing.get_origin(t) is dict][0])
+            expected = _unwrap(next(typing.get_args(t)[1] for t in expected if typing.get_origin(t) is dict))
         elif models:  # a key the model does not have
             holder, parts, node = models[0], parts + [part], None
         # else: a label pydantic gives a plain union's member (int | float): not part of the path

@@ -12,14 +12,14 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window: the report runs on headless machines
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-from tuner.report.gaps import MODELS, TRAINERS, in_order  # noqa: E402
-from tuner.report.importance import param_importances  # noqa: E402
-from tuner.text import plural  # noqa: E402
-from tuner.tracking.block_figure import plot_blocks, save_figure, trainer_color  # noqa: E402
-from tuner.trial.metric_names import block_accuracies  # noqa: E402
+from tuner.report.gaps import MODELS, TRAINERS, in_order
+from tuner.report.importance import param_importances
+from tuner.text import plural
+from tuner.tracking.block_figure import plot_blocks, save_figure, trainer_color
+from tuner.trial.metric_names import block_accuracies
 
 # how each trial outcome is marked in the search-history figure
 OUTCOME_MARKERS: dict[str, dict[str, Any]] = {  # matplotlib's marker keyword arguments
