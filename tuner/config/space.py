@@ -10,6 +10,7 @@ import json
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, NoReturn
 
 from tuner.config.schema import (
     KEYS,
@@ -53,7 +54,7 @@ class SpaceProblems:
     def __init__(self, label: str):
         self.label = label
 
-    def fail(self, path: str, what: str, allowed: str | None = None):
+    def fail(self, path: str, what: str, allowed: str | None = None) -> NoReturn:
         message = f"{self.label}: {path}: {what}" + (f"; allowed: {allowed}" if allowed else "")
         raise SpaceError(" ".join(message.split("\n")))
 
@@ -94,10 +95,12 @@ class Dimension:
 
     name: str  # the config key
     type: str  # uniform | loguniform | int | choice
-    low: float | int | None = None
-    high: float | int | None = None
-    values: tuple | None = None
-    step: int | None = None
+    # which of these are set depends on `type` (low, high, step: a range's, int for type int; values: a choice's;
+    # None otherwise), which the type checker cannot follow: Any
+    low: Any = None
+    high: Any = None
+    values: Any = None
+    step: Any = None
     log: bool = False
     when: dict = field(default_factory=dict)
     branches: tuple = ()
@@ -184,7 +187,7 @@ class Space:
     def define_by_run(self, trial) -> None:
         """Optuna define-by-run space (also what Ray's OptunaSearch takes as `space`). Returns None: every
         value is suggested, and Ray collects the suggestions itself."""
-        chosen = {}
+        chosen: dict[str, object] = {}
         for param in self.params.values():  # parents come before their children
             sampled = param.branch(chosen)
             if sampled:
@@ -221,7 +224,7 @@ class Space:
                 problems.fail(key, f"'{key}' is searched in this space; it cannot also be fixed")
             if value is not None:
                 fixed[key] = problems.value(key, value, key)
-        update = {"fixed": fixed, "scheduler": self.scheduler, "searcher": self.searcher}
+        update: dict[str, Any] = {"fixed": fixed, "scheduler": self.scheduler, "searcher": self.searcher}
         if num_samples is not None:
             update["num_samples"] = problems.number(num_samples, "num_samples", 1, integer=True)
         if max_concurrent is not None:
@@ -260,7 +263,7 @@ class Space:
         lines.append(f"search ({len(self.params)} params):")
         lines += [f"  {name:<{width}} {param.describe()}" for name, param in self.params.items()]
         lines.append("scheduler: " + " ".join(f"{k}={v}" for k, v in self.scheduler.model_dump().items()))
-        points = self.searcher.points_to_evaluate
+        points = self.searcher.points_to_evaluate or []
         lines.append(
             "searcher: "
             + " ".join(f"{k}={v}" for k, v in self.searcher.model_dump().items() if k != "points_to_evaluate")

@@ -13,7 +13,11 @@ from tuner.config.space import NOT_SEARCHABLE, Dimension, SpaceProblems, same
 from tuner.text import yaml_value
 
 # the distribution types a key's value type can take: float distributions for float keys, int for int keys
-FITTING_TYPES = {float: ("uniform", "loguniform", "choice"), int: ("int", "choice"), int | None: ("int", "choice")}
+FITTING_TYPES: dict[object, tuple[str, ...]] = {
+    float: ("uniform", "loguniform", "choice"),
+    int: ("int", "choice"),
+    int | None: ("int", "choice"),
+}
 
 
 def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dict:
@@ -40,7 +44,7 @@ def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dic
             for (path, spec), branch in zip(specs, unconditioned[key])
         ]
         params[key] = _per_condition(file, alone, key, specs, branches) if key in per_condition else branches[0]
-    ordered = {}
+    ordered: dict[str, Dimension] = {}
     while len(ordered) < len(params):
         ready = [k for k, p in params.items() if k not in ordered and all(parent in ordered for parent in p.when)]
         if not ready:
