@@ -30,7 +30,7 @@ def replay_trial(config: dict, table: CurveTable, space: Space) -> None:
     tuner/trial/trainable.py marks a live trial's results (`finished` on the last epoch, `diverged` once, then
     return)."""
     curve = table.nearest(config, space.params)
-    for epoch, metrics in enumerate(epoch_results(curve, config["epochs"]), start=1):
+    for metrics in epoch_results(curve, config["epochs"]):
         tune.report(metrics)
         if metrics["diverged"]:
             return

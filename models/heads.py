@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import TrialConfig
 from models.catalog import HEAD_FAMILIES, NUM_CLASSES
 from models.networks import mlp
 
@@ -96,7 +97,7 @@ def similarity_conv(channels: int) -> nn.Conv2d:
     return nn.Conv2d(channels, channels, 3, padding=1, bias=False)
 
 
-def aux_head(cfg, channels: int, size: int) -> nn.Sequential:
+def aux_head(cfg: TrialConfig, channels: int, size: int) -> nn.Sequential:
     """The DGL auxiliary classifier `cfg.aux_head` for a block output of shape (channels, size, size)."""
     family = cfg.aux_head
     if family == "flatten_mlp":
@@ -146,15 +147,17 @@ class SyntheticGradient(nn.Module):
             nn.Conv2d(channels, channels, kernel, padding=padding),
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, kernel, padding=padding),
         )
-        nn.init.zeros_(self.rest[-1].weight)
-        if last_init == "zero":
-            nn.init.zeros_(self.rest[-1].bias)
+        last = nn.Conv2d(channels, channels, kernel, padding=padding)
+        self.rest.append(last)
+        nn.init.zeros_(last.weight)
+        if last_init == "zero" and last.bias is not None:  # typed Optional; this conv has one
+            nn.init.zeros_(last.bias)
 
     def forward(self, h: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = self.conv1(h)
         if self.label_context is not None:
+            assert labels is not None, "a conditioned (cDNI) module predicts from the labels too"
             # Linear(one_hot(y)) is column y of its weight plus its bias: looked up directly. F.one_hot reads the
             # labels' min and max back to the host to check them (on the CPU), a wait per step an epoch must not have
             context = F.embedding(labels, self.label_context.weight.t()) + self.label_context.bias

@@ -8,6 +8,8 @@ ordinary backprop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn as nn
 
 from models.catalog import CFGS, HIDDEN, IMAGE_CHANNELS, IMAGE_SIZE, KERNEL, NUM_CLASSES
@@ -22,7 +24,8 @@ def conv_units(name: str, width: float = 1.0, dropout: float = 0.0) -> tuple[lis
     if name not in CFGS:
         raise ValueError(f"unknown model '{name}'; allowed: {', '.join(CFGS)}")
     kernel = KERNEL.get(name, 3)
-    units, in_channels, size = [], IMAGE_CHANNELS, IMAGE_SIZE
+    units: list[nn.Sequential] = []
+    in_channels, size = IMAGE_CHANNELS, IMAGE_SIZE
     for item in CFGS[name]:
         if item == "M":
             units[-1].append(nn.MaxPool2d(2))
@@ -70,7 +73,7 @@ def mlp(in_features: int, hidden: list[int], batchnorm: bool) -> nn.Sequential:
 class Network(nn.Module):
     """`blocks` run in order, then `classifier`. `block_shapes[i]` is (channels, size) after block i."""
 
-    def __init__(self, blocks: list[nn.Module], classifier: nn.Module, block_shapes: list[tuple[int, int]]):
+    def __init__(self, blocks: Sequence[nn.Module], classifier: nn.Module, block_shapes: list[tuple[int, int]]):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.classifier = classifier

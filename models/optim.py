@@ -6,10 +6,11 @@ import math
 
 import torch
 
+from models import TrialConfig
 from models.catalog import OPTIMIZERS
 
 
-def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: TrialConfig) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -24,7 +25,7 @@ def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer '{cfg.optimizer}'; allowed: {', '.join(OPTIMIZERS)}")
 
 
-def lr_factor(step: int, cfg: dict, steps_per_epoch: int) -> float:
+def lr_factor(step: int, cfg: TrialConfig, steps_per_epoch: int) -> float:
     """Multiplier on the base learning rate after `step` optimizer steps: linear warmup, then the schedule."""
     total = cfg.epochs * steps_per_epoch
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
@@ -38,6 +39,6 @@ def lr_factor(step: int, cfg: dict, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def make_lr_schedule(optimizer, cfg: dict, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_lr_schedule(optimizer, cfg: TrialConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per batch. LambdaLR's state_dict holds the step count, so a checkpoint resumes the schedule."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch))

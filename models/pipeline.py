@@ -29,6 +29,7 @@ import time
 import torch
 import torch.multiprocessing as mp
 
+from models import TrialConfig
 from models.catalog import IMAGE_CHANNELS, IMAGE_SIZE
 from models.pipeline_stage import (
     POLL_S,
@@ -70,7 +71,7 @@ def joined_hits(done: list[dict], device: torch.device) -> torch.Tensor | None:
 class PipelinedDGL(DGL):
     """DGL with `stages` > 1: the same trainer interface; each epoch's training runs in the stage processes."""
 
-    def __init__(self, cfg: dict, device, steps_per_epoch: int):
+    def __init__(self, cfg: TrialConfig, device, steps_per_epoch: int):
         super().__init__(cfg, device, steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
         self.stage_devices = stage_devices(self.device, cfg.stages)
@@ -205,7 +206,8 @@ class PipelinedDGL(DGL):
                 self._check(start)
 
     def _gather(self) -> list[dict]:
-        done, start = {}, time.monotonic()
+        done: dict[int, dict] = {}
+        start = time.monotonic()
         while len(done) < len(self.processes):
             try:
                 kind, s, payload = self.results.get(timeout=POLL_S)

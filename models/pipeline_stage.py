@@ -11,6 +11,7 @@ import traceback
 import torch
 import torch.multiprocessing as mp
 
+from models import TrialConfig
 from models.catalog import IMAGE_CHANNELS, IMAGE_SIZE, NUM_CLASSES
 from models.optim import make_optimizer
 from models.trainer_base import NAN_CHECK_EVERY, _hits
@@ -175,7 +176,7 @@ def _timed(operation, waited: dict, key: str, *args):
 def run_stage(
     index: int,
     blocks: list[int],
-    cfg: dict,
+    cfg: TrialConfig,
     device: str,
     steps_per_epoch: int,
     threads: int,
@@ -238,6 +239,6 @@ def run_stage(
             )
     except SystemExit:
         raise
-    except BaseException:  # noqa: BLE001 - whatever it was, the main process must hear of it
+    except BaseException:  # whatever it was, the main process must hear of it
         results.put(("error", index, traceback.format_exc()))
         raise SystemExit(1) from None

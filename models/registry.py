@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from models import TrialConfig
 from models.pipeline import PipelinedDGL
 from models.synthetic_gradients import CDNI, DNI
 from models.trainer_base import Trainer
@@ -10,7 +11,7 @@ from models.trainers import DGL, Backprop
 TRAINERS = {"backprop": Backprop, "dgl": DGL, "dni": DNI, "cdni": CDNI}  # in models/catalog.py's order (a test pins it)
 
 
-def build_trainer(cfg, device, steps_per_epoch: int) -> Trainer:
+def build_trainer(cfg: TrialConfig, device, steps_per_epoch: int) -> Trainer:
     """`cfg` is a tuner.config.schema.TrialConfig; DGL with `stages` > 1 runs as a pipeline of processes."""
     if cfg.trainer == "dgl" and cfg.stages > 1:
         return PipelinedDGL(cfg, device, steps_per_epoch)

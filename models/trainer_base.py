@@ -5,11 +5,14 @@ the host: metrics accumulate as device tensors and are read once at the end."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import TrialConfig
 from models.networks import build_network
 from models.optim import make_lr_schedule, make_optimizer
 
@@ -52,7 +55,7 @@ def allow_recompiles(num_blocks: int) -> None:
 class Trainer:
     per_block_metrics = False
 
-    def __init__(self, cfg: dict, device: torch.device | str, steps_per_epoch: int):
+    def __init__(self, cfg: TrialConfig, device: torch.device | str, steps_per_epoch: int):
         self.cfg, self.device = cfg, torch.device(device)
         self.on_cuda = self.device.type == "cuda"
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.on_cuda)
@@ -61,7 +64,8 @@ class Trainer:
         self.parts = nn.ModuleDict({"network": self.network})  # everything with parameters, for state_dict
         param_groups = self.param_groups()  # one list of parameters per optimizer
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
-        self.parts.to(self.device, memory_format=memory_format)
+        # Module.to takes memory_format (its docs); torch's overloads of `to` leave it out
+        self.parts.to(self.device, memory_format=memory_format)  # type: ignore[call-overload]
         self.optimizers = [make_optimizer(params, cfg) for params in param_groups]
         self.schedulers = [make_lr_schedule(opt, cfg, steps_per_epoch) for opt in self.optimizers]
         if cfg.compile:
@@ -69,12 +73,12 @@ class Trainer:
         self.blocks = [self.compiled(block) for block in self.network.blocks]  # compiled views; state stays in parts
         self.epoch = 0
 
-    def compiled(self, module: nn.Module) -> nn.Module:
+    def compiled(self, module: nn.Module) -> Callable[..., Any]:
         """torch.compile'd when the config says so (a view sharing the module's parameters), else the module."""
         return torch.compile(module) if self.cfg.compile else module
 
     # --- what a method defines -----------------------------------------------------------------------------------
-    def num_blocks(self, cfg) -> int | None:
+    def num_blocks(self, cfg: TrialConfig) -> int | None:
         return cfg.num_blocks
 
     def param_groups(self) -> list[list[nn.Parameter]]:
@@ -109,8 +113,8 @@ class Trainer:
     def train_epoch(self, batches) -> dict:
         self.parts.train()
         loss_sum = torch.zeros((), device=self.device)
-        correct, seen, step = None, 0, 0
-        for x, y in batches:
+        correct, seen = None, 0
+        for step, (x, y) in enumerate(batches, start=1):
             logits, loss = self.train_step(self._input(x), y)
             for scheduler in self.schedulers:
                 scheduler.step()
@@ -118,7 +122,6 @@ class Trainer:
             correct = hits if correct is None else correct + hits
             loss_sum += loss.detach().float() * len(y)
             seen += len(y)
-            step += 1
             if step % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
                 break
         self.epoch += 1

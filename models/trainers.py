@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from models import TrialConfig
 from models.heads import aux_head, similarity_conv
 from models.losses import local_loss
 from models.trainer_base import Trainer
 
 
 class Backprop(Trainer):
-    def num_blocks(self, cfg):
+    def num_blocks(self, cfg: TrialConfig):
         return 1  # the grouping is irrelevant to end-to-end training; one block keeps it identical to DGL with K=1
 
     def param_groups(self):
@@ -66,7 +67,7 @@ class DGL(Trainer):
 
     per_block_metrics = True
 
-    def __init__(self, cfg: dict, device, steps_per_epoch: int):
+    def __init__(self, cfg: TrialConfig, device, steps_per_epoch: int):
         super().__init__(cfg, device, steps_per_epoch)
         self.stages = [
             self.compiled(BlockWithHead(block, head, sim_conv))

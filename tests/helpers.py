@@ -55,7 +55,7 @@ class Driver:
             [sys.executable, "-m", module, *args],
             cwd=tmp_path,
             env=env,
-            stdout=open(self.log, "w"),
+            stdout=open(self.log, "w"),  # noqa: SIM115  (the child writes it for its life)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )

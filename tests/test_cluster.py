@@ -7,6 +7,7 @@ worker node is killed, and its trial must finish on the head from its checkpoint
 and stopped by its PID (Ray nodes by their session id), so other Ray instances on the machine are left alone.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -203,20 +204,16 @@ def session_pids(session: int) -> list[int]:
 def kill_session(session: int) -> None:
     """SIGKILL every process of a session this test started (a Ray node: raylet, its workers, agents...)."""
     for pid in session_pids(session):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def stop(process: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60) -> None:
     """Stop a process started with start_new_session=True, then anything left in its session."""
     if process.poll() is None:
         process.send_signal(sig)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
     kill_session(process.pid)
     process.wait(10)
 

@@ -179,7 +179,7 @@ def test_synthetic_gradient_zero_last_init_starts_at_zero():
 def noklands_similarity(x):
     """anokland/local-loss train.py similarity_matrix, restated."""
     if x.dim() == 4:
-        if x.size(1) > 3 and x.size(2) > 1:
+        if x.size(1) > 3 and x.size(2) > 1:  # noqa: SIM108  (as the reference writes it)
             x = x.view(x.size(0), x.size(1), -1).std(dim=2)
         else:
             x = x.view(x.size(0), -1)

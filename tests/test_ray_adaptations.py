@@ -135,7 +135,7 @@ def test_optuna_search_cannot_save_a_closure(tmp_path):
         trial.suggest_float(prefix, 1e-4, 1, log=True)
 
     searcher = OptunaSearch(space=closure, metric="val_acc", mode="max")
-    with pytest.raises(Exception, match="(?i)pickle"):
+    with pytest.raises(Exception, match=r"(?i)pickle"):
         searcher.save(str(tmp_path / "searcher.pkl"))
 
 

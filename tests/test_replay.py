@@ -85,7 +85,7 @@ def test_replayed_trials_report_the_recorded_curves_through_tune(ray_started, tm
     run = ray_replay(SPACE, table, "random", seed=0, budget=30, storage=tmp_path / "fifo")
     trials = by_trial(run["reports"])
     assert len(trials) >= 4 and run["epochs"] == 30
-    for number, (trial_id, reports) in enumerate(trials.items()):
+    for number, reports in enumerate(trials.values()):
         curve = table.curves[reports[0][2]]
         assert [epoch for epoch, _, _ in reports] == list(range(1, len(reports) + 1))
         assert tuple(acc for _, acc, _ in reports) == curve.val_acc[: len(reports)]

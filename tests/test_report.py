@@ -14,16 +14,16 @@ import pytest
 import yaml
 
 pytest.importorskip("mlflow")
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 
-from tuner import ranking, text  # noqa: E402
-from tuner.config.schema import resolve  # noqa: E402
-from tuner.report import __main__ as cli  # noqa: E402
-from tuner.report import gaps, importance  # noqa: E402
-from tuner.tracking import reader as report_store  # noqa: E402
-from tuner.tracking import store as tracking_store  # noqa: E402
-from tuner.trial.metric_names import SCHEDULED_LR, block_metric  # noqa: E402
+from tuner import ranking, text
+from tuner.config.schema import resolve
+from tuner.report import __main__ as cli
+from tuner.report import gaps, importance
+from tuner.tracking import reader as report_store
+from tuner.tracking import store as tracking_store
+from tuner.trial.metric_names import SCHEDULED_LR, block_metric
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("mlflow")
-from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.tracking import MlflowClient
 
-from tuner.tracking import store  # noqa: E402
+from tuner.tracking import store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -238,7 +238,10 @@ def test_measuring_the_test_split_every_epoch_leaves_training_as_it_was(monkeypa
     monkeypatch.setattr(trial.tune, "get_checkpoint", lambda: None)
     reports = {True: [], False: []}
     for with_test in (False, True):
-        monkeypatch.setattr(trial.tune, "report", lambda metrics, checkpoint=None: reports[with_test].append(metrics))
+        # `out` bound now (B023): each pass reports into its own list
+        monkeypatch.setattr(
+            trial.tune, "report", lambda metrics, checkpoint=None, out=reports[with_test]: out.append(metrics)
+        )
         trial.train_trial(config, arrays, evaluate_test=with_test)
     assert [m["val_acc"] for m in reports[True]] == [m["val_acc"] for m in reports[False]]
     assert [m["train_loss"] for m in reports[True]] == [m["train_loss"] for m in reports[False]]
@@ -285,7 +288,7 @@ def test_a_stopped_trial_is_never_a_candidate_over_a_completed_one():
     trials = [_trial("s", 0.9, 4, "stopped"), _trial("c", 0.5, 4), _trial("k", 0.95, 13, "stopped")]
     picked = pick_candidates({("dgl", 0): trials}, {"dgl": {"num_blocks": 13}}, "vgg16", lambda r: (1, 2))
     assert [(c.name, c.trial_id) for c in picked] == [("dgl", "c"), ("dgl @ num_blocks=13", "")]
-    assert "no trial with num_blocks=13 ran every epoch (1 stopped)" == picked[1].note
+    assert picked[1].note == "no trial with num_blocks=13 ran every epoch (1 stopped)"
     assert confirm_configs(picked) == [{**trials[1].params, "seed": 1}, {**trials[1].params, "seed": 2}]
     rows = accuracy_rows(picked, "dgl")
     assert rows[1][1] == "never completed" and rows[1][3] == "0/1"

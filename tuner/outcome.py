@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import TypeGuard
 
 OUTCOMES = ("completed", "stopped", "diverged", "failed")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def finite_number(value) -> bool:
+def finite_number(value: object) -> TypeGuard[float]:
     """A real, finite number (not a bool, not NaN/inf): what may be told to Optuna or logged to MLflow."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from pathlib import Path
 
 from tuner.config.settings import SPACE_OVERRIDES, SearchSettings
 from tuner.config.space_file import list_spaces
@@ -71,7 +72,7 @@ def settings_from_flags(args: argparse.Namespace) -> SearchSettings:
     paths made absolute, so a search resumed from another folder finds the same files."""
     return SearchSettings(
         space=args.space,
-        storage=absolute(args.storage),
+        storage=str(Path(args.storage).expanduser().resolve()),  # has a default: never None
         mlflow_uri=absolute_tracking_uri(args.mlflow_uri),
         experiment_name=args.name,
         data_dir=absolute(args.data_dir),
@@ -128,11 +129,8 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside Ray Tune's own handling (loading data, starting Ray, a 2nd Ctrl-C)
         started = folder is not None and (folder / RECORD).exists()
-        print(
-            "\nInterrupted." + (f" Continue with:\n  {resume_command(args.space, folder)}" if started else ""),
-            file=sys.stderr,
-            flush=True,
-        )
+        continue_with = f" Continue with:\n  {resume_command(args.space, folder)}" if folder and started else ""
+        print("\nInterrupted." + continue_with, file=sys.stderr, flush=True)
         return 130
 
 

@@ -6,6 +6,7 @@ tuner.config.space_search builds them from a space file's `search:` section; tun
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from tuner.text import yaml_value
 
@@ -17,7 +18,7 @@ def same(a, b) -> bool:
 
 def distinct(values) -> tuple:
     """`values` in order, each once (type-strict, as `same`)."""
-    kept = []
+    kept: list = []
     for value in values:
         if not any(same(value, k) for k in kept):
             kept.append(value)
@@ -32,10 +33,11 @@ class Branch:
     pydantic cannot), and a saved search pickles it, so its pickle is a plain `__dict__`."""
 
     type: str  # uniform | loguniform | int | choice
-    low: float | int | None = None
-    high: float | int | None = None
-    values: tuple | None = None
-    step: int | None = None
+    # which of low/high/step or values is set depends on `type`; space_search has checked them against it
+    low: Any = None
+    high: Any = None
+    values: Any = None
+    step: Any = None
     log: bool = False
     when: dict = field(default_factory=dict)  # parent choice key -> the values under which this is sampled
     condition: str = ""  # of one of a key's distributions per condition, in its Optuna name: "[optimizer=adamw]"

@@ -8,7 +8,7 @@ from models.catalog import READS
 
 def _applies_when() -> dict:
     """key -> (the choice it depends on, the values of that choice under which the trainers read it)."""
-    table = {}
+    table: dict[str, tuple[str, tuple]] = {}
     for choice, reads in READS.items():
         for value, keys in reads.items():
             for key in keys:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
@@ -25,20 +26,21 @@ class TrialConfig(BaseModel):
     """A flat record of plain values; a value's type is the type it must have (an int is accepted for a float)."""
 
     model_config = STRICT
+    # Literal[...] of the catalog's names (tuples built at import): pydantic checks them; mypy cannot evaluate them
     # what is trained
-    trainer: Literal[TRAINERS] = "dgl"
-    model: Literal[tuple(CFGS)] = "vgg16"
+    trainer: Literal[TRAINERS] = "dgl"  # type: ignore[valid-type]
+    model: Literal[tuple(CFGS)] = "vgg16"  # type: ignore[valid-type]
     width: float = Field(1.0, gt=0.0, le=64.0)  # multiplier on every conv / hidden width
     num_blocks: int | None = Field(None, ge=1, le=10_000)  # None: one block per conv layer / conv stage; 1 = backprop
     dropout: float = Field(0.0, ge=0.0, le=1.0)  # dropout after each conv unit
     # local learning: DGL auxiliary heads and losses
     # head families (models/heads.py says what each reproduces); the default is the write-up's flatten -> 512 -> 10
-    aux_head: Literal[HEAD_FAMILIES] = "flatten_mlp"
+    aux_head: Literal[HEAD_FAMILIES] = "flatten_mlp"  # type: ignore[valid-type]
     aux_width: int = Field(512, ge=1, le=1 << 16)  # hidden units (flatten_mlp, pooled_mlp) / channels (conv)
     aux_depth: int = Field(1, ge=0, le=16)  # hidden Linear layers of flatten_mlp and pooled_mlp only
     aux_convs: int = Field(1, ge=0, le=16)  # 3x3 conv layers of the conv head only
     aux_pool: int = Field(2, ge=1, le=64)  # pooled_mlp and conv heads: pooled spatial size
-    local_loss: Literal[LOCAL_LOSSES] = "pred"
+    local_loss: Literal[LOCAL_LOSSES] = "pred"  # type: ignore[valid-type]
     sim_weight: float = Field(0.99, ge=0.0, le=1.0)  # predsim: (1 - sim_weight) * CE + sim_weight * sim (Nøkland's)
     # DNI / cDNI synthetic-gradient modules; the defaults are the write-up's
     sg_kernel: Literal[3, 5] = 5  # kernel of the module's three convs
@@ -47,12 +49,12 @@ class TrialConfig(BaseModel):
     # or zero (weight and bias: every module's first prediction is exactly 0)
     sg_last_init: Literal["zero_weight", "zero"] = "zero_weight"
     # optimisation
-    optimizer: Literal[OPTIMIZERS] = "sgd"
+    optimizer: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
     lr: float = Field(0.05, gt=0.0, le=1e6)
     momentum: float = Field(0.9, ge=0.0, le=1.0)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0.0, le=1e3)
-    schedule: Literal[SCHEDULES] = "cosine"
+    schedule: Literal[SCHEDULES] = "cosine"  # type: ignore[valid-type]
     warmup_epochs: int = Field(0, ge=0, le=10_000)
     lr_step_epochs: int = Field(30, ge=1, le=10_000)  # step schedule: multiply by lr_gamma every lr_step_epochs
     lr_gamma: float = Field(0.1, gt=0.0, le=1.0)
@@ -115,7 +117,7 @@ TYPE_NAMES = {  # what --set parses a value as
 }
 
 
-def problem(error: dict, root: type[BaseModel] = TrialConfig) -> tuple[str, str]:
+def problem(error: Mapping[str, Any], root: type[BaseModel] = TrialConfig) -> tuple[str, str]:
     """(the key path as a user writes it, what is wrong) of one of pydantic's errors: pydantic's own location and
     message, with the value it got, and for an unknown key the keys allowed there (the fields of the model under
     `root` that holds it)."""
@@ -133,7 +135,7 @@ def key_path(loc: tuple, last_is_a_key: bool = False) -> str:
     """pydantic's location as a user writes the key: search.lr[1].high. pydantic also names the member of a union it
     tried (the `type` of a distribution, one distribution or a list of them); the user never wrote those. The last
     part of an unknown or missing key's location is that key, whatever its name."""
-    parts = [part for i, part in enumerate(loc) if part not in UNION_TAGS or last_is_a_key and i == len(loc) - 1]
+    parts = [part for i, part in enumerate(loc) if part not in UNION_TAGS or (last_is_a_key and i == len(loc) - 1)]
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
 
 
@@ -155,8 +157,8 @@ def _models_in(annotation) -> list:
     return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
 
 
-_FIELD_CHECKS = {
-    key: TypeAdapter(Annotated[field.annotation, field], config=ConfigDict(strict=True))
+_FIELD_CHECKS: dict[str, TypeAdapter] = {  # each field's type with its constraints, built from the model at import
+    key: TypeAdapter(cast(Any, Annotated[field.annotation, field]), config=ConfigDict(strict=True))
     for key, field in TrialConfig.model_fields.items()
 }
 

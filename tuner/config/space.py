@@ -10,6 +10,7 @@ import json
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NoReturn
 
 from tuner.config.dimension import Dimension  # also named from here: searches pickled it under this module
 from tuner.config.schema import (
@@ -49,7 +50,7 @@ class SpaceProblems:
     def __init__(self, label: str):
         self.label = label
 
-    def fail(self, path: str, what: str, allowed: str | None = None):
+    def fail(self, path: str, what: str, allowed: str | None = None) -> NoReturn:
         message = f"{self.label}: {path}: {what}" + (f"; allowed: {allowed}" if allowed else "")
         raise SpaceError(" ".join(message.split("\n")))
 
@@ -104,7 +105,7 @@ class Space:
     def define_by_run(self, trial) -> None:
         """Optuna define-by-run space (also what Ray's OptunaSearch takes as `space`). Returns None: every
         value is suggested, and Ray collects the suggestions itself."""
-        chosen = {}
+        chosen: dict[str, object] = {}
         for param in self.params.values():  # parents come before their children
             branch = param.branch(chosen)
             if branch:
@@ -116,8 +117,8 @@ class Space:
         params, distributions = {}, {}
         for key, value in values.items():
             param = self.params.get(key)
-            branch = param and (param.branch(values) or param.hull)
-            name = param.optuna_name(branch) if param else key
+            branch = (param.branch(values) or param.hull) if param else None
+            name = param.optuna_name(branch) if param and branch else key
             params[name] = value
             if branch:
                 distributions[name] = branch.distribution()
@@ -141,7 +142,7 @@ class Space:
                 problems.fail(key, f"'{key}' is searched in this space; it cannot also be fixed")
             if value is not None:
                 fixed[key] = problems.value(key, value, key)
-        update = {"fixed": fixed, "scheduler": self.scheduler, "searcher": self.searcher}
+        update: dict[str, Any] = {"fixed": fixed, "scheduler": self.scheduler, "searcher": self.searcher}
         if num_samples is not None:
             update["num_samples"] = problems.number(num_samples, "num_samples", 1, integer=True)
         if max_concurrent is not None:
@@ -180,7 +181,7 @@ class Space:
         lines.append(f"search ({len(self.params)} params):")
         lines += [f"  {name:<{width}} {param.describe()}" for name, param in self.params.items()]
         lines.append("scheduler: " + " ".join(f"{k}={v}" for k, v in self.scheduler.model_dump().items()))
-        points = self.searcher.points_to_evaluate
+        points = self.searcher.points_to_evaluate or []
         lines.append(
             "searcher: "
             + " ".join(f"{k}={v}" for k, v in self.searcher.model_dump().items() if k != "points_to_evaluate")

@@ -14,7 +14,11 @@ from tuner.config.space import NOT_SEARCHABLE, SpaceProblems
 from tuner.text import yaml_value
 
 # the distribution types a key's value type can take: float distributions for float keys, int for int keys
-FITTING_TYPES = {float: ("uniform", "loguniform", "choice"), int: ("int", "choice"), int | None: ("int", "choice")}
+FITTING_TYPES: dict[object, tuple[str, ...]] = {
+    float: ("uniform", "loguniform", "choice"),
+    int: ("int", "choice"),
+    int | None: ("int", "choice"),
+}
 
 
 def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dict:
@@ -43,7 +47,7 @@ def dimensions(file: SpaceProblems, search: dict, raw: dict, fixed: dict) -> dic
         if key in per_condition:
             branches = _per_condition(file, alone, key, specs, branches)
         params[key] = Dimension(key, tuple(branches))
-    ordered = {}
+    ordered: dict[str, Dimension] = {}
     while len(ordered) < len(params):
         ready = [k for k, p in params.items() if k not in ordered and all(parent in ordered for parent in p.when)]
         if not ready:

@@ -256,7 +256,7 @@ def check_write_up(file: SpaceProblems, arm: str, arm_spec: Arm, space: Space) -
         values[key] = normalized(key, value, space.model)
     tried = any(
         all(k in p and same(normalized(k, p[k], space.model), v) for k, v in values.items())
-        for p in space.searcher.points_to_evaluate
+        for p in space.searcher.points_to_evaluate or []
     )
     if values and not tried:
         file.fail(

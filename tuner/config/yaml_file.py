@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from tuner.errors import SpaceError
+
+if TYPE_CHECKING:
+    from tuner.config.space import SpaceProblems
 
 
 class _Loader(yaml.SafeLoader):
@@ -48,7 +52,7 @@ def find_file(name_or_path: str, folder: Path, kind: str) -> Path:
     )
 
 
-def read_yaml(path: Path, file) -> tuple:
+def read_yaml(path: Path, file: SpaceProblems) -> tuple:
     """(the text, the YAML data) of a file; one that cannot be read or parsed fails through `file` (a
     tuner.config.space.SpaceProblems, which names the file) with one line."""
     try:

@@ -33,6 +33,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
         self.state_path, self._loaded = state_path, True  # the folder may have moved since the state was saved
 
     def _save(self) -> None:
+        assert self.state_path is not None, "saved only after a trial was added, which loads the state"
         atomic_save(self.state_path, lambda tmp: self.save(str(tmp)))
 
     def on_trial_add(self, tune_controller, trial):
@@ -60,7 +61,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
         state["_loaded"] = False  # a restored copy (from tuner.pkl) must read the state from disk
         return state
 
-    def rungs(self) -> list[tuple[int, dict]]:
+    def rungs(self) -> list[tuple[float, dict]]:
         """(milestone, {trial id: value recorded there}) for each rung, lowest first."""
         (bracket,) = self._brackets
         return sorted((milestone, dict(recorded)) for milestone, recorded in bracket._rungs)

@@ -32,6 +32,9 @@ from tuner.outcome import finite_number, trial_outcome
 class HonestOptunaSearch(OptunaSearch):
     """OptunaSearch with a single (str) metric whose results carry `epoch`, `finished` and `diverged`."""
 
+    # OptunaSearch's study, set up before any trial; Ray leaves it unannotated (`= None`), which mypy takes as its type
+    _ot_study: optuna.Study  # type: ignore[assignment]
+
     def __init__(self, *args, config_of=None, **kwargs):
         super().__init__(*args, **kwargs)
         # Optuna's parameters -> the config a trial gets, where the two name things differently (None: the same)
@@ -83,9 +86,9 @@ class HonestOptunaSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         if self._storage is not None:
-            self._reopen_study()
+            self._reopen_study(self._storage)
 
-    def _reopen_study(self) -> None:
+    def _reopen_study(self, storage: optuna.storages.BaseStorage) -> None:
         """Make the storage the record of every trial. The pickle is older than the storage (and its study's cache
         older still): reopen the study from the storage, point Ray's trials at it, and take from it what happened
         after the snapshot -- a trial told its end is done, an epoch reported is not reported again, and a trial
@@ -93,9 +96,7 @@ class HonestOptunaSearch(OptunaSearch):
         point to evaluate it took, if any, is queued again. Trials still WAITING are the points to evaluate not yet
         given out; the next suggestions take them."""
         old = self._ot_study
-        study = optuna.load_study(
-            study_name=old.study_name, storage=self._storage, sampler=old.sampler, pruner=old.pruner
-        )
+        study = optuna.load_study(study_name=old.study_name, storage=storage, sampler=old.sampler, pruner=old.pruner)
         stored = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
         for trial_id, ot_trial in list(self._ot_trials.items()):
             frozen = stored[ot_trial._trial_id]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+from typing import Any
 
 from ray.tune.execution.tune_controller import TuneController
 
@@ -53,7 +54,8 @@ class StopTrialsAtOnce(TuneController):
 
 def stop_trials_at_once() -> None:
     """Make Tune (in this driver) build StopTrialsAtOnce for the searches it runs."""
-    importlib.import_module("ray.tune.tune").TuneController = StopTrialsAtOnce  # the name tune.run builds
+    tune_module: Any = importlib.import_module("ray.tune.tune")  # Any: the class is replaced, not assigned to
+    tune_module.TuneController = StopTrialsAtOnce  # the name tune.run builds
 
 
 def _sigterm_as_ctrl_c(signum, frame) -> None:

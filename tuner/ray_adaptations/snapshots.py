@@ -66,7 +66,7 @@ class SnapshotOnEvents(Callback):
     def _reset(self) -> None:
         self._dirty = True
         self._num_trials = 0
-        self._copied = None  # (path, mtime) of the staging state last copied
+        self._copied: tuple[Path, int] | None = None  # (path, mtime) of the staging state last copied
 
     def __getstate__(self) -> dict:
         return {}  # pickled into tuner.pkl: a restored search starts afresh

@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window: the report runs on headless machines
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-from tuner.report.gaps import MODELS, TRAINERS, in_order  # noqa: E402
-from tuner.report.importance import param_importances  # noqa: E402
-from tuner.text import plural  # noqa: E402
-from tuner.tracking.block_figure import plot_blocks, save_figure, trainer_color  # noqa: E402
-from tuner.trial.metric_names import block_accuracies  # noqa: E402
+from tuner.report.gaps import MODELS, TRAINERS, in_order
+from tuner.report.importance import param_importances
+from tuner.text import plural
+from tuner.tracking.block_figure import plot_blocks, save_figure, trainer_color
+from tuner.trial.metric_names import block_accuracies
 
 # how each trial outcome is marked in the search-history figure
-OUTCOME_MARKERS = {
+OUTCOME_MARKERS: dict[str, dict[str, Any]] = {  # matplotlib's marker keyword arguments
     "completed": dict(marker="o", color="tab:blue"),
     "stopped": dict(marker="v", color="tab:gray"),
     "running": dict(marker="o", color="tab:cyan", markerfacecolor="none"),
@@ -113,7 +114,9 @@ def plot_history(experiment: str, trials: list, path, search_starts: tuple = ())
             best = v
         running_best.append(best * 100 if best is not None else math.nan)
     if finite:
-        ax.step(xs, running_best, where="post", color="black", linewidth=1.2, label=f"best so far ({best * 100:.2f}%)")
+        ax.step(
+            xs, running_best, where="post", color="black", linewidth=1.2, label=f"best so far ({running_best[-1]:.2f}%)"
+        )
     for i, start in enumerate(search_starts):
         ax.axvline(
             start - 0.5, color="gray", linestyle=":", linewidth=1, label="a new search starts" if i == 0 else None

@@ -24,7 +24,7 @@ def in_order(names, known) -> list:
 
 def best_trials(searches: list) -> dict:
     """(model, trainer) -> the best trial by final val_acc, over every selected search."""
-    groups = {}
+    groups: dict[tuple[str, str], list[Trial]] = {}
     for search in searches:
         for t in search.trials:
             groups.setdefault((t.model, t.trainer), []).append(t)

@@ -28,7 +28,7 @@ TABLE_LEGEND = (
 def fmt_wall(seconds) -> str:
     if seconds is None:
         return "—"
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
@@ -60,7 +60,7 @@ def console_table(rows: list) -> list:
 
 
 def search_summary(search) -> str:
-    counts = {}
+    counts: dict[str, int] = {}
     for t in search.trials:
         counts[t.outcome] = counts.get(t.outcome, 0) + 1
     outcomes = ", ".join(f"{n} {o}" for o, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none yet"

@@ -249,10 +249,12 @@ def run_search(
             delete_child_runs(client, record.parent_run_id)
         tuner = new_tuner(space, folder, record, arrays, settings, warm)
     results = tuner.fit()
-    if len(results) < space.num_samples or not all(ended_for_good(result) for result in results):
+    # a ResultGrid iterates by __getitem__, which mypy does not count as iterable
+    if len(results) < space.num_samples or not all(ended_for_good(result) for result in results):  # type: ignore[attr-defined]
         return interrupted(results, space, folder, record, client)
     summary = summarize(results, space, arrays, client, record)
-    outcomes = Counter(trial_outcome(r.metrics or {}, r.error is not None) for r in results)
+    # a ResultGrid iterates by __getitem__, which mypy does not count as iterable
+    outcomes = Counter(trial_outcome(r.metrics or {}, r.error is not None) for r in results)  # type: ignore[attr-defined]
     print("\n".join(publish_results(client, record, space, summary, dict(outcomes))), flush=True)
     close_dangling_runs(client, record.parent_run_id)  # a safety net: every trial ended, so no run may stay open
     finish_parent_run(client, record.parent_run_id, "finished", summary)

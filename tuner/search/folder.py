@@ -81,7 +81,7 @@ def claim(folder: Path):
     """Take the search's lock for the life of this process (the OS drops it when the process dies, SIGKILL
     included). Returns the open lock file, to be kept referenced, or None if another live driver holds it."""
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK, "a+")
+    handle = open(folder / LOCK, "a+")  # noqa: SIM115  (the lock lasts as long as the file stays open)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

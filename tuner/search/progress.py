@@ -11,6 +11,7 @@ finished so far; early stopping can only make it shorter.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ray.tune import ProgressReporter
 
@@ -36,7 +37,8 @@ def progress_state(trials: list, num_samples: int, max_epochs: int, metric: str,
     """The parts of the line that say where the search stands (how trials ended, the best, who runs which epoch):
     the line is printed again only when these change, or when the heartbeat is due."""
     outcomes = {"completed": 0, "stopped": 0, "diverged": 0, "failed": 0}
-    running, best = [], None
+    running: list = []
+    best: tuple[float, Any] | None = None  # (value, trial)
     ids = [t.trial_id for t in trials]
     for trial in trials:
         result = trial.last_result or {}
@@ -103,9 +105,18 @@ class ProgressLine(ProgressReporter):
         self.num_samples, self.max_epochs, self.metric, self.mode = num_samples, max_epochs, metric, mode
         self.heartbeat_s, self.print_fn = heartbeat_s, print_fn
         self._start = time.time()
-        self._last_state, self._last_print, self._epochs_before = None, 0.0, None
+        self._last_state: list[str] | None = None
+        self._last_print = 0.0
+        self._epochs_before: int | None = None
 
-    def setup(self, start_time: float | None = None, total_samples: int | None = None, **kwargs) -> None:
+    def setup(
+        self,
+        start_time: float | None = None,
+        total_samples: int | None = None,
+        metric: str | None = None,  # the space's, given to __init__
+        mode: str | None = None,
+        **kwargs,
+    ) -> None:
         self._start = start_time or self._start
 
     def should_report(self, trials: list, done: bool = False) -> bool:

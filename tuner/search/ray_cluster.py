@@ -22,6 +22,7 @@ import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from tuner.errors import ClusterError, one_line
@@ -42,7 +43,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address:
         probe_address(address)
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,
@@ -90,7 +91,7 @@ def probe_address(address: str) -> None:
             f"--address {address}: nothing answers there ({error.strerror or error}); is the head "
             f"started (`ray start --head --port={port}`) and the port open to this machine?"
         ) from None
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # ray's _raylet.pyi lists only ids and ObjectRef
 
     try:
         with _stderr_silenced():  # Ray's C++ client logs each refused attempt straight to file descriptor 2
@@ -140,11 +141,12 @@ def _refused_token(error: BaseException) -> bool:
     from ray.exceptions import AuthenticationError
 
     seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, AuthenticationError) or "InvalidAuthToken" in str(error):
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, AuthenticationError) or "InvalidAuthToken" in str(link):
             return True
-        error = error.__cause__ or error.__context__
+        link = link.__cause__ or link.__context__
     return False
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from tuner.config.study_file import list_studies, load_study
 from tuner.errors import UserError
 from tuner.ray_adaptations.environment import prepare_environment
-from tuner.search.opening import absolute, add_shared_flags, check_storage_flag, preflight
+from tuner.search.opening import add_shared_flags, check_storage_flag, preflight
 from tuner.study.opening import locate, plan
 from tuner.tracking.store import absolute_tracking_uri
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     try:
         check_storage_flag(args.storage)
         study = load_study(args.study)
-        storage, uri = Path(absolute(args.storage)), absolute_tracking_uri(args.mlflow_uri)
+        storage, uri = Path(args.storage).expanduser().resolve(), absolute_tracking_uri(args.mlflow_uri)
         folder, record = locate(args, study, storage, uri)
         print(plan(study, folder, record), flush=True)
         if args.dry_run:

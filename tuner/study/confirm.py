@@ -78,7 +78,8 @@ def run_confirm(
         tuner = new_confirm_tuner(space, folder, configs, arrays, settings, run_id)
     results = tuner.fit()
     client = mlflow_client(settings.mlflow_uri)
-    if len(results) < len(configs) or not all(ended_for_good(result) for result in results):
+    # a ResultGrid iterates by __getitem__, which mypy does not count as iterable
+    if len(results) < len(configs) or not all(ended_for_good(result) for result in results):  # type: ignore[attr-defined]
         close_dangling_runs(client, run_id, status="KILLED", outcome=None)
         return False
     close_dangling_runs(client, run_id)

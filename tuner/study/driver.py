@@ -112,7 +112,7 @@ def search_trials(client: MlflowClient, study: Study, record: StudyRecord) -> di
 
 def dgl_trials_by_arm(study: Study, trials: dict) -> dict:
     """arm -> its trials over every repetition, for the DGL arms (the per-K table)."""
-    by_arm = {}
+    by_arm: dict[str, list] = {}
     for (arm, _), arm_trials in trials.items():
         if study.spaces[arm].trainer == "dgl":
             by_arm.setdefault(arm, []).extend(arm_trials)
@@ -196,7 +196,7 @@ def finish(client: MlflowClient, study: Study, folder: Path, record: StudyRecord
 
 def wall_text(wall_s: dict) -> str:
     """Minutes per arm (summed over its repetitions) and for the confirm stage."""
-    per_stage = {}
+    per_stage: dict[str, float] = {}
     for key, seconds in wall_s.items():
         stage = key.split(" r")[0]
         per_stage[stage] = per_stage.get(stage, 0.0) + seconds

@@ -39,7 +39,7 @@ def plot_confirm_curves(title: str, candidates: list, path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = ("-", "--", ":", "-.")
     for i, (name, group) in enumerate(by_name(candidates).items()):
-        by_epoch = {}
+        by_epoch: dict[int, list[float]] = {}
         curves = [curve for c in group for curve in c.curves.values()]
         for curve in curves:
             for epoch, value in curve:
@@ -88,7 +88,7 @@ def study_section(client, experiments: dict, out_dir: Path) -> tuple:
         stage = child_runs(client, study_id, CONFIRM_STAGE_FILTER)
         candidates = load_confirmed(client, stage[0].info.run_id) if stage else []
         arms = arm_searches(client, run)
-        dgl = {}
+        dgl: dict[str, list] = {}
         for search in arms:
             dgl.setdefault(search.experiment, []).extend(t for t in search.trials if t.trainer == "dgl")
         model = next((t.model for s in arms for t in s.trials), "vgg16")

@@ -117,7 +117,7 @@ def blocks_rows(trials_by_arm: dict, model: str) -> list:
     best final val_acc among those."""
     rows = []
     for arm, trials in trials_by_arm.items():
-        by_k = {}
+        by_k: dict[int, list] = {}
         for t in trials:
             by_k.setdefault(normalized("num_blocks", t.params.get("num_blocks"), model), []).append(t)
         for k, group in sorted(by_k.items()):

@@ -44,7 +44,7 @@ def pct(value: float) -> str:
 
 def by_name(candidates: list) -> dict:
     """name -> its candidates, one per repetition, in the order names first appear."""
-    groups = {}
+    groups: dict[str, list] = {}
     for c in candidates:
         groups.setdefault(c.name, []).append(c)
     return groups

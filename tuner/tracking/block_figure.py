@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from tuner.trial.metric_names import block_accuracies  # noqa: E402
+from tuner.trial.metric_names import block_accuracies
 
 BLOCK_FIGURE = "accuracy_by_block.png"
 DPI = 110

@@ -141,7 +141,7 @@ def load_searches(client, spaces: list | None = None) -> list:
     selected = set(spaces or present)
     parents = [p for p in parents if experiments[p.info.experiment_id] in selected]
     children = all_runs(client, sorted({p.info.experiment_id for p in parents}), TRIAL_FILTER)
-    trials_by_parent = {}
+    trials_by_parent: dict[str, list[Trial]] = {}
     for run in children:
         trial = _trial_from_run(client, run, experiments[run.info.experiment_id])
         trials_by_parent.setdefault(trial.parent_run_id, []).append(trial)

@@ -14,6 +14,7 @@ agree with the trials Ray restored (`reconcile`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
@@ -70,8 +71,8 @@ class MLflowTracker(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self._client = None
-        self._experiment_id = None
+        self._client: MlflowClient | None = None
+        self._experiment_id = ""  # the parent run's, read when the client is made
         self._run_ids: dict[str, str] = {}  # trial id -> child run id
         self._last_epoch: dict[str, int] = {}  # child run id -> highest epoch logged
         self._reconciled = False
@@ -106,10 +107,10 @@ class MLflowTracker(Callback):
         steps = [m.step for key in run.data.metrics for m in self.client.get_metric_history(run.info.run_id, key)]
         return max(steps, default=0)
 
-    def _run_id(self, trial, trials: list = ()) -> str:
+    def _run_id(self, trial, trials: Sequence = ()) -> str:
         return self._find_or_create_run(trial, trials)[0]
 
-    def _find_or_create_run(self, trial, trials: list = ()) -> tuple[str, bool]:
+    def _find_or_create_run(self, trial, trials: Sequence = ()) -> tuple[str, bool]:
         """(the trial's child run id, whether it was just created): cached, else found by its dt.trial_id tag,
         else created."""
         trial_id = trial.trial_id

@@ -37,7 +37,11 @@ def _block_name(key: str, split: str) -> str | None:
 def run_epoch(trainer: Trainer, data: CifarData) -> dict:
     """Train one epoch and validate. `diverged` is True when a loss stopped being finite."""
     cfg = trainer.cfg
-    synchronize = torch.cuda.synchronize if trainer.on_cuda else (lambda: None)
+
+    def synchronize() -> None:  # the GPU's queued work done, for the clock
+        if trainer.on_cuda:
+            torch.cuda.synchronize()
+
     lr = trainer.current_lr()
     synchronize()
     start = time.perf_counter()
